@@ -1,0 +1,6 @@
+//! deepstackd: a face recognition server that speaks DeepStack's face API.
+//!
+//! A request's way through the crate: `http` (routes, forms, errors) -> `vision` (decode,
+//! detect, align, embed, compare) -> `gallery` (SQLite + in-memory index) -> JSON.
+
+pub mod vision;

@@ -1,0 +1,163 @@
+//! Stage 1: bytes of an uploaded file -> upright 8-bit RGB pixels.
+//!
+//! Formats: JPEG (baseline, progressive, CMYK/YCCK), PNG (8/16-bit, alpha, palette), WebP,
+//! BMP, GIF (first frame) and TIFF. EXIF orientation is applied (DeepStack ignored it, so
+//! phone photos were seen sideways). The pixel count is checked from the header before any
+//! pixel is decoded, and the decoder's allocations are capped as a second line of defence.
+
+use std::io::Cursor;
+
+use image::{ImageDecoder, ImageReader, RgbImage};
+
+/// Default cap on decoded pixels: 50 megapixels covers every phone and camera photo.
+pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+
+/// Why an upload could not be turned into pixels.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Zero bytes.
+    #[error("the file is empty")]
+    Empty,
+    /// The magic bytes are not those of a supported image format.
+    #[error("not a supported image format")]
+    UnknownFormat,
+    /// The header announces more pixels than allowed; nothing was decoded.
+    #[error("image of {width}x{height} pixels is over the limit of {limit} pixels")]
+    TooManyPixels {
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The header is zero-sized.
+    #[error("image has no pixels")]
+    NoPixels,
+    /// Truncated or corrupt data, or a feature the decoder does not support.
+    #[error("cannot decode image: {0}")]
+    Corrupt(String),
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest width x height accepted.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// Decode `bytes` into upright RGB (EXIF orientation applied, grey and alpha flattened).
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(DecodeError::UnknownFormat);
+    }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
+        // zune-jpeg fills a cut-off scan with grey and reports success; a half photo
+        // must be refused, not detected on.
+        return Err(DecodeError::Corrupt(
+            "truncated JPEG (no end-of-image marker)".into(),
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(DecodeError::NoPixels);
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(DecodeError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    let mut alloc = image::Limits::default();
+    // 16-bit RGBA is the widest buffer a decoder fills (8 bytes a pixel), plus slack for its
+    // own tables.
+    alloc.max_alloc = Some(limits.max_pixels * 8 + (64 << 20));
+    alloc.max_image_width = Some(width);
+    alloc.max_image_height = Some(height);
+    decoder.set_limits(alloc).map_err(corrupt)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        image::DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// Whether a JPEG has an end-of-image marker after its first scan.
+///
+/// The marker segments before the first scan are skipped by their lengths, so an EXIF
+/// thumbnail (a whole JPEG inside APP1, with its own end marker) cannot stand in for the
+/// main image's. Bytes after the end marker (some cameras append data) are allowed.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+        if marker == 0xDA {
+            // Start of scan: entropy-coded data follows; the image ends with FF D9.
+            return bytes[i + 2..].windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        i += 2 + len;
+    }
+    false
+}
+
+fn corrupt(e: image::ImageError) -> DecodeError {
+    match e {
+        image::ImageError::Unsupported(u)
+            if matches!(
+                u.kind(),
+                image::error::UnsupportedErrorKind::Format(image::error::ImageFormatHint::Unknown)
+            ) =>
+        {
+            DecodeError::UnknownFormat
+        }
+        other => DecodeError::Corrupt(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_garbage_are_typed_errors() {
+        let limits = DecodeLimits::default();
+        assert!(matches!(decode(b"", limits), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode(b"hello, this is text", limits),
+            Err(DecodeError::UnknownFormat)
+        ));
+        // A JPEG start-of-image marker and nothing else.
+        assert!(matches!(
+            decode(&[0xFF, 0xD8, 0xFF], limits),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,366 @@
+//! Stage 2: find faces with YuNet (boxes, 5 landmarks, a score), in original pixels.
+//!
+//! The photo is scaled (never up) so that its long side fits the speed mode's size, placed at
+//! the top-left of the smallest of a few fixed input shapes that holds it (padding right and
+//! bottom), and run through a tract plan built for that shape at start-up. Decoding and NMS
+//! follow OpenCV's `FaceDetectorYN` (see shared/models.md).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use image::RgbImage;
+use tract_onnx::prelude::tract_data::internal::ensure;
+use tract_onnx::prelude::*;
+
+/// The detector's speed mode: the long side of its input, DeepStack's `MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Small faces far from the camera; slowest.
+    High,
+    /// The default.
+    Medium,
+    /// Fastest; faces must be large.
+    Low,
+}
+
+impl Mode {
+    /// Every mode, in order of decreasing input size.
+    pub const ALL: [Mode; 3] = [Mode::High, Mode::Medium, Mode::Low];
+
+    /// Long side of the detector input, in pixels (a multiple of 32).
+    ///
+    /// Chosen with `deepstack-bench`'s small-face table (faces tiled over a 1920x1080
+    /// frame, found/placed): YuNet needs a face of about 13 px at its input. High (1280)
+    /// finds 93/96 faces of 20 px and all of 24 px (1920 would find 16 px faces too, at
+    /// 2.7x the time); Medium (640) finds faces from ~48 px, DeepStack-like, at a quarter of
+    /// High's cost; Low (416) needs ~75 px faces and is the Raspberry Pi's door-camera
+    /// budget. DeepStack's own sizes were 416/320/256.
+    pub fn input_size(self) -> u32 {
+        match self {
+            Mode::High => 1280,
+            Mode::Medium => 640,
+            Mode::Low => 416,
+        }
+    }
+
+    /// Parse DeepStack's `MODE` value (`High`, `Medium`, `Low`; case-insensitive).
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.to_ascii_lowercase().as_str() {
+            "high" => Some(Mode::High),
+            "medium" => Some(Mode::Medium),
+            "low" => Some(Mode::Low),
+            _ => None,
+        }
+    }
+
+    /// The name DeepStack uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::High => "High",
+            Mode::Medium => "Medium",
+            Mode::Low => "Low",
+        }
+    }
+}
+
+/// A face box in original-image pixels (floats; the HTTP layer rounds and clips).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BBox {
+    /// Left.
+    pub x_min: f32,
+    /// Top.
+    pub y_min: f32,
+    /// Right.
+    pub x_max: f32,
+    /// Bottom.
+    pub y_max: f32,
+}
+
+impl BBox {
+    /// Width.
+    pub fn width(&self) -> f32 {
+        self.x_max - self.x_min
+    }
+    /// Height.
+    pub fn height(&self) -> f32 {
+        self.y_max - self.y_min
+    }
+    /// Area, zero for an empty box.
+    pub fn area(&self) -> f32 {
+        self.width().max(0.0) * self.height().max(0.0)
+    }
+    /// Intersection over union.
+    pub fn iou(&self, other: &BBox) -> f32 {
+        let inter = BBox {
+            x_min: self.x_min.max(other.x_min),
+            y_min: self.y_min.max(other.y_min),
+            x_max: self.x_max.min(other.x_max),
+            y_max: self.y_max.min(other.y_max),
+        };
+        let i = if inter.width() > 0.0 && inter.height() > 0.0 {
+            inter.area()
+        } else {
+            0.0
+        };
+        let u = self.area() + other.area() - i;
+        if u > 0.0 {
+            i / u
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One detected face.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Face {
+    /// The box, original pixels.
+    pub bbox: BBox,
+    /// Right eye (image-left), left eye, nose tip, right and left mouth corners; original pixels.
+    pub landmarks: [[f32; 2]; 5],
+    /// YuNet's raw score in 0..1 (`calibration::detection_confidence` maps it to DeepStack's scale).
+    pub score: f32,
+}
+
+/// Overlap above which the weaker of two boxes is dropped (OpenCV's value).
+const NMS_IOU: f32 = 0.3;
+/// YuNet's strides, one output head each.
+const STRIDES: [usize; 3] = [8, 16, 32];
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// One optimized plan for one fixed input shape.
+struct Shape {
+    width: u32,
+    height: u32,
+    plan: Plan,
+}
+
+/// YuNet with one plan per input shape of one speed mode.
+pub struct Detector {
+    mode: Mode,
+    shapes: Vec<Shape>,
+}
+
+fn round_up_32(v: u32) -> u32 {
+    v.div_ceil(32) * 32
+}
+
+/// The input shapes (width, height) built for a mode's long side `l`: square, 4:3 and 16:9 in
+/// both orientations, and the same at half size for small photos. Smallest area first, so
+/// the first that holds a photo is the cheapest.
+fn shapes_for(l: u32) -> Vec<(u32, u32)> {
+    let mut v = Vec::new();
+    for side in [l, round_up_32(l / 2)] {
+        for short in [side, round_up_32(side * 3 / 4), round_up_32(side * 9 / 16)] {
+            v.push((side, short));
+            if short != side {
+                v.push((short, side));
+            }
+        }
+    }
+    v.sort_by_key(|&(w, h)| (w * h, w));
+    v.dedup();
+    v
+}
+
+impl Detector {
+    /// Load YuNet from ONNX bytes and build the plans for `mode`.
+    pub fn load(onnx: &[u8], mode: Mode) -> TractResult<Detector> {
+        let model = tract_onnx::onnx().model_for_read(&mut Cursor::new(onnx))?;
+        let shapes = shapes_for(mode.input_size())
+            .into_iter()
+            .map(|(width, height)| {
+                let plan = model
+                    .clone()
+                    .with_input_fact(0, f32::fact([1, 3, height as usize, width as usize]).into())?
+                    .into_optimized()?
+                    .into_runnable()?;
+                Ok(Shape {
+                    width,
+                    height,
+                    plan,
+                })
+            })
+            .collect::<TractResult<Vec<_>>>()?;
+        Ok(Detector { mode, shapes })
+    }
+
+    /// The mode this detector was built for.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Faces with a YuNet score of at least `min_score`, best first, in original pixels.
+    pub fn detect(&self, img: &RgbImage, min_score: f32) -> TractResult<Vec<Face>> {
+        let (w, h) = img.dimensions();
+        let long = w.max(h) as f32;
+        let scale = (self.mode.input_size() as f32 / long).min(1.0);
+        let sw = ((w as f32 * scale).round() as u32).max(1);
+        let sh = ((h as f32 * scale).round() as u32).max(1);
+        let shape = self
+            .shapes
+            .iter()
+            .find(|s| s.width >= sw && s.height >= sh)
+            .expect("the largest shape is square at the mode's size and holds any scaled photo");
+        let input = letterbox_bgr(img, sw, sh, shape.width, shape.height);
+        let outputs = shape.plan.run(tvec!(input.into()))?;
+        // The scaled image is sw wide for w original pixels: undo exactly that ratio.
+        let (fx, fy) = (w as f32 / sw as f32, h as f32 / sh as f32);
+        let mut faces = decode_heads(&outputs, shape.width, shape.height, min_score)?;
+        for f in &mut faces {
+            f.bbox.x_min *= fx;
+            f.bbox.x_max *= fx;
+            f.bbox.y_min *= fy;
+            f.bbox.y_max *= fy;
+            for p in &mut f.landmarks {
+                p[0] *= fx;
+                p[1] *= fy;
+            }
+        }
+        Ok(non_max_suppression(faces))
+    }
+}
+
+/// Scale `img` to `sw` x `sh` (bilinear, as OpenCV's INTER_LINEAR with half-pixel centres)
+/// into the top-left of a zeroed `pw` x `ph` BGR planar tensor with raw 0..255 values.
+fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tensor {
+    let (w, h) = img.dimensions();
+    let plane = (pw * ph) as usize;
+    let mut data = vec![0f32; 3 * plane];
+    let (rx, ry) = (w as f32 / sw as f32, h as f32 / sh as f32);
+    let raw = img.as_raw();
+    let xs: Vec<(usize, usize, f32)> = (0..sw).map(|x| sample_axis(x, rx, w)).collect();
+    for y in 0..sh {
+        let (y0, y1, wy) = sample_axis(y, ry, h);
+        let row0 = &raw[y0 * w as usize * 3..][..w as usize * 3];
+        let row1 = &raw[y1 * w as usize * 3..][..w as usize * 3];
+        let out = y as usize * pw as usize;
+        for (x, &(x0, x1, wx)) in xs.iter().enumerate() {
+            for c in 0..3 {
+                let p00 = row0[x0 * 3 + c] as f32;
+                let p01 = row0[x1 * 3 + c] as f32;
+                let p10 = row1[x0 * 3 + c] as f32;
+                let p11 = row1[x1 * 3 + c] as f32;
+                let top = p00 + (p01 - p00) * wx;
+                let bottom = p10 + (p11 - p10) * wx;
+                // RGB in, BGR planes out.
+                data[(2 - c) * plane + out + x] = top + (bottom - top) * wy;
+            }
+        }
+    }
+    Tensor::from_shape(&[1, 3, ph as usize, pw as usize], &data)
+        .expect("buffer length matches the shape")
+}
+
+/// Source pixels and weight for destination index `i` at ratio `r` (source/destination).
+fn sample_axis(i: u32, r: f32, len: u32) -> (usize, usize, f32) {
+    let s = ((i as f32 + 0.5) * r - 0.5).max(0.0);
+    let i0 = (s.floor() as u32).min(len - 1);
+    let i1 = (i0 + 1).min(len - 1);
+    (i0 as usize, i1 as usize, s - i0 as f32)
+}
+
+/// Turn the twelve output heads into faces in letterboxed-input pixels.
+fn decode_heads(
+    outputs: &[TValue],
+    width: u32,
+    height: u32,
+    min_score: f32,
+) -> TractResult<Vec<Face>> {
+    let mut faces = Vec::new();
+    // Output order, as the model declares it: cls x3, obj x3, bbox x3, kps x3.
+    for (k, &stride) in STRIDES.iter().enumerate() {
+        let cls = outputs[k].to_plain_array_view::<f32>()?;
+        let obj = outputs[3 + k].to_plain_array_view::<f32>()?;
+        let bbox = outputs[6 + k].to_plain_array_view::<f32>()?;
+        let kps = outputs[9 + k].to_plain_array_view::<f32>()?;
+        let (cls, obj) = (cls.as_slice().unwrap_or(&[]), obj.as_slice().unwrap_or(&[]));
+        let (bbox, kps) = (
+            bbox.as_slice().unwrap_or(&[]),
+            kps.as_slice().unwrap_or(&[]),
+        );
+        let cols = (width as usize) / stride;
+        let rows = (height as usize) / stride;
+        ensure!(
+            cls.len() == rows * cols
+                && bbox.len() == 4 * rows * cols
+                && kps.len() == 10 * rows * cols,
+            "YuNet head {stride} has an unexpected size"
+        );
+        let s = stride as f32;
+        for i in 0..rows * cols {
+            let score = (cls[i].clamp(0.0, 1.0) * obj[i].clamp(0.0, 1.0)).sqrt();
+            if score < min_score {
+                continue;
+            }
+            let (r, c) = ((i / cols) as f32, (i % cols) as f32);
+            let b = &bbox[4 * i..4 * i + 4];
+            let (cx, cy) = ((c + b[0]) * s, (r + b[1]) * s);
+            let (bw, bh) = (b[2].exp() * s, b[3].exp() * s);
+            let k = &kps[10 * i..10 * i + 10];
+            let mut landmarks = [[0f32; 2]; 5];
+            for (j, p) in landmarks.iter_mut().enumerate() {
+                *p = [(k[2 * j] + c) * s, (k[2 * j + 1] + r) * s];
+            }
+            faces.push(Face {
+                bbox: BBox {
+                    x_min: cx - bw / 2.0,
+                    y_min: cy - bh / 2.0,
+                    x_max: cx + bw / 2.0,
+                    y_max: cy + bh / 2.0,
+                },
+                landmarks,
+                score,
+            });
+        }
+    }
+    Ok(faces)
+}
+
+/// Greedy NMS: best score first, drop any box overlapping a kept one by more than `NMS_IOU`.
+fn non_max_suppression(mut faces: Vec<Face>) -> Vec<Face> {
+    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Face> = Vec::with_capacity(faces.len().min(64));
+    for f in faces {
+        if kept.iter().all(|k| k.bbox.iou(&f.bbox) <= NMS_IOU) {
+            kept.push(f);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_cover_every_aspect_and_are_multiples_of_32() {
+        for mode in Mode::ALL {
+            let l = mode.input_size();
+            let shapes = shapes_for(l);
+            assert!(shapes.contains(&(l, l)));
+            assert!(shapes.iter().all(|&(w, h)| w % 32 == 0 && h % 32 == 0));
+            assert!(shapes
+                .windows(2)
+                .all(|p| p[0].0 * p[0].1 <= p[1].0 * p[1].1));
+        }
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_overlapping_boxes() {
+        let face = |x: f32, score| Face {
+            bbox: BBox {
+                x_min: x,
+                y_min: 0.0,
+                x_max: x + 10.0,
+                y_max: 10.0,
+            },
+            landmarks: [[0.0; 2]; 5],
+            score,
+        };
+        let kept = non_max_suppression(vec![face(0.0, 0.7), face(1.0, 0.9), face(50.0, 0.8)]);
+        let scores: Vec<f32> = kept.iter().map(|f| f.score).collect();
+        assert_eq!(scores, vec![0.9, 0.8]);
+    }
+}

@@ -1,0 +1,233 @@
+//! The vision pipeline on real photos (fetched from PyPI packages by `tests/data/setup.py`).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use deepstackd::vision::calibration::{
+    detection_score_for, recognition_confidence, DEFAULT_DETECTION_CONFIDENCE,
+    DEFAULT_RECOGNITION_CONFIDENCE,
+};
+use deepstackd::vision::{
+    align, DecodeError, DecodeLimits, EmbeddedFace, Face, Mode, ModelFiles, Pipeline, VisionError,
+};
+
+fn pipeline() -> &'static Pipeline {
+    static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
+    PIPELINE.get_or_init(|| Pipeline::load(ModelFiles::embedded(), Mode::Medium).unwrap())
+}
+
+fn default_min_score() -> f32 {
+    detection_score_for(DEFAULT_DETECTION_CONFIDENCE)
+}
+
+fn decode(name: &str) -> image::RgbImage {
+    pipeline()
+        .decode(&common::photo_bytes(name), DecodeLimits::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn faces(name: &str) -> Vec<Face> {
+    pipeline()
+        .detect(&decode(name), default_min_score())
+        .unwrap()
+}
+
+/// The one face of a portrait, embedded.
+fn only_face(name: &str) -> EmbeddedFace {
+    let img = decode(name);
+    let found = pipeline().detect(&img, default_min_score()).unwrap();
+    assert_eq!(found.len(), 1, "{name}: expected one face, got {found:?}");
+    pipeline().embed(&img, &found).unwrap().remove(0)
+}
+
+fn same_person(a: &str, b: &str) -> f32 {
+    recognition_confidence(only_face(a).embedding.cosine(&only_face(b).embedding))
+}
+
+#[test]
+fn every_portrait_has_exactly_one_face() {
+    for name in [
+        "obama.jpg",
+        "obama2.jpg",
+        "obama3.jpg",
+        "biden.jpg",
+        "astronaut.png",
+    ] {
+        let found = faces(name);
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        let f = found[0];
+        // Eyes above the nose, above the mouth: an upright face with sane landmarks.
+        assert!(
+            f.landmarks[0][0] < f.landmarks[1][0],
+            "{name}: eyes swapped"
+        );
+        assert!(f.landmarks[2][1] > f.landmarks[0][1] && f.landmarks[3][1] > f.landmarks[2][1]);
+        assert!(f.bbox.width() > 40.0 && f.bbox.height() > 40.0);
+    }
+}
+
+#[test]
+fn obamas_match_and_obama_biden_do_not() {
+    for other in ["obama2.jpg", "obama3.jpg"] {
+        let c = same_person("obama.jpg", other);
+        assert!(c >= DEFAULT_RECOGNITION_CONFIDENCE, "obama vs {other}: {c}");
+    }
+    let c = same_person("obama.jpg", "biden.jpg");
+    assert!(c < 0.45, "obama vs biden: {c}");
+    let c = same_person("biden.jpg", "astronaut.png");
+    assert!(c < 0.45, "biden vs astronaut: {c}");
+}
+
+#[test]
+fn a_group_photo_gives_every_face_and_one_batch_equals_one_by_one() {
+    let img = decode("group_1280x720.jpg");
+    let found = pipeline().detect(&img, default_min_score()).unwrap();
+    assert_eq!(found.len(), 4, "{found:?}");
+    let batch = pipeline().embed(&img, &found).unwrap();
+    for (face, batched) in found.iter().zip(&batch) {
+        let single = pipeline()
+            .embed(&img, std::slice::from_ref(face))
+            .unwrap()
+            .remove(0);
+        let c = single.embedding.cosine(&batched.embedding);
+        assert!(c > 0.9999, "batched embedding differs: {c}");
+    }
+    // The two Obamas in the group are the same person, the others are not.
+    let obama = only_face("obama.jpg").embedding;
+    let matches = batch
+        .iter()
+        .filter(|f| recognition_confidence(f.embedding.cosine(&obama)) >= 0.67)
+        .count();
+    assert_eq!(matches, 2);
+}
+
+/// Another encoding of obama.jpg must give the same face: box and embedding.
+fn assert_same_face_as_obama(name: &str) {
+    let reference = only_face("obama.jpg");
+    let other = only_face(name);
+    let iou = reference.face.bbox.iou(&other.face.bbox);
+    assert!(iou > 0.9, "{name}: box IoU {iou}");
+    let c = reference.embedding.cosine(&other.embedding);
+    assert!(c > 0.97, "{name}: embedding cosine {c}");
+}
+
+#[test]
+fn cmyk_jpeg_and_webp_give_the_same_face() {
+    assert_same_face_as_obama("obama_cmyk.jpg");
+    assert_same_face_as_obama("obama.webp");
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let upright = decode("obama.jpg");
+    let rotated = decode("obama_exif_rot90.jpg");
+    assert_eq!(upright.dimensions(), rotated.dimensions());
+    assert_same_face_as_obama("obama_exif_rot90.jpg");
+}
+
+#[test]
+fn every_format_decodes_to_the_same_face() {
+    for name in [
+        "obama_progressive.jpg",
+        "obama_gray.jpg",
+        "obama_16bit.png",
+        "obama_palette.png",
+        "obama_rgba.png",
+        "obama.bmp",
+        "obama.gif",
+        "obama.tiff",
+    ] {
+        let img = decode(name);
+        assert_eq!(img.dimensions(), decode("obama.jpg").dimensions(), "{name}");
+        let found = pipeline().detect(&img, default_min_score()).unwrap();
+        assert_eq!(found.len(), 1, "{name}");
+    }
+    // Grey and palette lose colour, not the person.
+    for name in ["obama_gray.jpg", "obama_palette.png", "obama.gif"] {
+        let c = only_face("obama.jpg")
+            .embedding
+            .cosine(&only_face(name).embedding);
+        assert!(c > 0.85, "{name}: {c}");
+    }
+}
+
+#[test]
+fn photos_without_people_have_no_face() {
+    for name in ["chelsea.png", "coffee.png", "rocket.jpg"] {
+        assert_eq!(faces(name), vec![], "{name}");
+    }
+}
+
+#[test]
+fn bad_bytes_are_decode_errors() {
+    let limits = DecodeLimits::default();
+    let err = |name: &str| match pipeline().decode(&common::photo_bytes(name), limits) {
+        Ok(img) => panic!("{name} decoded to {}x{}", img.width(), img.height()),
+        Err(e) => e,
+    };
+    assert!(matches!(
+        err("empty.jpg"),
+        VisionError::Decode(DecodeError::Empty)
+    ));
+    assert!(matches!(
+        err("not_an_image.jpg"),
+        VisionError::Decode(DecodeError::UnknownFormat)
+    ));
+    assert!(matches!(
+        err("obama_truncated.jpg"),
+        VisionError::Decode(DecodeError::Corrupt(_))
+    ));
+    assert!(matches!(
+        err("huge_header.png"),
+        VisionError::Decode(DecodeError::TooManyPixels {
+            width: 100_000,
+            height: 100_000,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn the_pixel_limit_is_checked_before_decoding() {
+    let bytes = common::photo_bytes("obama.jpg");
+    let (w, h) = decode("obama.jpg").dimensions();
+    let exact = DecodeLimits {
+        max_pixels: u64::from(w) * u64::from(h),
+    };
+    assert!(pipeline().decode(&bytes, exact).is_ok());
+    let below = DecodeLimits {
+        max_pixels: exact.max_pixels - 1,
+    };
+    assert!(matches!(
+        pipeline().decode(&bytes, below),
+        Err(VisionError::Decode(DecodeError::TooManyPixels { .. }))
+    ));
+}
+
+/// Our warp against OpenCV's estimateAffinePartial2D + warpAffine, through SFace.
+#[test]
+fn alignment_agrees_with_opencv() {
+    for name in ["obama.jpg", "obama2.jpg", "biden.jpg", "astronaut.png"] {
+        let img = decode(name);
+        let face = pipeline().detect(&img, default_min_score()).unwrap()[0];
+        let ours = align::align(&img, &face);
+        let theirs = common::opencv_align(&common::photo(name), &face.landmarks);
+        let e = pipeline().embed_crops(&[ours, theirs]).unwrap();
+        let c = e[0].cosine(&e[1]);
+        assert!(
+            c >= 0.995,
+            "{name}: cosine between our crop and OpenCV's: {c}"
+        );
+    }
+}
+
+#[test]
+fn every_mode_finds_the_portrait_faces() {
+    for mode in Mode::ALL {
+        let p = Pipeline::load(ModelFiles::embedded(), mode).unwrap();
+        let img = decode("obama_1280x720.jpg");
+        let found = p.detect(&img, default_min_score()).unwrap();
+        assert_eq!(found.len(), 1, "mode {}", mode.name());
+    }
+}
