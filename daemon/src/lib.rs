@@ -3,4 +3,5 @@
 //! A request's way through the crate: `http` (routes, forms, errors) -> `vision` (decode,
 //! detect, align, embed, compare) -> `gallery` (SQLite + in-memory index) -> JSON.
 
+pub mod gallery;
 pub mod vision;

@@ -1,0 +1,35 @@
+//! The one error type of the gallery.
+
+/// Everything that can go wrong in the gallery; the HTTP layer maps each variant to a response.
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    /// SQLite refused or failed (disk full, I/O error, locked for too long, ...).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Filesystem trouble around the database (creating the data dir, temp files).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A restore was given something that is not a usable gallery backup; nothing was changed.
+    #[error("invalid backup: {0}")]
+    InvalidBackup(String),
+    /// The userid is empty.
+    #[error("userid must not be empty")]
+    EmptyUserid,
+    /// A registration came without any sample.
+    #[error("no samples to register")]
+    NoSamples,
+    /// An embedding has the wrong length or is not a finite unit vector.
+    #[error("bad embedding: {0}")]
+    BadEmbedding(String),
+    /// The live database was written by a newer deepstackd (its schema version is unknown to us).
+    #[error("gallery schema version {found} is newer than the supported {supported}")]
+    TooNew {
+        /// `PRAGMA user_version` found in the file.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// The live database does not look like a gallery or holds data we cannot read.
+    #[error("gallery database is not usable: {0}")]
+    Corrupt(String),
+}

@@ -1,0 +1,368 @@
+//! The face gallery: who is registered, durable in SQLite, searchable in memory.
+//!
+//! SQLite (`<data_dir>/faces.sqlite3`) is the only source of truth: every change is committed
+//! there first and only then mirrored into the in-memory [`index`], so a crash or SIGKILL at
+//! any point leaves either the old or the new state on disk, never a mix, and the index is
+//! rebuilt from disk at the next start.
+//!
+//! Modules: `schema` (tables, migrations, connection settings), `index` (matching),
+//! `backup` (backup and validated restore), `error`.
+
+mod backup;
+mod error;
+mod index;
+mod schema;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+pub use error::GalleryError;
+use index::Index;
+
+/// Length of one face embedding (SFace).
+pub const EMBEDDING_DIM: usize = 128;
+
+/// File name of the gallery database inside the data directory.
+pub const DB_FILE_NAME: &str = "faces.sqlite3";
+
+/// How far a registered embedding's L2 norm may be from 1; cosine = dot product relies on it.
+const UNIT_NORM_TOLERANCE: f32 = 1e-3;
+
+/// One face to store with a registration.
+#[derive(Debug, Clone)]
+pub struct NewSample {
+    /// L2-normalised embedding, [`EMBEDDING_DIM`] floats.
+    pub embedding: Vec<f32>,
+    /// Which model made the embedding (name or sha256), to re-embed after a model change.
+    pub model: String,
+    /// JPEG of the aligned 112x112 face.
+    pub crop: Vec<u8>,
+    /// Form field name the photo came in.
+    pub source: String,
+    /// Detector confidence of the face.
+    pub det_score: f32,
+}
+
+/// What a successful registration did to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// The userid was new ("face added").
+    Added,
+    /// The userid existed; samples were appended ("face updated").
+    Updated,
+}
+
+/// A stored sample without its embedding and crop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleInfo {
+    /// Database id, the key for [`Gallery::sample_crop`].
+    pub id: i64,
+    /// Model that made the embedding.
+    pub model: String,
+    /// Form field name the photo came in.
+    pub source: String,
+    /// Detector confidence of the face.
+    pub det_score: f32,
+    /// When it was registered, unix milliseconds.
+    pub added_at: i64,
+}
+
+/// What the HTTP layer needs from a gallery; SQLite today, another store could slot in.
+pub trait FaceStore: Send + Sync {
+    /// Appends samples to `userid`, creating it if needed; all or nothing.
+    fn register(
+        &self,
+        userid: &str,
+        samples: Vec<NewSample>,
+    ) -> Result<RegisterOutcome, GalleryError>;
+    /// Removes a user and its samples; false if it did not exist.
+    fn delete_user(&self, userid: &str) -> Result<bool, GalleryError>;
+    /// All userids, sorted bytewise.
+    fn list_users(&self) -> Vec<String>;
+    /// Best cosine per user for one unit-length query embedding, highest first.
+    fn best_matches(&self, query: &[f32]) -> Vec<(String, f32)>;
+    /// (users, samples).
+    fn stats(&self) -> (usize, usize);
+    /// A consistent snapshot of the whole gallery as a standalone SQLite file.
+    fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError>;
+    /// Replaces the gallery with a backup, or leaves it untouched if the backup is not valid.
+    fn restore_from_bytes(&self, bytes: &[u8]) -> Result<(), GalleryError>;
+}
+
+/// The gallery of one data directory. `Send + Sync`: share it between workers with `Arc`.
+pub struct Gallery {
+    data_dir: PathBuf,
+    db_path: PathBuf,
+    /// The one writing connection. A mutex also serialises register/delete/restore, so the
+    /// index is always updated in commit order.
+    conn: Mutex<Connection>,
+    /// Readers (recognition) never wait for SQLite, only for the brief index update.
+    index: RwLock<Index>,
+}
+
+impl Gallery {
+    /// Opens (creating if needed) the gallery in `data_dir`, migrates it and loads the index.
+    pub fn open(data_dir: &Path) -> Result<Gallery, GalleryError> {
+        std::fs::create_dir_all(data_dir)?;
+        backup::remove_stale_temp_files(data_dir);
+        let db_path = data_dir.join(DB_FILE_NAME);
+        let mut conn = Connection::open(&db_path)?;
+        schema::configure_common(&conn)?;
+        // Migrate before switching to WAL: a file we refuse (newer, foreign) stays untouched.
+        schema::migrate(&mut conn)?;
+        schema::configure_live(&conn)?;
+        if !schema::has_format_marker(&conn)? {
+            return Err(GalleryError::Corrupt(format!(
+                "{} has no '{}' marker",
+                db_path.display(),
+                schema::FORMAT_MARKER
+            )));
+        }
+        let index = load_index(&conn)?;
+        log::info!(
+            "gallery: {} users, {} samples in {}",
+            index.user_count(),
+            index.sample_count(),
+            db_path.display()
+        );
+        Ok(Gallery {
+            data_dir: data_dir.to_owned(),
+            db_path,
+            conn: Mutex::new(conn),
+            index: RwLock::new(index),
+        })
+    }
+
+    /// Path of the live database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// Appends `samples` to `userid` (created if new) in one transaction; all or none are stored.
+    ///
+    /// The index is updated before returning, so the very next query sees the new samples.
+    pub fn register(
+        &self,
+        userid: &str,
+        samples: Vec<NewSample>,
+    ) -> Result<RegisterOutcome, GalleryError> {
+        if userid.is_empty() {
+            return Err(GalleryError::EmptyUserid);
+        }
+        if samples.is_empty() {
+            return Err(GalleryError::NoSamples);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM users WHERE userid = ?1", [userid], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        let (user_id, outcome) = match existing {
+            Some(id) => (id, RegisterOutcome::Updated),
+            None => {
+                tx.execute(
+                    "INSERT INTO users(userid, created_at) VALUES (?1, ?2)",
+                    params![userid, now],
+                )?;
+                (tx.last_insert_rowid(), RegisterOutcome::Added)
+            }
+        };
+        let mut embeddings = Vec::with_capacity(samples.len());
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO samples(user_id, embedding, model, crop, source, det_score, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for sample in samples {
+                // Checked inside the transaction on purpose: whichever sample fails, ours or
+                // SQLite's check, the `?` drops `tx` and rolls back the ones before it.
+                check_embedding(&sample.embedding)?;
+                insert.execute(params![
+                    user_id,
+                    schema::encode_embedding(&sample.embedding),
+                    sample.model,
+                    sample.crop,
+                    sample.source,
+                    f64::from(sample.det_score),
+                    now,
+                ])?;
+                embeddings.push(sample.embedding);
+            }
+        }
+        tx.commit()?;
+
+        // Still under the connection lock: a concurrent delete cannot slip in between.
+        let mut index = self.index_mut();
+        index.add_user(userid);
+        for embedding in &embeddings {
+            index.add_sample(userid, embedding);
+        }
+        Ok(outcome)
+    }
+
+    /// Removes `userid` and (by cascade) its samples; `Ok(false)` if it was not registered.
+    pub fn delete_user(&self, userid: &str) -> Result<bool, GalleryError> {
+        let conn = self.conn();
+        let deleted = conn.execute("DELETE FROM users WHERE userid = ?1", [userid])? > 0;
+        if deleted {
+            self.index_mut().remove_user(userid);
+        }
+        Ok(deleted)
+    }
+
+    /// All userids, sorted bytewise like SQLite's BINARY collation.
+    pub fn list_users(&self) -> Vec<String> {
+        self.index().userids()
+    }
+
+    /// For one unit-length embedding, each user's best cosine over all its samples, highest first.
+    pub fn best_matches(&self, query: &[f32]) -> Vec<(String, f32)> {
+        self.index().best_per_user(query)
+    }
+
+    /// (number of users, number of samples).
+    pub fn stats(&self) -> (usize, usize) {
+        let index = self.index();
+        (index.user_count(), index.sample_count())
+    }
+
+    /// The stored samples of `userid`, oldest first (empty if unknown).
+    pub fn user_samples(&self, userid: &str) -> Result<Vec<SampleInfo>, GalleryError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT s.id, s.model, s.source, s.det_score, s.added_at
+             FROM samples s JOIN users u ON u.id = s.user_id
+             WHERE u.userid = ?1 ORDER BY s.id",
+        )?;
+        let rows = stmt.query_map([userid], |row| {
+            Ok(SampleInfo {
+                id: row.get(0)?,
+                model: row.get(1)?,
+                source: row.get(2)?,
+                det_score: row.get::<_, f64>(3)? as f32,
+                added_at: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The JPEG face crop of a sample, `None` if there is no such sample.
+    pub fn sample_crop(&self, sample_id: i64) -> Result<Option<Vec<u8>>, GalleryError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT crop FROM samples WHERE id = ?1",
+                [sample_id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    // Poisoning only means another thread panicked while holding the lock. The database is
+    // protected by its transactions (rolled back on unwind) and the index is only mutated
+    // after a commit, so the state behind the lock is still sound: keep serving.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl FaceStore for Gallery {
+    fn register(
+        &self,
+        userid: &str,
+        samples: Vec<NewSample>,
+    ) -> Result<RegisterOutcome, GalleryError> {
+        Gallery::register(self, userid, samples)
+    }
+    fn delete_user(&self, userid: &str) -> Result<bool, GalleryError> {
+        Gallery::delete_user(self, userid)
+    }
+    fn list_users(&self) -> Vec<String> {
+        Gallery::list_users(self)
+    }
+    fn best_matches(&self, query: &[f32]) -> Vec<(String, f32)> {
+        Gallery::best_matches(self, query)
+    }
+    fn stats(&self) -> (usize, usize) {
+        Gallery::stats(self)
+    }
+    fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError> {
+        Gallery::backup_bytes(self)
+    }
+    fn restore_from_bytes(&self, bytes: &[u8]) -> Result<(), GalleryError> {
+        Gallery::restore_from_bytes(self, bytes)
+    }
+}
+
+/// Rejects embeddings the index cannot hold or whose dot product would not be a cosine.
+fn check_embedding(embedding: &[f32]) -> Result<(), GalleryError> {
+    if embedding.len() != EMBEDDING_DIM {
+        return Err(GalleryError::BadEmbedding(format!(
+            "{} values, expected {EMBEDDING_DIM}",
+            embedding.len()
+        )));
+    }
+    if !embedding.iter().all(|x| x.is_finite()) {
+        return Err(GalleryError::BadEmbedding("not finite".into()));
+    }
+    let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if (norm - 1.0).abs() > UNIT_NORM_TOLERANCE {
+        return Err(GalleryError::BadEmbedding(format!(
+            "L2 norm {norm}, expected 1"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the index from the database `conn` sees (also inside an open transaction).
+fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
+    let mut index = Index::new();
+    let mut names: HashMap<i64, String> = HashMap::new();
+    let mut users = conn.prepare("SELECT id, userid FROM users ORDER BY id")?;
+    let mut rows = users.query([])?;
+    while let Some(row) = rows.next()? {
+        let userid: String = row.get(1)?;
+        index.add_user(&userid);
+        names.insert(row.get(0)?, userid);
+    }
+    let mut samples = conn.prepare("SELECT id, user_id, embedding FROM samples ORDER BY id")?;
+    let mut rows = samples.query([])?;
+    while let Some(row) = rows.next()? {
+        let sample_id: i64 = row.get(0)?;
+        let userid = names.get(&row.get::<_, i64>(1)?).ok_or_else(|| {
+            GalleryError::Corrupt(format!("sample {sample_id} belongs to no user"))
+        })?;
+        let embedding = row
+            .get_ref(2)?
+            .as_blob()
+            .ok()
+            .and_then(schema::decode_embedding)
+            .ok_or_else(|| {
+                GalleryError::Corrupt(format!("sample {sample_id} has a malformed embedding"))
+            })?;
+        index.add_sample(userid, &embedding);
+    }
+    Ok(index)
+}
+
+/// Unix time in milliseconds (0 if the clock is before 1970, as on a Pi without RTC at boot).
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
