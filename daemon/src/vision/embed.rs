@@ -1,7 +1,10 @@
 //! Stage 4: aligned 112x112 crops -> L2-normalised 128-d SFace embeddings.
 //!
-//! The model's batch dimension is symbolic, so all the faces of one photo go through in one
-//! run. SFace normalises its input itself ((x - 127.5) / 128), so it takes raw RGB values.
+//! Faces of one photo run in batches of [`BATCH`] through a plan built for exactly that
+//! batch, the rest one by one through a single-face plan. Both shapes are fixed: in tract a
+//! symbolic batch dimension measured 1.8x slower per face (109 against 60 ms), while a fixed
+//! batch of 4 costs the same per face as one (58 against 60 ms). SFace normalises its input
+//! itself ((x - 127.5) / 128), so it takes raw RGB values.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -11,6 +14,9 @@ use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
 use super::align::CROP_SIZE;
+
+/// Faces per run of the batch plan.
+pub const BATCH: usize = 4;
 
 /// Length of an embedding.
 pub const EMBEDDING_DIM: usize = 128;
@@ -30,7 +36,7 @@ impl Embedding {
 pub struct Embedder {
     /// A plan for exactly one face (the common case), fully fixed so tract optimises it best.
     single: Arc<TypedRunnableModel>,
-    /// A plan with a symbolic batch, for several faces at once.
+    /// A plan for exactly [`BATCH`] faces.
     batch: Arc<TypedRunnableModel>,
 }
 
@@ -44,15 +50,32 @@ impl Embedder {
             .with_input_fact(0, f32::fact([1, 3, side, side]).into())?
             .into_optimized()?
             .into_runnable()?;
-        let batch = model.into_optimized()?.into_runnable()?;
+        let batch = model
+            .with_input_fact(0, f32::fact([BATCH, 3, side, side]).into())?
+            .into_optimized()?
+            .into_runnable()?;
         Ok(Embedder { single, batch })
     }
 
     /// Embed aligned crops, one embedding per crop, in order.
     pub fn embed(&self, crops: &[RgbImage]) -> TractResult<Vec<Embedding>> {
-        if crops.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::with_capacity(crops.len());
+        let full = crops.len() / BATCH * BATCH;
+        for chunk in crops[..full].chunks(BATCH) {
+            out.extend(self.run(&self.batch, chunk)?);
         }
+        for crop in &crops[full..] {
+            out.extend(self.run(&self.single, std::slice::from_ref(crop))?);
+        }
+        Ok(out)
+    }
+
+    /// Run `plan` on exactly as many crops as it was built for.
+    fn run(
+        &self,
+        plan: &Arc<TypedRunnableModel>,
+        crops: &[RgbImage],
+    ) -> TractResult<Vec<Embedding>> {
         let side = CROP_SIZE as usize;
         let plane = side * side;
         let mut data = vec![0f32; crops.len() * 3 * plane];
@@ -68,11 +91,6 @@ impl Embedder {
             }
         }
         let input = Tensor::from_shape(&[crops.len(), 3, side, side], &data)?;
-        let plan = if crops.len() == 1 {
-            &self.single
-        } else {
-            &self.batch
-        };
         let out = plan.run(tvec!(input.into()))?;
         let view = out[0].to_plain_array_view::<f32>()?;
         let flat: Vec<f32> = view.iter().copied().collect();

