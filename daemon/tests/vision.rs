@@ -80,26 +80,57 @@ fn obamas_match_and_obama_biden_do_not() {
 }
 
 #[test]
-fn a_group_photo_gives_every_face_and_one_batch_equals_one_by_one() {
+fn a_group_photo_gives_every_face_and_each_person_once() {
     let img = decode("group_1280x720.jpg");
     let found = pipeline().detect(&img, default_min_score()).unwrap();
     assert_eq!(found.len(), 4, "{found:?}");
-    let batch = pipeline().embed(&img, &found).unwrap();
-    for (face, batched) in found.iter().zip(&batch) {
-        let single = pipeline()
-            .embed(&img, std::slice::from_ref(face))
-            .unwrap()
-            .remove(0);
-        let c = single.embedding.cosine(&batched.embedding);
-        assert!(c > 0.9999, "batched embedding differs: {c}");
-    }
+    let embedded = pipeline().embed(&img, &found).unwrap();
     // The two Obamas in the group are the same person, the others are not.
     let obama = only_face("obama.jpg").embedding;
-    let matches = batch
+    let matches = embedded
         .iter()
         .filter(|f| recognition_confidence(f.embedding.cosine(&obama)) >= 0.67)
         .count();
     assert_eq!(matches, 2);
+}
+
+/// `vision::weights` widens the int8 weights at load; tract's own DequantizeLinear must
+/// give the same embedding.
+#[test]
+fn weights_widened_at_load_match_tracts_own_dequantization() {
+    use tract_onnx::prelude::*;
+    let crop = align::align(&decode("obama.jpg"), &faces("obama.jpg")[0]);
+    let ours = pipeline()
+        .embed_crops(std::slice::from_ref(&crop))
+        .unwrap()
+        .remove(0);
+    let bytes = ModelFiles::embedded().recognizer.bytes;
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(&bytes[..]))
+        .unwrap()
+        .with_input_fact(0, f32::fact([1, 3, 112, 112]).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let input: Vec<f32> = (0..3)
+        .flat_map(|c| crop.pixels().map(move |p| p.0[c] as f32))
+        .collect();
+    let out = plan
+        .run(tvec!(Tensor::from_shape(&[1, 3, 112, 112], &input)
+            .unwrap()
+            .into()))
+        .unwrap();
+    let theirs: Vec<f32> = out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let norm = theirs.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let c: f32 = ours.0.iter().zip(&theirs).map(|(a, b)| a * b / norm).sum();
+    assert!(c > 0.9999, "cosine {c}");
 }
 
 /// Another encoding of obama.jpg must give the same face: box and embedding.

@@ -134,7 +134,7 @@ fn run() -> Result<(), Error> {
                 stages.embed = embed_ms;
                 println!("  align               {:8.2} ms per face", align_ms / n);
                 println!(
-                    "  embed (batch of {})  {:8.1} ms per face",
+                    "  embed ({} faces)     {:8.1} ms per face",
                     faces.len(),
                     embed_ms / n
                 );

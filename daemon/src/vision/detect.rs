@@ -5,12 +5,13 @@
 //! bottom), and run through a tract plan built for that shape at start-up. Decoding and NMS
 //! follow OpenCV's `FaceDetectorYN` (see shared/models.md).
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use image::RgbImage;
 use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
+
+use super::weights;
 
 /// The detector's speed mode: the long side of its input, DeepStack's `MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,7 +168,7 @@ fn shapes_for(l: u32) -> Vec<(u32, u32)> {
 impl Detector {
     /// Load YuNet from ONNX bytes and build the plans for `mode`.
     pub fn load(onnx: &[u8], mode: Mode) -> TractResult<Detector> {
-        let model = tract_onnx::onnx().model_for_read(&mut Cursor::new(onnx))?;
+        let model = weights::load(onnx)?;
         let shapes = shapes_for(mode.input_size())
             .into_iter()
             .map(|(width, height)| {

@@ -1,12 +1,11 @@
 //! Stage 4: aligned 112x112 crops -> L2-normalised 128-d SFace embeddings.
 //!
-//! Faces of one photo run in batches of [`BATCH`] through a plan built for exactly that
-//! batch, the rest one by one through a single-face plan. Both shapes are fixed: in tract a
-//! symbolic batch dimension measured 1.8x slower per face (109 against 60 ms), while a fixed
-//! batch of 4 costs the same per face as one (58 against 60 ms). SFace normalises its input
-//! itself ((x - 127.5) / 128), so it takes raw RGB values.
+//! Every face runs through one plan built for exactly one 112x112 face. Measured in tract
+//! 0.23 on x86 (deepstack-bench): a symbolic batch dimension costs 1.8x per face, and a
+//! fixed batch of 4 costs 52 ms a face against 44 ms one by one, so batching does not pay
+//! here (it does in onnxruntime). SFace normalises its input itself ((x - 127.5) / 128), so
+//! it takes raw RGB values.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use image::RgbImage;
@@ -14,9 +13,7 @@ use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
 use super::align::CROP_SIZE;
-
-/// Faces per run of the batch plan.
-pub const BATCH: usize = 4;
+use super::weights;
 
 /// Length of an embedding.
 pub const EMBEDDING_DIM: usize = 128;
@@ -34,73 +31,49 @@ impl Embedding {
 
 /// SFace, loaded and optimized once.
 pub struct Embedder {
-    /// A plan for exactly one face (the common case), fully fixed so tract optimises it best.
-    single: Arc<TypedRunnableModel>,
-    /// A plan for exactly [`BATCH`] faces.
-    batch: Arc<TypedRunnableModel>,
+    /// A plan for exactly one face, fully fixed so tract optimises it best.
+    plan: Arc<TypedRunnableModel>,
 }
 
 impl Embedder {
     /// Load SFace from ONNX bytes.
     pub fn load(onnx: &[u8]) -> TractResult<Embedder> {
-        let model = tract_onnx::onnx().model_for_read(&mut Cursor::new(onnx))?;
         let side = CROP_SIZE as usize;
-        let single = model
-            .clone()
+        let plan = weights::load(onnx)?
             .with_input_fact(0, f32::fact([1, 3, side, side]).into())?
             .into_optimized()?
             .into_runnable()?;
-        let batch = model
-            .with_input_fact(0, f32::fact([BATCH, 3, side, side]).into())?
-            .into_optimized()?
-            .into_runnable()?;
-        Ok(Embedder { single, batch })
+        Ok(Embedder { plan })
     }
 
     /// Embed aligned crops, one embedding per crop, in order.
     pub fn embed(&self, crops: &[RgbImage]) -> TractResult<Vec<Embedding>> {
-        let mut out = Vec::with_capacity(crops.len());
-        let full = crops.len() / BATCH * BATCH;
-        for chunk in crops[..full].chunks(BATCH) {
-            out.extend(self.run(&self.batch, chunk)?);
-        }
-        for crop in &crops[full..] {
-            out.extend(self.run(&self.single, std::slice::from_ref(crop))?);
-        }
-        Ok(out)
+        crops.iter().map(|crop| self.embed_one(crop)).collect()
     }
 
-    /// Run `plan` on exactly as many crops as it was built for.
-    fn run(
-        &self,
-        plan: &Arc<TypedRunnableModel>,
-        crops: &[RgbImage],
-    ) -> TractResult<Vec<Embedding>> {
+    fn embed_one(&self, crop: &RgbImage) -> TractResult<Embedding> {
+        ensure!(
+            crop.dimensions() == (CROP_SIZE, CROP_SIZE),
+            "an aligned crop must be {CROP_SIZE}x{CROP_SIZE}"
+        );
         let side = CROP_SIZE as usize;
         let plane = side * side;
-        let mut data = vec![0f32; crops.len() * 3 * plane];
-        for (crop, chunk) in crops.iter().zip(data.chunks_mut(3 * plane)) {
-            ensure!(
-                crop.dimensions() == (CROP_SIZE, CROP_SIZE),
-                "an aligned crop must be {CROP_SIZE}x{CROP_SIZE}"
-            );
-            for (i, px) in crop.pixels().enumerate() {
-                for c in 0..3 {
-                    chunk[c * plane + i] = px.0[c] as f32;
-                }
+        let mut data = vec![0f32; 3 * plane];
+        for (i, px) in crop.pixels().enumerate() {
+            for c in 0..3 {
+                data[c * plane + i] = px.0[c] as f32;
             }
         }
-        let input = Tensor::from_shape(&[crops.len(), 3, side, side], &data)?;
-        let out = plan.run(tvec!(input.into()))?;
+        let input = Tensor::from_shape(&[1, 3, side, side], &data)?;
+        let out = self.plan.run(tvec!(input.into()))?;
         let view = out[0].to_plain_array_view::<f32>()?;
-        let flat: Vec<f32> = view.iter().copied().collect();
+        let values: Vec<f32> = view.iter().copied().collect();
         ensure!(
-            flat.len() == crops.len() * EMBEDDING_DIM,
-            "SFace returned {} values for {} faces",
-            flat.len(),
-            crops.len()
+            values.len() == EMBEDDING_DIM,
+            "SFace returned {} values for one face",
+            values.len()
         );
-        Ok(flat.chunks(EMBEDDING_DIM).map(normalise).collect())
+        Ok(normalise(&values))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod detect;
 pub mod embed;
 pub mod models;
+pub mod weights;
 
 use image::RgbImage;
 
@@ -87,7 +88,7 @@ impl Pipeline {
         Ok(self.detector.detect(img, min_score)?)
     }
 
-    /// Align and embed the given faces of `img`, all in one batch (stages 3 and 4).
+    /// Align and embed the given faces of `img`, (stages 3 and 4).
     pub fn embed(&self, img: &RgbImage, faces: &[Face]) -> Result<Vec<EmbeddedFace>, VisionError> {
         let crops: Vec<RgbImage> = faces.iter().map(|f| align::align(img, f)).collect();
         let embeddings = self.embedder.embed(&crops)?;

@@ -1,0 +1,142 @@
+//! Loading an ONNX model with its weight-only int8 weights widened to f32 once, at load.
+//!
+//! The shipped files keep weights as int8 behind `DequantizeLinear` (a quarter of the size,
+//! see models-int8/PROVENANCE.md). Left to tract, SFace's 6.4M-weight final layer stays
+//! int8 and is cast on every run: 64 ms a face against 45 ms with f32 weights, and 550 ms
+//! against 120 ms to build the plan. So every `DequantizeLinear` whose inputs are all
+//! constants (int8 values, f32 scales, int8 zero points, per tensor or per axis) is replaced
+//! by the f32 initializer it would compute, before tract sees the graph. Anything else is
+//! left for tract to handle as usual.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+
+use tract_onnx::pb::{tensor_proto::DataType, ModelProto, TensorProto};
+use tract_onnx::prelude::*;
+
+/// Parse ONNX bytes into a tract model, with constant int8 weights dequantized to f32.
+pub fn load(onnx: &[u8]) -> TractResult<InferenceModel> {
+    let framework = tract_onnx::onnx();
+    let mut proto = framework.proto_model_for_read(&mut Cursor::new(onnx))?;
+    dequantize_constants(&mut proto);
+    framework.model_for_proto_model(&proto)
+}
+
+fn dequantize_constants(proto: &mut ModelProto) {
+    let Some(graph) = proto.graph.as_mut() else {
+        return;
+    };
+    let index: HashMap<String, usize> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
+    let mut folded = Vec::new();
+    graph.node.retain(|node| {
+        if node.op_type != "DequantizeLinear" || node.input.len() != 3 {
+            return true;
+        }
+        let get = |i: usize| index.get(&node.input[i]).map(|&k| &graph.initializer[k]);
+        let axis = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "axis")
+            .map_or(1, |a| a.i);
+        let blocked = node
+            .attribute
+            .iter()
+            .any(|a| a.name == "block_size" && a.i != 0);
+        match (get(0), get(1), get(2)) {
+            (Some(q), Some(scale), Some(zero)) if !blocked => {
+                match dequantize(q, scale, zero, axis, &node.output[0]) {
+                    Some(t) => {
+                        folded.push(t);
+                        false
+                    }
+                    None => true,
+                }
+            }
+            _ => true,
+        }
+    });
+    graph.initializer.extend(folded);
+    // Drop the int8 tensors nothing reads any more.
+    let used: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(graph.output.iter().map(|o| o.name.as_str()))
+        .collect();
+    let keep: Vec<bool> = graph
+        .initializer
+        .iter()
+        .map(|t| used.contains(t.name.as_str()))
+        .collect();
+    let mut keep = keep.into_iter();
+    graph.initializer.retain(|_| keep.next().unwrap_or(true));
+}
+
+/// `(q - zero) * scale`, per tensor or along `axis`; `None` if the tensors are not the
+/// raw-data int8/f32 layout our build script writes.
+fn dequantize(
+    q: &TensorProto,
+    scale: &TensorProto,
+    zero: &TensorProto,
+    axis: i64,
+    name: &str,
+) -> Option<TensorProto> {
+    let int8 = DataType::Int8 as i32;
+    let float = DataType::Float as i32;
+    if q.data_type != int8 || zero.data_type != int8 || scale.data_type != float {
+        return None;
+    }
+    let values: Vec<i8> = q.raw_data.iter().map(|&b| b as i8).collect();
+    let zeros: Vec<i8> = zero.raw_data.iter().map(|&b| b as i8).collect();
+    let scales: Vec<f32> = if !scale.raw_data.is_empty() {
+        scale
+            .raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    } else {
+        scale.float_data.clone()
+    };
+    let dims: Vec<usize> = q
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect::<Option<_>>()?;
+    let count: usize = dims.iter().product();
+    if values.len() != count || scales.is_empty() || scales.len() != zeros.len() {
+        return None;
+    }
+    // Elements per step along the axis, and the axis length.
+    let (inner, channels) = if scales.len() == 1 {
+        (count, 1)
+    } else {
+        let axis = usize::try_from(if axis < 0 {
+            axis + dims.len() as i64
+        } else {
+            axis
+        })
+        .ok()?;
+        if axis >= dims.len() || dims[axis] != scales.len() {
+            return None;
+        }
+        (dims[axis + 1..].iter().product::<usize>(), dims[axis])
+    };
+    let mut raw = Vec::with_capacity(count * 4);
+    for (i, &v) in values.iter().enumerate() {
+        let c = (i / inner) % channels;
+        let f = (f32::from(v) - f32::from(zeros[c])) * scales[c];
+        raw.extend_from_slice(&f.to_le_bytes());
+    }
+    Some(TensorProto {
+        name: name.to_string(),
+        dims: q.dims.clone(),
+        data_type: float,
+        raw_data: raw,
+        ..Default::default()
+    })
+}
