@@ -3,5 +3,8 @@
 //! A request's way through the crate: `http` (routes, forms, errors) -> `vision` (decode,
 //! detect, align, embed, compare) -> `gallery` (SQLite + in-memory index) -> JSON.
 
+pub mod config;
 pub mod gallery;
+pub mod http;
+pub mod inference;
 pub mod vision;

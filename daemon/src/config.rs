@@ -1,0 +1,788 @@
+//! The effective configuration, decided in one place: defaults < env file (`--env-file`) <
+//! environment < command-line flags.
+//!
+//! Names are DeepStack's (`VISION-FACE`, `MODE`, `API-KEY`, ...) with their underscore
+//! aliases. Names with '-' cannot be exported by most shells, but systemd's EnvironmentFile,
+//! `env` and docker's `-e` set them, so the environment is read as a whole. An empty value
+//! means "not set". Any invalid value stops the start-up with a message naming the variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::vision::decode::DEFAULT_MAX_PIXELS;
+use crate::vision::Mode;
+
+/// Default HTTP port (DeepStack's server).
+pub const DEFAULT_PORT: u16 = 5000;
+/// Default request deadline in seconds (DeepStack's).
+pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
+/// Default gallery directory (DeepStack's, inside its docker image).
+pub const DEFAULT_DATA_DIR: &str = "/datastore";
+/// Default cap on one request's uploaded bytes: 50 MiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 << 20;
+/// Largest THREADCOUNT accepted: more threads than this only add memory and contention.
+pub const MAX_THREADCOUNT: usize = 256;
+/// The detector size used on ARM, where DeepStack had no speed modes: the Pi's budget.
+pub const ARM_MODE: Mode = Mode::Low;
+
+/// Whether this build runs where DeepStack documented "no speed modes" (the Raspberry Pi).
+const ON_ARM: bool = cfg!(any(target_arch = "arm", target_arch = "aarch64"));
+
+/// One setting: its DeepStack name, aliases, flag and help line.
+struct Setting {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    flag: &'static str,
+    /// `None` for a switch (a flag without a value).
+    value: Option<&'static str>,
+    help: &'static str,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "VISION-FACE",
+        aliases: &["VISION_FACE"],
+        flag: "--vision-face",
+        value: None,
+        help: "enable the face endpoints (the variable must be exactly `True`)",
+    },
+    Setting {
+        name: "MODE",
+        aliases: &[],
+        flag: "--mode",
+        value: Some("High|Medium|Low"),
+        help: "detector speed mode [default: Medium; not available on ARM]",
+    },
+    Setting {
+        name: "API-KEY",
+        aliases: &["API_KEY"],
+        flag: "--api-key",
+        value: Some("KEY"),
+        help:
+            "required `api_key` form field on /v1/vision/* (prefer the env file: flags show in ps)",
+    },
+    Setting {
+        name: "ADMIN-KEY",
+        aliases: &["ADMIN_KEY"],
+        flag: "--admin-key",
+        value: Some("KEY"),
+        help: "required `admin_key` form field on /v1/backup and /v1/restore",
+    },
+    Setting {
+        name: "PORT",
+        aliases: &[],
+        flag: "--port",
+        value: Some("N"),
+        help: "HTTP port [default: 5000]",
+    },
+    Setting {
+        name: "BIND",
+        aliases: &[],
+        flag: "--bind",
+        value: Some("ADDR"),
+        help: "address to listen on [default: 0.0.0.0]",
+    },
+    Setting {
+        name: "THREADCOUNT",
+        aliases: &[],
+        flag: "--threadcount",
+        value: Some("N"),
+        help: "inference threads [default: number of cores]",
+    },
+    Setting {
+        name: "TIMEOUT",
+        aliases: &[],
+        flag: "--timeout",
+        value: Some("SECONDS"),
+        help: "deadline of one request's inference [default: 60]",
+    },
+    Setting {
+        name: "DATA_DIR",
+        aliases: &[],
+        flag: "--data-dir",
+        value: Some("DIR"),
+        help: "where the gallery lives [default: /datastore]",
+    },
+    Setting {
+        name: "MODELS_DIR",
+        aliases: &[],
+        flag: "--models-dir",
+        value: Some("DIR"),
+        help: "directory whose model files replace the embedded ones",
+    },
+    Setting {
+        name: "MAX_UPLOAD_BYTES",
+        aliases: &[],
+        flag: "--max-upload-bytes",
+        value: Some("N"),
+        help: "largest upload per request [default: 52428800]",
+    },
+    Setting {
+        name: "MAX_PIXELS",
+        aliases: &[],
+        flag: "--max-pixels",
+        value: Some("N"),
+        help: "largest image, width x height [default: 50000000]",
+    },
+];
+
+/// The daemon's settings.
+#[derive(Clone)]
+pub struct Config {
+    /// Face endpoints enabled (`VISION-FACE=True`).
+    pub vision_face: bool,
+    /// Detector speed mode.
+    pub mode: Mode,
+    /// Required `api_key` on the face routes, if any.
+    pub api_key: Option<String>,
+    /// Required `admin_key` on backup and restore, if any.
+    pub admin_key: Option<String>,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// HTTP port.
+    pub port: u16,
+    /// Inference threads.
+    pub threadcount: usize,
+    /// Deadline of one request's inference.
+    pub timeout: Duration,
+    /// Gallery directory.
+    pub data_dir: PathBuf,
+    /// Directory overriding the embedded models.
+    pub models_dir: Option<PathBuf>,
+    /// Largest upload per request, in bytes.
+    pub max_upload_bytes: u64,
+    /// Largest image, in pixels.
+    pub max_pixels: u64,
+    /// Things worth a warning in the log once it is set up (unknown env file keys, ...).
+    pub warnings: Vec<String>,
+}
+
+// Keys never reach a log or a panic message.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |k: &Option<String>| if k.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("Config")
+            .field("vision_face", &self.vision_face)
+            .field("mode", &self.mode)
+            .field("api_key", &set(&self.api_key))
+            .field("admin_key", &set(&self.admin_key))
+            .field("bind", &self.bind)
+            .field("port", &self.port)
+            .field("threadcount", &self.threadcount)
+            .field("timeout", &self.timeout)
+            .field("data_dir", &self.data_dir)
+            .field("models_dir", &self.models_dir)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("max_pixels", &self.max_pixels)
+            .finish()
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the server with this configuration.
+    Run(Box<Config>),
+    /// Print [`help`] and exit.
+    Help,
+    /// Print the version and exit.
+    Version,
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of the env file.
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// The process environment, under this spelling.
+    Environment(String),
+    /// A command-line flag.
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::EnvFile { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Environment(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse or is out of range.
+    #[error("{name}: {problem} (got {value:?} from {origin})")]
+    Invalid {
+        /// The setting's DeepStack name.
+        name: &'static str,
+        /// The offending value.
+        value: String,
+        /// Where it was set.
+        origin: Origin,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Two spellings of one setting disagree in the same source.
+    #[error("{first} and {second} are both set, to different values: keep one")]
+    Conflict {
+        /// One spelling.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// The env file cannot be read.
+    #[error("cannot read env file {path}: {source}")]
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line of the env file is not `KEY=VALUE`.
+    #[error("{path}:{line}: expected KEY=VALUE, a # comment or an empty line")]
+    EnvFileSyntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A bad command line.
+    #[error("{0} (see --help)")]
+    Usage(String),
+}
+
+/// Raw values by setting name; later sources overwrite earlier ones.
+type Raw = HashMap<&'static str, (String, Origin)>;
+
+fn setting_for_key(key: &str) -> Option<&'static Setting> {
+    SETTINGS
+        .iter()
+        .find(|s| s.name == key || s.aliases.contains(&key))
+}
+
+fn setting_for_flag(flag: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.flag == flag)
+}
+
+/// Reads the process's arguments and environment (the entry point of `main`).
+pub fn from_process() -> Result<Command, ConfigError> {
+    from_sources(
+        std::env::args().skip(1),
+        std::env::vars_os().filter_map(utf8_pair),
+    )
+}
+
+fn utf8_pair((k, v): (std::ffi::OsString, std::ffi::OsString)) -> Option<(String, String)> {
+    Some((k.into_string().ok()?, v.into_string().ok()?))
+}
+
+/// The configuration from explicit arguments (without the program name) and environment.
+pub fn from_sources(
+    args: impl IntoIterator<Item = String>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Command, ConfigError> {
+    let mut warnings = Vec::new();
+    let flags = match parse_args(args)? {
+        Args::Help => return Ok(Command::Help),
+        Args::Version => return Ok(Command::Version),
+        Args::Run { env_file, flags } => {
+            let mut raw = Raw::new();
+            if let Some(path) = env_file {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| ConfigError::EnvFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                merge(&mut raw, parse_env_file(&text, &path, &mut warnings)?)?;
+            }
+            let from_env = env
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let setting = setting_for_key(&k)?;
+                    Some((setting.name, v, Origin::Environment(k)))
+                })
+                .collect();
+            merge(&mut raw, from_env)?;
+            merge(&mut raw, flags)?;
+            raw
+        }
+    };
+    let config = build(&flags, warnings)?;
+    Ok(Command::Run(Box::new(config)))
+}
+
+enum Args {
+    Help,
+    Version,
+    Run {
+        env_file: Option<PathBuf>,
+        flags: Vec<(&'static str, String, Origin)>,
+    },
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, ConfigError> {
+    let mut env_file = None;
+    let mut flags = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |flag: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| ConfigError::Usage(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Args::Help),
+            "-V" | "--version" => return Ok(Args::Version),
+            "--env-file" => env_file = Some(PathBuf::from(value("--env-file")?)),
+            _ => {
+                let setting = setting_for_flag(&flag)
+                    .ok_or_else(|| ConfigError::Usage(format!("unknown argument {arg:?}")))?;
+                let v = match setting.value {
+                    Some(_) => value(setting.flag)?,
+                    // A switch: `--vision-face` means True; `--vision-face=X` sets X as is.
+                    None => inline.clone().unwrap_or_else(|| "True".to_owned()),
+                };
+                flags.push((setting.name, v, Origin::Flag(setting.flag)));
+            }
+        }
+    }
+    Ok(Args::Run { env_file, flags })
+}
+
+/// `KEY=VALUE` lines (surrounding quotes stripped), `#` comments and blank lines.
+fn parse_env_file(
+    text: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(&'static str, String, Origin)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let origin = Origin::EnvFile {
+            path: path.to_owned(),
+            line: i + 1,
+        };
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ConfigError::EnvFileSyntax {
+                path: path.to_owned(),
+                line: i + 1,
+            });
+        };
+        let key = key.trim();
+        match setting_for_key(key) {
+            Some(setting) => out.push((setting.name, unquote(value.trim()).to_owned(), origin)),
+            None => warnings.push(format!("{origin}: unknown setting {key}, ignored")),
+        }
+    }
+    Ok(out)
+}
+
+fn unquote(v: &str) -> &str {
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return &v[1..v.len() - 1];
+        }
+    }
+    v
+}
+
+/// Adds one source's values; two spellings of one setting must agree within a source.
+fn merge(raw: &mut Raw, source: Vec<(&'static str, String, Origin)>) -> Result<(), ConfigError> {
+    let mut seen: HashMap<&'static str, (String, Origin)> = HashMap::new();
+    for (name, value, origin) in source {
+        if let Some((earlier, first)) = seen.get(name) {
+            let same_kind = matches!(
+                (first, &origin),
+                (Origin::Environment(_), Origin::Environment(_))
+            );
+            if same_kind && *earlier != value {
+                return Err(ConfigError::Conflict {
+                    first: first.to_string(),
+                    second: origin.to_string(),
+                });
+            }
+        }
+        seen.insert(name, (value, origin));
+    }
+    raw.extend(seen);
+    Ok(())
+}
+
+fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
+    // A set value, or None when unset or empty.
+    let get = |name: &'static str| raw.get(name).filter(|(v, _)| !v.is_empty());
+    let invalid = |name: &'static str, problem: &str| {
+        let (value, origin) = raw[name].clone();
+        ConfigError::Invalid {
+            name,
+            value,
+            origin,
+            problem: problem.to_owned(),
+        }
+    };
+    let number = |name: &'static str, min: u64, max: u64| -> Result<Option<u64>, ConfigError> {
+        match get(name) {
+            None => Ok(None),
+            Some((v, _)) => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(invalid(
+                    name,
+                    &format!("expected a whole number from {min} to {max}"),
+                )),
+            },
+        }
+    };
+    let mut warnings = warnings;
+
+    // DeepStack enables faces only for exactly "True"; anything else is "off", not an error.
+    let vision_face = match get("VISION-FACE") {
+        Some((v, _)) if v == "True" => true,
+        Some((v, origin)) => {
+            warnings.push(format!(
+                "{origin} is {v:?}, not exactly \"True\": the face endpoints stay off"
+            ));
+            false
+        }
+        None => false,
+    };
+    let mode = match get("MODE") {
+        None if ON_ARM => ARM_MODE,
+        None => Mode::Medium,
+        Some(_) if ON_ARM => {
+            return Err(invalid(
+                "MODE",
+                "speed modes are not available on ARM (DeepStack's Raspberry Pi version has none); remove MODE",
+            ))
+        }
+        Some((v, _)) => {
+            Mode::parse(v).ok_or_else(|| invalid("MODE", "expected High, Medium or Low"))?
+        }
+    };
+    let key = |name: &'static str| get(name).map(|(v, _)| v.clone());
+    let bind = match get("BIND") {
+        None => IpAddr::from([0, 0, 0, 0]),
+        Some((v, _)) => v
+            .parse()
+            .map_err(|_| invalid("BIND", "expected an IP address"))?,
+    };
+    let port = number("PORT", 1, u64::from(u16::MAX))?.map_or(DEFAULT_PORT, |p| p as u16);
+    let threadcount = match number("THREADCOUNT", 1, MAX_THREADCOUNT as u64)? {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let timeout = match get("TIMEOUT") {
+        None => Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS),
+        // Fractions are ours (DeepStack took whole seconds): they make the timeout testable.
+        Some((v, _)) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| invalid("TIMEOUT", "expected a positive number of seconds"))?,
+    };
+    let data_dir =
+        get("DATA_DIR").map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |(v, _)| v.into());
+    let models_dir = match get("MODELS_DIR") {
+        None => None,
+        Some((v, _)) if Path::new(v).is_dir() => Some(PathBuf::from(v)),
+        Some(_) => return Err(invalid("MODELS_DIR", "not a directory")),
+    };
+    let max_upload_bytes =
+        number("MAX_UPLOAD_BYTES", 1, u64::MAX / 4)?.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
+    let max_pixels = number("MAX_PIXELS", 1, u64::from(u32::MAX))?.unwrap_or(DEFAULT_MAX_PIXELS);
+    Ok(Config {
+        vision_face,
+        mode,
+        api_key: key("API-KEY"),
+        admin_key: key("ADMIN-KEY"),
+        bind,
+        port,
+        threadcount,
+        timeout,
+        data_dir,
+        models_dir,
+        max_upload_bytes,
+        max_pixels,
+        warnings,
+    })
+}
+
+/// The `--help` text.
+pub fn help() -> String {
+    let mut out = format!(
+        "deepstackd {}: a face recognition server speaking DeepStack's face API\n\n\
+         Usage: deepstackd [--env-file PATH] [FLAGS]\n\n\
+         Every setting comes, from lowest to highest priority, from its default, the env\n\
+         file (KEY=VALUE lines, # comments), the environment, then the flag.\n\n\
+         Options:\n  {:<32} read settings from this file\n",
+        env!("CARGO_PKG_VERSION"),
+        "--env-file PATH",
+    );
+    for s in SETTINGS {
+        let flag = match s.value {
+            Some(v) => format!("{} {v}", s.flag),
+            None => s.flag.to_owned(),
+        };
+        let names = std::iter::once(s.name)
+            .chain(s.aliases.iter().copied())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!("  {flag:<32} {} [env: {names}]\n", s.help));
+    }
+    out.push_str("  -h, --help                       print this help\n");
+    out.push_str("  -V, --version                    print the version\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let args = args.iter().map(|s| s.to_string());
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        match from_sources(args, env)? {
+            Command::Run(config) => Ok(*config),
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    fn problem_of(result: Result<Config, ConfigError>) -> String {
+        result.expect_err("expected an error").to_string()
+    }
+
+    #[test]
+    fn defaults_are_deepstacks() {
+        let c = run(&[], &[("HOME", "/root")]).unwrap();
+        assert!(!c.vision_face);
+        assert_eq!(c.port, 5000);
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert_eq!(c.data_dir, PathBuf::from("/datastore"));
+        assert_eq!(c.api_key, None);
+        assert_eq!(c.admin_key, None);
+        assert_eq!(c.bind, IpAddr::from([0, 0, 0, 0]));
+        assert!(c.threadcount >= 1);
+        assert_eq!(c.max_upload_bytes, 50 << 20);
+        assert_eq!(c.max_pixels, DEFAULT_MAX_PIXELS);
+        if !ON_ARM {
+            assert_eq!(c.mode, Mode::Medium);
+        }
+    }
+
+    #[test]
+    fn deepstack_names_and_aliases() {
+        let c = run(
+            &[],
+            &[
+                ("VISION-FACE", "True"),
+                ("API_KEY", "k1"),
+                ("ADMIN-KEY", "k2"),
+                ("THREADCOUNT", "3"),
+                ("TIMEOUT", "0.5"),
+            ],
+        )
+        .unwrap();
+        assert!(c.vision_face);
+        assert_eq!(c.api_key.as_deref(), Some("k1"));
+        assert_eq!(c.admin_key.as_deref(), Some("k2"));
+        assert_eq!(c.threadcount, 3);
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert!(run(&[], &[("VISION_FACE", "True")]).unwrap().vision_face);
+    }
+
+    #[test]
+    fn vision_face_must_be_exactly_true() {
+        for v in ["true", "TRUE", "1", "yes", ""] {
+            let c = run(&[], &[("VISION-FACE", v)]).unwrap();
+            assert!(!c.vision_face, "{v:?}");
+        }
+        let c = run(&[], &[("VISION-FACE", "true")]).unwrap();
+        assert!(c.warnings[0].contains("not exactly"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_env_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deepstack.env");
+        std::fs::write(
+            &file,
+            "# written by the CLI\n\nPORT=7000\nAPI-KEY=\"from file\"\nTHREADCOUNT=2\nADMIN-KEY=a\nOTHER=1\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = run(&["--env-file", path], &[]).unwrap();
+        assert_eq!(c.port, 7000);
+        assert_eq!(c.api_key.as_deref(), Some("from file"));
+        assert!(c.warnings.iter().any(|w| w.contains("OTHER")));
+
+        let c = run(
+            &["--env-file", path],
+            &[("PORT", "7001"), ("API_KEY", "env")],
+        )
+        .unwrap();
+        assert_eq!((c.port, c.api_key.as_deref()), (7001, Some("env")));
+        assert_eq!(c.threadcount, 2);
+
+        let c = run(
+            &[
+                &format!("--env-file={path}"),
+                "--port=7002",
+                "--api-key",
+                "flag",
+            ],
+            &[("PORT", "7001")],
+        )
+        .unwrap();
+        assert_eq!((c.port, c.api_key.as_deref()), (7002, Some("flag")));
+        assert_eq!(c.admin_key.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn flags_cover_every_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().to_str().unwrap();
+        let mut args = vec![
+            "--vision-face",
+            "--api-key=a",
+            "--admin-key=b",
+            "--port=1",
+            "--bind=127.0.0.1",
+            "--threadcount=4",
+            "--timeout=2",
+            "--data-dir=/tmp/x",
+            "--max-upload-bytes=10",
+            "--max-pixels=20",
+        ];
+        let models_flag = format!("--models-dir={models}");
+        args.push(&models_flag);
+        if !ON_ARM {
+            args.push("--mode=High");
+        }
+        let c = run(&args, &[]).unwrap();
+        assert!(c.vision_face);
+        assert_eq!(c.bind, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            (c.port, c.threadcount, c.max_upload_bytes, c.max_pixels),
+            (1, 4, 10, 20)
+        );
+        assert_eq!(c.timeout, Duration::from_secs(2));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.models_dir.as_deref(), Some(dir.path()));
+        if !ON_ARM {
+            assert_eq!(c.mode, Mode::High);
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("PORT", "0", "PORT"),
+            ("PORT", "70000", "PORT"),
+            ("PORT", "http", "PORT"),
+            ("THREADCOUNT", "0", "THREADCOUNT"),
+            ("THREADCOUNT", "-1", "THREADCOUNT"),
+            ("TIMEOUT", "0", "TIMEOUT"),
+            ("TIMEOUT", "soon", "TIMEOUT"),
+            ("TIMEOUT", "NaN", "TIMEOUT"),
+            ("MODE", "Turbo", "MODE"),
+            ("BIND", "localhost:80", "BIND"),
+            ("MAX_UPLOAD_BYTES", "1MB", "MAX_UPLOAD_BYTES"),
+            ("MAX_PIXELS", "0", "MAX_PIXELS"),
+            ("MODELS_DIR", "/nonexistent/models", "MODELS_DIR"),
+        ];
+        for (key, value, named) in cases {
+            let msg = problem_of(run(&[], &[(key, value)]));
+            assert!(msg.starts_with(named), "{key}={value}: {msg}");
+            assert!(msg.contains("environment variable"), "{msg}");
+        }
+        let msg = problem_of(run(&["--port", "x"], &[]));
+        assert!(msg.starts_with("PORT") && msg.contains("--port"), "{msg}");
+    }
+
+    #[test]
+    fn empty_means_unset() {
+        let c = run(&[], &[("PORT", ""), ("API-KEY", ""), ("MODE", "")]).unwrap();
+        assert_eq!(c.port, 5000);
+        assert_eq!(c.api_key, None);
+    }
+
+    #[test]
+    fn conflicting_aliases_are_refused() {
+        let msg = problem_of(run(&[], &[("API-KEY", "a"), ("API_KEY", "b")]));
+        assert!(msg.contains("API-KEY") && msg.contains("API_KEY"), "{msg}");
+        assert!(run(&[], &[("API-KEY", "a"), ("API_KEY", "a")]).is_ok());
+    }
+
+    #[test]
+    fn bad_command_lines_and_env_files() {
+        assert!(matches!(
+            run(&["--frobnicate"], &[]),
+            Err(ConfigError::Usage(_))
+        ));
+        assert!(matches!(run(&["--port"], &[]), Err(ConfigError::Usage(_))));
+        assert!(matches!(
+            run(&["--env-file", "/nonexistent/deepstack.env"], &[]),
+            Err(ConfigError::EnvFile { .. })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.env");
+        std::fs::write(&file, "PORT=1\nnot a setting\n").unwrap();
+        let msg = problem_of(run(&["--env-file", file.to_str().unwrap()], &[]));
+        assert!(msg.contains(":2:"), "{msg}");
+        assert!(matches!(
+            from_sources(["--help".to_owned()], []),
+            Ok(Command::Help)
+        ));
+        assert!(matches!(
+            from_sources(["-V".to_owned()], []),
+            Ok(Command::Version)
+        ));
+    }
+
+    #[test]
+    fn mode_on_arm_is_refused() {
+        let result = run(&[], &[("MODE", "High")]);
+        if ON_ARM {
+            assert!(problem_of(result).contains("not available on ARM"));
+        } else {
+            assert_eq!(result.unwrap().mode, Mode::High);
+        }
+    }
+
+    #[test]
+    fn keys_stay_out_of_debug_output() {
+        let c = run(&[], &[("API-KEY", "s3cret"), ("ADMIN-KEY", "t0p")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0p"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        let text = help();
+        for s in SETTINGS {
+            assert!(text.contains(s.flag) && text.contains(s.name), "{}", s.name);
+        }
+    }
+}

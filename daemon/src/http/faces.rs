@@ -1,0 +1,280 @@
+//! The face routes: access checks and form validation in the contract's order, then the job
+//! on the inference pool, then DeepStack's JSON.
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::form::{FilePart, Form};
+use super::jobs::{self, PixelBox, Skipped};
+use super::logging::FaceCount;
+use super::AppState;
+use crate::gallery::RegisterOutcome;
+use crate::vision::calibration::{DEFAULT_DETECTION_CONFIDENCE, DEFAULT_RECOGNITION_CONFIDENCE};
+
+/// `{"success": true, ..., "duration": 0}` around a route's own fields.
+#[derive(Serialize)]
+pub(super) struct Success<T: Serialize> {
+    success: bool,
+    #[serde(flatten)]
+    body: T,
+    duration: u8,
+}
+
+/// A 200 JSON answer, tagged with the number of faces for the request log.
+pub(super) fn success<T: Serialize>(body: T, faces: usize) -> HttpResponse {
+    let mut res = HttpResponse::Ok().json(Success {
+        success: true,
+        body,
+        duration: 0,
+    });
+    res.extensions_mut().insert(FaceCount(faces));
+    res
+}
+
+/// No fields besides `success` and `duration`.
+#[derive(Serialize)]
+pub(super) struct Nothing {}
+
+#[derive(Serialize)]
+struct Predictions<P> {
+    predictions: Vec<P>,
+}
+
+#[derive(Serialize)]
+struct Detection {
+    confidence: f32,
+    #[serde(flatten)]
+    bbox: PixelBox,
+}
+
+#[derive(Serialize)]
+struct Recognition {
+    confidence: f32,
+    userid: String,
+    #[serde(flatten)]
+    bbox: PixelBox,
+}
+
+#[derive(Serialize)]
+struct Registration {
+    message: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<Skipped>,
+}
+
+#[derive(Serialize)]
+struct Similarity {
+    similarity: f32,
+}
+
+#[derive(Serialize)]
+struct Faces {
+    faces: Vec<String>,
+}
+
+/// What recognize answers for a face nobody matched.
+const UNKNOWN: &str = "unknown";
+
+/// `min_confidence`: missing or empty means `default`; then DeepStack's two checks.
+fn min_confidence(form: &Form, default: f32) -> Result<f32, ApiError> {
+    let Some(text) = form.field("min_confidence").filter(|t| !t.is_empty()) else {
+        return Ok(default);
+    };
+    match text.parse::<f32>() {
+        Ok(v) if v.is_nan() => Err(ApiError::InvalidMinConfidence),
+        Ok(v) if v > 1.0 => Err(ApiError::MinConfidenceTooHigh),
+        Ok(v) => Ok(v),
+        Err(_) => Err(ApiError::InvalidMinConfidence),
+    }
+}
+
+/// The non-empty `userid` field.
+fn userid(form: &Form) -> Result<String, ApiError> {
+    form.field("userid")
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .ok_or(ApiError::NoUserid)
+}
+
+/// The file named `image`, which detection and recognition read.
+fn image(form: &Form) -> Result<FilePart, ApiError> {
+    form.file("image").cloned().ok_or(ApiError::NoImage)
+}
+
+/// POST /v1/vision/face and /v1/vision/face/: face detection.
+pub async fn detect(state: web::Data<AppState>, form: Form) -> Result<HttpResponse, ApiError> {
+    state.access.face_route(&form)?;
+    let file = image(&form)?;
+    let min_confidence = min_confidence(&form, DEFAULT_DETECTION_CONFIDENCE)?;
+    let limits = state.limits;
+    let faces = state
+        .pool
+        .run(move |p| jobs::detect(p, &file, limits, min_confidence))
+        .await??;
+    let predictions: Vec<Detection> = faces
+        .into_iter()
+        .map(|f| Detection {
+            confidence: f.confidence,
+            bbox: f.bbox,
+        })
+        .collect();
+    let n = predictions.len();
+    Ok(success(Predictions { predictions }, n))
+}
+
+/// POST /v1/vision/face/recognize.
+pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpResponse, ApiError> {
+    state.access.face_route(&form)?;
+    let file = image(&form)?;
+    let threshold = min_confidence(&form, DEFAULT_RECOGNITION_CONFIDENCE)?;
+    let (limits, gallery) = (state.limits, state.gallery.clone());
+    let faces = state
+        .pool
+        .run(move |p| jobs::recognize(p, &*gallery, &file, limits, threshold))
+        .await??;
+    let predictions: Vec<Recognition> = faces
+        .into_iter()
+        .map(|f| Recognition {
+            confidence: f.confidence,
+            userid: f.userid.unwrap_or_else(|| UNKNOWN.to_owned()),
+            bbox: f.bbox,
+        })
+        .collect();
+    let n = predictions.len();
+    Ok(success(Predictions { predictions }, n))
+}
+
+/// POST /v1/vision/face/register: every file part adds a sample.
+pub async fn register(state: web::Data<AppState>, form: Form) -> Result<HttpResponse, ApiError> {
+    state.access.face_route(&form)?;
+    if form.files().is_empty() {
+        return Err(ApiError::NoImage);
+    }
+    let userid = userid(&form)?;
+    let files = form.files().to_vec();
+    let (limits, gallery) = (state.limits, state.gallery.clone());
+    let done = state
+        .pool
+        .run(move |p| jobs::register(p, &*gallery, &userid, &files, limits))
+        .await??;
+    let message = match done.outcome {
+        RegisterOutcome::Added => "face added",
+        RegisterOutcome::Updated => "face updated",
+    };
+    let body = Registration {
+        message,
+        skipped: done.skipped,
+    };
+    Ok(success(body, done.samples))
+}
+
+/// POST /v1/vision/face/match: the similarity of the largest faces of two photos.
+pub async fn match_faces(state: web::Data<AppState>, form: Form) -> Result<HttpResponse, ApiError> {
+    state.access.face_route(&form)?;
+    // DeepStack counted file field NAMES and read the first file of each.
+    let mut names: Vec<&str> = Vec::new();
+    for file in form.files() {
+        if !names.contains(&file.name.as_str()) {
+            names.push(&file.name);
+        }
+    }
+    let (a, b) = match names.as_slice() {
+        [] => return Err(ApiError::NoImage),
+        [_] => return Err(ApiError::OnlyOneImage),
+        [a, b] => (form.file(a).cloned(), form.file(b).cloned()),
+        _ => return Err(ApiError::TooManyImages),
+    };
+    let (a, b) = a.zip(b).ok_or(ApiError::NoImage)?;
+    let limits = state.limits;
+    let similarity = state
+        .pool
+        .run(move |p| jobs::match_faces(p, &a, &b, limits))
+        .await??;
+    Ok(success(Similarity { similarity }, 2))
+}
+
+/// POST /v1/vision/face/list: every userid, sorted bytewise.
+pub async fn list(state: web::Data<AppState>, form: Form) -> Result<HttpResponse, ApiError> {
+    state.access.face_route(&form)?;
+    // An in-memory read of the index: fine on the async worker.
+    let faces = state.gallery.list_users();
+    Ok(success(Faces { faces }, 0))
+}
+
+/// POST /v1/vision/face/delete: success also for an unknown userid.
+pub async fn delete(state: web::Data<AppState>, form: Form) -> Result<HttpResponse, ApiError> {
+    state.access.face_route(&form)?;
+    let userid = userid(&form)?;
+    let gallery = state.gallery.clone();
+    // A committed SQLite write (fsync): blocking I/O, kept off the async worker.
+    web::block(move || gallery.delete_user(&userid))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(success(Nothing {}, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form_with(min: &str) -> Form {
+        Form::from_fields(vec![("min_confidence".into(), min.into())])
+    }
+
+    #[test]
+    fn min_confidence_is_validated_like_deepstack() {
+        assert_eq!(min_confidence(&Form::default(), 0.55).unwrap(), 0.55);
+        assert_eq!(min_confidence(&form_with(""), 0.67).unwrap(), 0.67);
+        assert_eq!(min_confidence(&form_with("0.45"), 0.67).unwrap(), 0.45);
+        assert_eq!(min_confidence(&form_with("1"), 0.67).unwrap(), 1.0);
+        assert_eq!(min_confidence(&form_with("-0.5"), 0.67).unwrap(), -0.5);
+        for bad in ["abc", "0.5x", " 0.5", "NaN"] {
+            assert!(
+                matches!(
+                    min_confidence(&form_with(bad), 0.67),
+                    Err(ApiError::InvalidMinConfidence)
+                ),
+                "{bad}"
+            );
+        }
+        for high in ["1.01", "2", "inf"] {
+            assert!(matches!(
+                min_confidence(&form_with(high), 0.67),
+                Err(ApiError::MinConfidenceTooHigh)
+            ));
+        }
+    }
+
+    #[test]
+    fn success_bodies_keep_deepstacks_shape() {
+        let body = serde_json::to_string(&Success {
+            success: true,
+            body: Predictions {
+                predictions: vec![Recognition {
+                    confidence: 0.5,
+                    userid: "a".into(),
+                    bbox: PixelBox {
+                        y_min: 1,
+                        x_min: 2,
+                        y_max: 3,
+                        x_max: 4,
+                    },
+                }],
+            },
+            duration: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            body,
+            r#"{"success":true,"predictions":[{"confidence":0.5,"userid":"a","y_min":1,"x_min":2,"y_max":3,"x_max":4}],"duration":0}"#
+        );
+        let body = serde_json::to_string(&Success {
+            success: true,
+            body: Nothing {},
+            duration: 0,
+        })
+        .unwrap();
+        assert_eq!(body, r#"{"success":true,"duration":0}"#);
+    }
+}

@@ -1,0 +1,367 @@
+//! What the face routes run on the inference pool: decode, detect, embed, compare, store.
+//!
+//! Plain blocking functions of the pipeline and the gallery; the handlers validate the form
+//! first, then hand one of these to the pool and turn its result into JSON.
+
+use std::io::Cursor;
+
+use image::codecs::jpeg::JpegEncoder;
+use image::RgbImage;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::form::FilePart;
+use crate::gallery::{FaceStore, NewSample, RegisterOutcome};
+use crate::vision::calibration::{
+    detection_confidence, detection_score_for, recognition_confidence,
+    DEFAULT_DETECTION_CONFIDENCE, STRICT_DETECTION_CONFIDENCE,
+};
+use crate::vision::compare::assign_users;
+use crate::vision::{BBox, DecodeLimits, Face, Pipeline};
+
+/// A second face at least this fraction of the largest face's area makes a registration photo
+/// ambiguous: with two similar faces (a couple, a poster behind the person) we cannot tell
+/// whose name the userid is, and a wrong sample would make strangers match. Below it, the
+/// smaller faces are taken for bystanders.
+pub const AMBIGUOUS_AREA_RATIO: f32 = 0.8;
+
+/// JPEG quality of the stored face crops: faithful enough to re-embed with a new model.
+pub const CROP_JPEG_QUALITY: u8 = 90;
+
+/// Skip reason: no face in a registration photo.
+pub const SKIP_NO_FACE: &str = "no face detected";
+/// Skip reason: two faces of similar size in a registration photo.
+pub const SKIP_AMBIGUOUS: &str = "several faces of similar size";
+
+/// Limits applied to one upload.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// Largest image, in pixels.
+    pub max_pixels: u64,
+    /// Largest upload, in bytes (only named in the error's reason).
+    pub max_upload_bytes: u64,
+}
+
+/// A face box in whole pixels of the original image, clipped to it; DeepStack's key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PixelBox {
+    /// Top.
+    pub y_min: u32,
+    /// Left.
+    pub x_min: u32,
+    /// Bottom.
+    pub y_max: u32,
+    /// Right.
+    pub x_max: u32,
+}
+
+impl PixelBox {
+    /// Rounds `b` to whole pixels and clips it to a `width` x `height` image (edges, so
+    /// `x_max` may equal `width`).
+    pub fn new(b: &BBox, width: u32, height: u32) -> PixelBox {
+        let clip = |v: f32, max: u32| (v.round().max(0.0) as u32).min(max);
+        PixelBox {
+            y_min: clip(b.y_min, height),
+            x_min: clip(b.x_min, width),
+            y_max: clip(b.y_max, height),
+            x_max: clip(b.x_max, width),
+        }
+    }
+
+    /// No pixel inside: a box that was wholly outside the image.
+    pub fn is_empty(&self) -> bool {
+        self.x_max <= self.x_min || self.y_max <= self.y_min
+    }
+}
+
+/// A detected face, on DeepStack's confidence scale.
+#[derive(Debug, Clone)]
+pub struct DetectedFace {
+    /// Detection confidence, 0..1.
+    pub confidence: f32,
+    /// Where.
+    pub bbox: PixelBox,
+}
+
+/// A face and who it is.
+#[derive(Debug, Clone)]
+pub struct RecognizedFace {
+    /// The user, or `None` for unknown.
+    pub userid: Option<String>,
+    /// Recognition confidence (0 when unknown).
+    pub confidence: f32,
+    /// Where.
+    pub bbox: PixelBox,
+}
+
+/// A registration photo that gave no sample, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// The file's form field name.
+    pub file: String,
+    /// Why it was skipped.
+    pub reason: &'static str,
+}
+
+/// What a registration did.
+#[derive(Debug)]
+pub struct Registered {
+    /// Added or updated.
+    pub outcome: RegisterOutcome,
+    /// Samples stored.
+    pub samples: usize,
+    /// Photos that gave no sample.
+    pub skipped: Vec<Skipped>,
+}
+
+fn decode(p: &Pipeline, file: &FilePart, limits: UploadLimits) -> Result<RgbImage, ApiError> {
+    if file.over_limit {
+        return Err(ApiError::InvalidImage {
+            reason: Some(format!(
+                "upload over the limit of {} bytes (MAX_UPLOAD_BYTES)",
+                limits.max_upload_bytes
+            )),
+        });
+    }
+    let decode_limits = DecodeLimits {
+        max_pixels: limits.max_pixels,
+    };
+    Ok(p.decode(&file.bytes, decode_limits)?)
+}
+
+/// Lowest detection confidence ever reported, whatever `min_confidence` asks. Below it YuNet
+/// scores every anchor of its grid (thousands of boxes on a 720p photo, 0.7 s of NMS), none
+/// of them a face: the best detection on the calibration's people-free photos scored 0.44.
+pub const DETECTION_CONFIDENCE_FLOOR: f32 = 0.1;
+
+/// The YuNet score for a confidence on DeepStack's scale.
+fn min_score(confidence: f32) -> f32 {
+    detection_score_for(confidence.max(DETECTION_CONFIDENCE_FLOOR))
+}
+
+/// Faces at or above `min_confidence` (DeepStack's scale), most confident first.
+pub fn detect(
+    p: &Pipeline,
+    file: &FilePart,
+    limits: UploadLimits,
+    min_confidence: f32,
+) -> Result<Vec<DetectedFace>, ApiError> {
+    let img = decode(p, file, limits)?;
+    let (w, h) = img.dimensions();
+    let mut faces: Vec<DetectedFace> = p
+        .detect(&img, min_score(min_confidence))?
+        .iter()
+        .map(|f| DetectedFace {
+            confidence: detection_confidence(f.score),
+            bbox: PixelBox::new(&f.bbox, w, h),
+        })
+        .filter(|f| !f.bbox.is_empty())
+        .collect();
+    faces.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    Ok(faces)
+}
+
+/// Every face found at the default detection threshold, each given at most one user (and
+/// each user at most one face) with a confidence of at least `threshold`.
+pub fn recognize(
+    p: &Pipeline,
+    gallery: &dyn FaceStore,
+    file: &FilePart,
+    limits: UploadLimits,
+    threshold: f32,
+) -> Result<Vec<RecognizedFace>, ApiError> {
+    let img = decode(p, file, limits)?;
+    let faces = p.detect(&img, min_score(DEFAULT_DETECTION_CONFIDENCE))?;
+    if faces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let embedded = p.embed(&img, &faces)?;
+    let candidates: Vec<Vec<(String, f32)>> = embedded
+        .iter()
+        .map(|e| {
+            gallery
+                .best_matches(&e.embedding.0)
+                .into_iter()
+                .map(|(user, cosine)| (user, recognition_confidence(cosine)))
+                .collect()
+        })
+        .collect();
+    let (w, h) = img.dimensions();
+    Ok(assign_users(&candidates, threshold)
+        .into_iter()
+        .zip(&faces)
+        .map(|(assigned, face)| {
+            let bbox = PixelBox::new(&face.bbox, w, h);
+            match assigned {
+                Some((user, confidence)) => RecognizedFace {
+                    userid: Some(user),
+                    confidence,
+                    bbox,
+                },
+                None => RecognizedFace {
+                    userid: None,
+                    confidence: 0.0,
+                    bbox,
+                },
+            }
+        })
+        .collect())
+}
+
+/// The registration face of a photo: the largest, unless another is nearly as large.
+enum Pick {
+    NoFace,
+    Ambiguous,
+    One(Face),
+}
+
+fn pick_registration_face(faces: &[Face]) -> Pick {
+    let mut by_area: Vec<&Face> = faces.iter().collect();
+    by_area.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
+    match by_area.as_slice() {
+        [] => Pick::NoFace,
+        [first, second, ..] if second.bbox.area() >= AMBIGUOUS_AREA_RATIO * first.bbox.area() => {
+            Pick::Ambiguous
+        }
+        [first, ..] => Pick::One(**first),
+    }
+}
+
+/// The largest face of a photo (match).
+fn largest_face(faces: &[Face]) -> Option<Face> {
+    faces
+        .iter()
+        .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
+        .copied()
+}
+
+fn encode_crop(crop: &RgbImage) -> Result<Vec<u8>, ApiError> {
+    let mut out = Cursor::new(Vec::new());
+    JpegEncoder::new_with_quality(&mut out, CROP_JPEG_QUALITY)
+        .encode_image(crop)
+        .map_err(ApiError::internal)?;
+    Ok(out.into_inner())
+}
+
+/// One sample per usable photo, all stored in one gallery transaction.
+///
+/// A file that is not an image fails the whole request (nothing stored), as in DeepStack;
+/// a photo without a usable face is skipped; no usable face at all is `no face detected`.
+pub fn register(
+    p: &Pipeline,
+    gallery: &dyn FaceStore,
+    userid: &str,
+    files: &[FilePart],
+    limits: UploadLimits,
+) -> Result<Registered, ApiError> {
+    let mut samples = Vec::new();
+    let mut skipped = Vec::new();
+    for file in files {
+        let img = decode(p, file, limits)?;
+        let faces = p.detect(&img, min_score(DEFAULT_DETECTION_CONFIDENCE))?;
+        let face = match pick_registration_face(&faces) {
+            Pick::One(face) => face,
+            Pick::NoFace => {
+                skipped.push(skip(file, SKIP_NO_FACE));
+                continue;
+            }
+            Pick::Ambiguous => {
+                skipped.push(skip(file, SKIP_AMBIGUOUS));
+                continue;
+            }
+        };
+        let embedded = p.embed(&img, std::slice::from_ref(&face))?.remove(0);
+        samples.push(NewSample {
+            embedding: embedded.embedding.0,
+            model: p.models().recognizer.sha256.clone(),
+            crop: encode_crop(&embedded.crop)?,
+            source: file.name.clone(),
+            det_score: detection_confidence(face.score),
+        });
+    }
+    if samples.is_empty() {
+        return Err(ApiError::NoFaceDetected);
+    }
+    let count = samples.len();
+    let outcome = gallery.register(userid, samples)?;
+    Ok(Registered {
+        outcome,
+        samples: count,
+        skipped,
+    })
+}
+
+fn skip(file: &FilePart, reason: &'static str) -> Skipped {
+    Skipped {
+        file: file.name.clone(),
+        reason,
+    }
+}
+
+/// Calibrated similarity of the largest faces of two photos, found at the strict threshold.
+pub fn match_faces(
+    p: &Pipeline,
+    a: &FilePart,
+    b: &FilePart,
+    limits: UploadLimits,
+) -> Result<f32, ApiError> {
+    let images = [decode(p, a, limits)?, decode(p, b, limits)?];
+    let mut embeddings = Vec::with_capacity(2);
+    for img in &images {
+        let faces = p.detect(img, min_score(STRICT_DETECTION_CONFIDENCE))?;
+        let face = largest_face(&faces).ok_or(ApiError::NoFaceFound)?;
+        embeddings.push(p.embed(img, &[face])?.remove(0).embedding);
+    }
+    Ok(recognition_confidence(embeddings[0].cosine(&embeddings[1])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(x: f32, side: f32) -> Face {
+        Face {
+            bbox: BBox {
+                x_min: x,
+                y_min: 0.0,
+                x_max: x + side,
+                y_max: side,
+            },
+            landmarks: [[0.0; 2]; 5],
+            score: 0.9,
+        }
+    }
+
+    #[test]
+    fn boxes_are_rounded_and_clipped() {
+        let b = BBox {
+            x_min: -3.4,
+            y_min: 10.5,
+            x_max: 120.7,
+            y_max: 49.2,
+        };
+        assert_eq!(
+            PixelBox::new(&b, 100, 50),
+            PixelBox {
+                y_min: 11,
+                x_min: 0,
+                y_max: 49,
+                x_max: 100
+            }
+        );
+    }
+
+    #[test]
+    fn registration_takes_the_largest_face_unless_ambiguous() {
+        assert!(matches!(pick_registration_face(&[]), Pick::NoFace));
+        match pick_registration_face(&[face(0.0, 50.0), face(100.0, 100.0)]) {
+            Pick::One(f) => assert_eq!(f.bbox.x_min, 100.0),
+            _ => panic!("expected the larger face"),
+        }
+        // 95 x 95 is 0.9025 of 100 x 100: ambiguous.
+        assert!(matches!(
+            pick_registration_face(&[face(0.0, 95.0), face(100.0, 100.0)]),
+            Pick::Ambiguous
+        ));
+    }
+}

@@ -1,0 +1,81 @@
+//! The HTTP API: DeepStack's face routes plus backup, restore and status, on actix-web.
+//!
+//! Modules: `form` (reading bodies), `auth` (keys and the face switch), `faces` (face
+//! routes), `jobs` (their work on the inference pool), `admin` (backup, restore, status),
+//! `error` (every error answer), `logging` (the per-request log line).
+
+mod admin;
+mod auth;
+mod error;
+mod faces;
+mod form;
+mod jobs;
+mod logging;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{middleware, web, App, HttpServer};
+
+pub use auth::Access;
+pub use error::ApiError;
+pub use form::FormLimits;
+pub use jobs::{UploadLimits, AMBIGUOUS_AREA_RATIO};
+
+use crate::gallery::FaceStore;
+use crate::inference::InferencePool;
+
+/// What every handler shares.
+pub struct AppState {
+    /// Keys and the face switch.
+    pub access: Access,
+    /// The inference workers (and, through them, the pipeline).
+    pub pool: InferencePool,
+    /// The gallery.
+    pub gallery: Arc<dyn FaceStore>,
+    /// Limits applied to uploads.
+    pub limits: UploadLimits,
+    /// When the server started (status page).
+    pub started: Instant,
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/vision/face", web::post().to(faces::detect))
+        .route("/v1/vision/face/", web::post().to(faces::detect))
+        .route(
+            "/v1/vision/face/recognize",
+            web::post().to(faces::recognize),
+        )
+        .route("/v1/vision/face/register", web::post().to(faces::register))
+        .route("/v1/vision/face/match", web::post().to(faces::match_faces))
+        .route("/v1/vision/face/list", web::post().to(faces::list))
+        .route("/v1/vision/face/delete", web::post().to(faces::delete))
+        .route("/v1/backup", web::post().to(admin::backup))
+        .service(
+            web::resource("/v1/restore")
+                .app_data(FormLimits {
+                    max_upload_bytes: admin::MAX_RESTORE_BYTES,
+                })
+                .route(web::post().to(admin::restore)),
+        )
+        .route("/v1/status", web::get().to(admin::status));
+}
+
+/// Serves the API on `addr` until SIGINT or SIGTERM (actix finishes the open requests).
+pub async fn serve(addr: (std::net::IpAddr, u16), state: AppState) -> std::io::Result<()> {
+    let limits = FormLimits {
+        max_upload_bytes: state.limits.max_upload_bytes,
+    };
+    let state = web::Data::new(state);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(limits)
+            .wrap(middleware::from_fn(logging::log_request))
+            .configure(routes)
+    })
+    .bind(addr)?
+    .run()
+    .await
+}
