@@ -94,10 +94,10 @@ fn a_group_photo_gives_every_face_and_each_person_once() {
     assert_eq!(matches, 2);
 }
 
-/// `vision::weights` widens the int8 weights at load; tract's own DequantizeLinear must
-/// give the same embedding.
+/// `vision::onnx_rewrite` widens the int8 weights and expands PRelu at load; tract on the
+/// untouched file must give the same embedding.
 #[test]
-fn weights_widened_at_load_match_tracts_own_dequantization() {
+fn graph_rewrites_at_load_keep_the_embedding() {
     use tract_onnx::prelude::*;
     let crop = align::align(&decode("obama.jpg"), &faces("obama.jpg")[0]);
     let ours = pipeline()

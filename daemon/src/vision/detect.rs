@@ -11,7 +11,7 @@ use image::RgbImage;
 use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
-use super::weights;
+use super::onnx_rewrite;
 
 /// The detector's speed mode: the long side of its input, DeepStack's `MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,7 +168,7 @@ fn shapes_for(l: u32) -> Vec<(u32, u32)> {
 impl Detector {
     /// Load YuNet from ONNX bytes and build the plans for `mode`.
     pub fn load(onnx: &[u8], mode: Mode) -> TractResult<Detector> {
-        let model = weights::load(onnx)?;
+        let model = onnx_rewrite::load(onnx)?;
         let shapes = shapes_for(mode.input_size())
             .into_iter()
             .map(|(width, height)| {

@@ -13,7 +13,7 @@ use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
 use super::align::CROP_SIZE;
-use super::weights;
+use super::onnx_rewrite;
 
 /// Length of an embedding.
 pub const EMBEDDING_DIM: usize = 128;
@@ -39,7 +39,7 @@ impl Embedder {
     /// Load SFace from ONNX bytes.
     pub fn load(onnx: &[u8]) -> TractResult<Embedder> {
         let side = CROP_SIZE as usize;
-        let plan = weights::load(onnx)?
+        let plan = onnx_rewrite::load(onnx)?
             .with_input_fact(0, f32::fact([1, 3, side, side]).into())?
             .into_optimized()?
             .into_runnable()?;

@@ -12,7 +12,7 @@ pub mod decode;
 pub mod detect;
 pub mod embed;
 pub mod models;
-pub mod weights;
+pub mod onnx_rewrite;
 
 use image::RgbImage;
 
