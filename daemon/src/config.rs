@@ -23,6 +23,15 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
 pub const DEFAULT_DATA_DIR: &str = "/datastore";
 /// Default cap on one request's uploaded bytes: 50 MiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 << 20;
+/// Default cap on file parts in one request: DeepStack's clients send one or a few photos.
+pub const DEFAULT_MAX_FILES: usize = 32;
+/// Default cap on one text field (`userid`, `api_key`, ...): 64 KiB.
+pub const DEFAULT_MAX_FIELD_BYTES: usize = 64 << 10;
+/// Default cap on a registered userid, in bytes of UTF-8.
+pub const DEFAULT_MAX_USERID_BYTES: usize = 256;
+/// Default cap on requests queued for the inference threads; past it, requests are answered
+/// at once with the timeout error instead of waiting (see `inference`).
+pub const DEFAULT_MAX_QUEUE: usize = 64;
 /// Largest THREADCOUNT accepted: more threads than this only add memory and contention.
 pub const MAX_THREADCOUNT: usize = 256;
 /// The detector size used on ARM, where DeepStack had no speed modes: the Pi's budget.
@@ -127,6 +136,34 @@ const SETTINGS: &[Setting] = &[
         value: Some("N"),
         help: "largest image, width x height [default: 50000000]",
     },
+    Setting {
+        name: "MAX_FILES",
+        aliases: &[],
+        flag: "--max-files",
+        value: Some("N"),
+        help: "most file parts in one request [default: 32]",
+    },
+    Setting {
+        name: "MAX_FIELD_BYTES",
+        aliases: &[],
+        flag: "--max-field-bytes",
+        value: Some("N"),
+        help: "largest text field (userid, api_key, ...) [default: 65536]",
+    },
+    Setting {
+        name: "MAX_USERID_BYTES",
+        aliases: &[],
+        flag: "--max-userid-bytes",
+        value: Some("N"),
+        help: "longest userid a registration accepts, in bytes [default: 256]",
+    },
+    Setting {
+        name: "MAX_QUEUE",
+        aliases: &[],
+        flag: "--max-queue",
+        value: Some("N"),
+        help: "most requests waiting for the inference threads; more are refused [default: 64]",
+    },
 ];
 
 /// The daemon's settings.
@@ -156,6 +193,14 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Largest image, in pixels.
     pub max_pixels: u64,
+    /// Most file parts in one request.
+    pub max_files: usize,
+    /// Largest text field, in bytes.
+    pub max_field_bytes: usize,
+    /// Longest userid a registration accepts, in bytes.
+    pub max_userid_bytes: usize,
+    /// Most requests waiting for an inference thread.
+    pub max_queue: usize,
     /// Things worth a warning in the log once it is set up (unknown env file keys, ...).
     pub warnings: Vec<String>,
 }
@@ -177,6 +222,10 @@ impl fmt::Debug for Config {
             .field("models_dir", &self.models_dir)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_pixels", &self.max_pixels)
+            .field("max_files", &self.max_files)
+            .field("max_field_bytes", &self.max_field_bytes)
+            .field("max_userid_bytes", &self.max_userid_bytes)
+            .field("max_queue", &self.max_queue)
             .finish()
     }
 }
@@ -470,7 +519,7 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         Some(_) if ON_ARM => {
             return Err(invalid(
                 "MODE",
-                "speed modes are not available on ARM (DeepStack's Raspberry Pi version has none); remove MODE",
+                "Speed Modes are not available on the Raspberry PI Version (ARM runs the fixed Low setting); remove MODE",
             ))
         }
         Some((v, _)) => {
@@ -509,6 +558,26 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
     let max_upload_bytes =
         number("MAX_UPLOAD_BYTES", 1, u64::MAX / 4)?.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
     let max_pixels = number("MAX_PIXELS", 1, u64::from(u32::MAX))?.unwrap_or(DEFAULT_MAX_PIXELS);
+    let max_files = number("MAX_FILES", 1, 100_000)?.map_or(DEFAULT_MAX_FILES, |n| n as usize);
+    let max_field_bytes =
+        number("MAX_FIELD_BYTES", 64, 16 << 20)?.map_or(DEFAULT_MAX_FIELD_BYTES, |n| n as usize);
+    let max_userid_bytes =
+        number("MAX_USERID_BYTES", 1, 16 << 20)?.map_or(DEFAULT_MAX_USERID_BYTES, |n| n as usize);
+    let max_queue = number("MAX_QUEUE", 1, 1_000_000)?.map_or(DEFAULT_MAX_QUEUE, |n| n as usize);
+    // A key longer than a text field may be could never be sent. The message shows its
+    // length, never the key.
+    for name in ["API-KEY", "ADMIN-KEY"] {
+        if let Some((k, origin)) = get(name).filter(|(k, _)| k.len() > max_field_bytes) {
+            return Err(ConfigError::Invalid {
+                name,
+                value: format!("<a key of {} bytes>", k.len()),
+                origin: origin.clone(),
+                problem: format!(
+                    "longer than MAX_FIELD_BYTES ({max_field_bytes}): no request could carry it"
+                ),
+            });
+        }
+    }
     Ok(Config {
         vision_face,
         mode,
@@ -522,6 +591,10 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         models_dir,
         max_upload_bytes,
         max_pixels,
+        max_files,
+        max_field_bytes,
+        max_userid_bytes,
+        max_queue,
         warnings,
     })
 }
@@ -583,6 +656,15 @@ mod tests {
         assert!(c.threadcount >= 1);
         assert_eq!(c.max_upload_bytes, 50 << 20);
         assert_eq!(c.max_pixels, DEFAULT_MAX_PIXELS);
+        assert_eq!(
+            (
+                c.max_files,
+                c.max_field_bytes,
+                c.max_userid_bytes,
+                c.max_queue
+            ),
+            (32, 65536, 256, 64)
+        );
         if !ON_ARM {
             assert_eq!(c.mode, Mode::Medium);
         }
@@ -671,6 +753,10 @@ mod tests {
             "--data-dir=/tmp/x",
             "--max-upload-bytes=10",
             "--max-pixels=20",
+            "--max-files=3",
+            "--max-field-bytes=1000",
+            "--max-userid-bytes=10",
+            "--max-queue=5",
         ];
         let models_flag = format!("--models-dir={models}");
         args.push(&models_flag);
@@ -683,6 +769,15 @@ mod tests {
         assert_eq!(
             (c.port, c.threadcount, c.max_upload_bytes, c.max_pixels),
             (1, 4, 10, 20)
+        );
+        assert_eq!(
+            (
+                c.max_files,
+                c.max_field_bytes,
+                c.max_userid_bytes,
+                c.max_queue
+            ),
+            (3, 1000, 10, 5)
         );
         assert_eq!(c.timeout, Duration::from_secs(2));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
@@ -707,11 +802,20 @@ mod tests {
             ("BIND", "localhost:80", "BIND"),
             ("MAX_UPLOAD_BYTES", "1MB", "MAX_UPLOAD_BYTES"),
             ("MAX_PIXELS", "0", "MAX_PIXELS"),
+            ("MAX_FILES", "0", "MAX_FILES"),
+            ("MAX_FIELD_BYTES", "10", "MAX_FIELD_BYTES"),
+            ("MAX_USERID_BYTES", "0", "MAX_USERID_BYTES"),
+            ("MAX_QUEUE", "none", "MAX_QUEUE"),
+            ("API-KEY", &"k".repeat(70_000), "API-KEY"),
             ("MODELS_DIR", "/nonexistent/models", "MODELS_DIR"),
         ];
         for (key, value, named) in cases {
             let msg = problem_of(run(&[], &[(key, value)]));
             assert!(msg.starts_with(named), "{key}={value}: {msg}");
+            assert!(
+                !key.contains("KEY") || !msg.contains(value),
+                "a key in: {msg}"
+            );
             assert!(msg.contains("environment variable"), "{msg}");
         }
         let msg = problem_of(run(&["--port", "x"], &[]));

@@ -1,11 +1,12 @@
 //! The inference pool: THREADCOUNT OS threads running jobs on one shared [`Pipeline`], so
 //! decoding, the models and gallery writes never block actix's async workers.
 //!
-//! A job waits in a bounded queue of [`QUEUE_PER_THREAD`] x THREADCOUNT slots. When the queue
-//! is full the caller waits (asynchronously) for a slot; the request's deadline covers both
-//! that wait and the job itself, so a flood of requests turns into timeout answers rather
-//! than an unbounded backlog. A job whose caller has gone (deadline passed, client hung up)
-//! is skipped if no worker has started it yet.
+//! A job waits in a queue of MAX_QUEUE slots for a free thread; the request's deadline covers
+//! that wait and the job itself. When every slot is taken the request is refused at once
+//! ([`InferenceError::Busy`]): each waiting request holds its upload in memory, so waiting
+//! "at the door" without a bound would let a flood of requests exhaust the memory of a small
+//! board long before their deadlines answered them. A job whose caller has gone (deadline
+//! passed, client hung up) is skipped if no worker has started it yet.
 //!
 //! tract plans are immutable and create their state per run, so one `Arc<Pipeline>` serves
 //! every thread.
@@ -18,19 +19,20 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::vision::Pipeline;
 
-/// Queue slots per inference thread. Enough that a worker finishing a job finds the next one
-/// already decoded from the network and waiting, small enough that a burst waits at the
-/// door (where its deadline still runs) instead of piling up behind the workers.
-pub const QUEUE_PER_THREAD: usize = 4;
-
 type Job = Box<dyn FnOnce(&Pipeline) + Send>;
 
 /// Why a job gave no result.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InferenceError {
-    /// The deadline passed, waiting for a slot or for the job.
+    /// The deadline passed, waiting in the queue or running.
     #[error("not done before the deadline")]
     TimedOut,
+    /// Every queue slot was taken: refused without waiting.
+    #[error("{queued} requests already wait for inference")]
+    Busy {
+        /// The queue's size (MAX_QUEUE).
+        queued: usize,
+    },
     /// The job panicked (a bug); the worker survived it.
     #[error("the inference job failed")]
     Failed,
@@ -45,18 +47,22 @@ pub struct InferencePool {
     sender: mpsc::Sender<Job>,
     pipeline: Arc<Pipeline>,
     threads: usize,
+    queue: usize,
     timeout: Duration,
 }
 
 impl InferencePool {
-    /// Starts `threads` workers sharing `pipeline`; each job gets `timeout` to finish.
+    /// Starts `threads` workers sharing `pipeline`, with `queue` slots for waiting jobs; each
+    /// job gets `timeout` to finish, waiting included.
     pub fn start(
         pipeline: Arc<Pipeline>,
         threads: usize,
+        queue: usize,
         timeout: Duration,
     ) -> std::io::Result<InferencePool> {
         let threads = threads.max(1);
-        let (sender, receiver) = mpsc::channel::<Job>(threads * QUEUE_PER_THREAD);
+        let queue = queue.max(1);
+        let (sender, receiver) = mpsc::channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
         for i in 0..threads {
             let receiver = Arc::clone(&receiver);
@@ -69,6 +75,7 @@ impl InferencePool {
             sender,
             pipeline,
             threads,
+            queue,
             timeout,
         })
     }
@@ -97,14 +104,12 @@ impl InferencePool {
             }
             let _ = tx.send(job(pipeline));
         });
-        let queued_and_done = async {
-            self.sender
-                .send(job)
-                .await
-                .map_err(|_| InferenceError::Stopped)?;
-            // A dropped sender without an answer: the job panicked.
-            rx.await.map_err(|_| InferenceError::Failed)
-        };
+        self.sender.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => InferenceError::Busy { queued: self.queue },
+            mpsc::error::TrySendError::Closed(_) => InferenceError::Stopped,
+        })?;
+        // A dropped sender without an answer: the job panicked.
+        let queued_and_done = async { rx.await.map_err(|_| InferenceError::Failed) };
         actix_web::rt::time::timeout(self.timeout, queued_and_done)
             .await
             .unwrap_or(Err(InferenceError::TimedOut))
@@ -148,7 +153,7 @@ mod tests {
 
     #[test]
     fn runs_jobs_and_survives_a_panic() {
-        let pool = InferencePool::start(pipeline(), 2, Duration::from_secs(10)).unwrap();
+        let pool = InferencePool::start(pipeline(), 2, 4, Duration::from_secs(10)).unwrap();
         block_on(async {
             assert_eq!(pool.run(|p| p.mode()).await, Ok(Mode::Low));
             let failed = pool.run(|_| -> u8 { panic!("test panic") }).await;
@@ -159,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_late_job_times_out_and_an_abandoned_one_is_skipped() {
-        let pool = InferencePool::start(pipeline(), 1, Duration::from_millis(100)).unwrap();
+        let pool = InferencePool::start(pipeline(), 1, 4, Duration::from_millis(100)).unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         block_on(async {
             let slow = pool.run(|_| std::thread::sleep(Duration::from_millis(300)));
@@ -173,5 +178,40 @@ mod tests {
             assert_eq!(pool.run(|_| 1).await, Ok(1));
         });
         assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let pool = InferencePool::start(pipeline(), 1, 2, Duration::from_secs(10)).unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        block_on(async {
+            let pause = || actix_web::rt::time::sleep(Duration::from_millis(100));
+            // One job holds the worker; the queue then holds two more; the fourth is refused.
+            let (p, held) = (pool.clone(), Arc::clone(&wait));
+            let running =
+                actix_web::rt::spawn(
+                    async move { p.run(move |_| held.lock().unwrap().recv()).await },
+                );
+            pause().await;
+            let queued: Vec<_> = (0..2)
+                .map(|i| {
+                    let p = pool.clone();
+                    actix_web::rt::spawn(async move { p.run(move |_| i).await })
+                })
+                .collect();
+            pause().await;
+            let started = std::time::Instant::now();
+            assert_eq!(
+                pool.run(|_| 9).await,
+                Err(InferenceError::Busy { queued: 2 })
+            );
+            assert!(started.elapsed() < Duration::from_secs(1));
+            release.send(()).unwrap();
+            assert_eq!(running.await.unwrap(), Ok(Ok(())));
+            for (i, q) in queued.into_iter().enumerate() {
+                assert_eq!(q.await.unwrap(), Ok(i));
+            }
+        });
     }
 }

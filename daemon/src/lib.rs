@@ -7,4 +7,5 @@ pub mod config;
 pub mod gallery;
 pub mod http;
 pub mod inference;
+pub mod service;
 pub mod vision;

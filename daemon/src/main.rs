@@ -72,8 +72,13 @@ fn run(config: Config) -> Result<(), String> {
         pipeline.models().recognizer.origin,
     );
 
-    let pool = InferencePool::start(Arc::new(pipeline), config.threadcount, config.timeout)
-        .map_err(|e| format!("cannot start the inference threads: {e}"))?;
+    let pool = InferencePool::start(
+        Arc::new(pipeline),
+        config.threadcount,
+        config.max_queue,
+        config.timeout,
+    )
+    .map_err(|e| format!("cannot start the inference threads: {e}"))?;
     let state = AppState {
         access: Access {
             api_key: config.api_key.clone(),
@@ -85,9 +90,23 @@ fn run(config: Config) -> Result<(), String> {
         limits: UploadLimits {
             max_pixels: config.max_pixels,
             max_upload_bytes: config.max_upload_bytes,
+            max_userid_bytes: config.max_userid_bytes,
+            max_files: config.max_files,
+            max_field_bytes: config.max_field_bytes,
         },
         started,
     };
+    if let Some(interval) = deepstackd::service::watchdog_interval() {
+        // Keep-alives at half the interval systemd asked for. They come from a plain thread,
+        // so they prove the process is scheduled, not yet that inference works (open work).
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || loop {
+                deepstackd::service::notify("WATCHDOG=1");
+                std::thread::sleep(interval / 2);
+            })
+            .map_err(|e| format!("cannot start the watchdog thread: {e}"))?;
+    }
     log::info!("listening on {}:{}", config.bind, config.port);
     actix_web::rt::System::new()
         .block_on(http::serve((config.bind, config.port), state))

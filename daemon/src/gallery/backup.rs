@@ -9,7 +9,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{ffi, Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use super::schema::{self, CURRENT_VERSION, EMBEDDING_BYTES};
-use super::{load_index, Gallery, GalleryError, Index};
+use super::{check_embedding, load_index, Gallery, GalleryError, Index};
 
 /// Temp files in the data dir start with this; anything older than [`STALE_AFTER`] was left
 /// by a killed process and is removed at the next open.
@@ -219,6 +219,29 @@ fn check_candidate(path: &Path) -> Result<(), GalleryError> {
         if bad > 0 {
             return Err(invalid(format!("{bad} rows with {problem}")));
         }
+    }
+    // Our files hold tables and indexes only; a trigger or view is someone else's doing.
+    let extra: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type NOT IN ('table', 'index')",
+        [],
+        |row| row.get(0),
+    )?;
+    if extra > 0 {
+        return Err(invalid(format!("{extra} triggers or views")));
+    }
+    // Every embedding must be a finite unit vector, as registration guarantees: a NaN would
+    // make every recognition answer NaN confidences.
+    let mut stmt = conn.prepare("SELECT id, embedding FROM samples")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let embedding = row
+            .get_ref(1)?
+            .as_blob()
+            .ok()
+            .and_then(schema::decode_embedding)
+            .ok_or_else(|| invalid(format!("sample {id}: malformed embedding")))?;
+        check_embedding(&embedding).map_err(|e| invalid(format!("sample {id}: {e}")))?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use error::GalleryError;
 use index::Index;
@@ -106,15 +106,60 @@ pub struct Gallery {
 
 impl Gallery {
     /// Opens (creating if needed) the gallery in `data_dir`, migrates it and loads the index.
+    ///
+    /// On a read-only data directory (an SD card the kernel remounted read-only, a directory
+    /// the service user cannot write) an existing, current gallery is opened read-only
+    /// instead: recognition goes on, and every write fails with a read-only error.
     pub fn open(data_dir: &Path) -> Result<Gallery, GalleryError> {
-        std::fs::create_dir_all(data_dir)?;
-        backup::remove_stale_temp_files(data_dir);
         let db_path = data_dir.join(DB_FILE_NAME);
-        let mut conn = Connection::open(&db_path)?;
+        match Gallery::open_writable(data_dir, &db_path) {
+            Err(e) if is_read_only(&e) && db_path.is_file() => {
+                log::warn!(
+                    "gallery: {} cannot be written ({e}); opening it read-only: recognition \
+                     works, registrations, deletions and restores will fail",
+                    data_dir.display()
+                );
+                Gallery::open_read_only(data_dir, &db_path)
+            }
+            other => other,
+        }
+    }
+
+    fn open_writable(data_dir: &Path, db_path: &Path) -> Result<Gallery, GalleryError> {
+        create_private(data_dir, db_path)?;
+        backup::remove_stale_temp_files(data_dir);
+        let mut conn = Connection::open(db_path)?;
         schema::configure_common(&conn)?;
         // Migrate before switching to WAL: a file we refuse (newer, foreign) stays untouched.
         schema::migrate(&mut conn)?;
         schema::configure_live(&conn)?;
+        Gallery::with_connection(data_dir, db_path, conn)
+    }
+
+    /// `immutable=1`: on read-only media SQLite cannot create the WAL's shared-memory file,
+    /// and nobody can change the file under us anyway.
+    fn open_read_only(data_dir: &Path, db_path: &Path) -> Result<Gallery, GalleryError> {
+        let uri = format!("file:{}?immutable=1", uri_path(db_path)?);
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        schema::configure_common(&conn)?;
+        let version = schema::user_version(&conn)?;
+        if version != schema::CURRENT_VERSION {
+            return Err(GalleryError::Corrupt(format!(
+                "read-only gallery has schema {version}, this build needs {} (it cannot migrate a read-only file)",
+                schema::CURRENT_VERSION
+            )));
+        }
+        Gallery::with_connection(data_dir, db_path, conn)
+    }
+
+    fn with_connection(
+        data_dir: &Path,
+        db_path: &Path,
+        conn: Connection,
+    ) -> Result<Gallery, GalleryError> {
         if !schema::has_format_marker(&conn)? {
             return Err(GalleryError::Corrupt(format!(
                 "{} has no '{}' marker",
@@ -131,7 +176,7 @@ impl Gallery {
         );
         Ok(Gallery {
             data_dir: data_dir.to_owned(),
-            db_path,
+            db_path: db_path.to_owned(),
             conn: Mutex::new(conn),
             index: RwLock::new(index),
         })
@@ -358,6 +403,58 @@ fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
         index.add_sample(userid, &embedding);
     }
     Ok(index)
+}
+
+/// Face crops and embeddings are biometric data: a data directory we create is 0700 and a
+/// database file we create is 0600 (SQLite gives its -wal and -shm files the same mode),
+/// whatever the umask. Existing ones keep the mode their owner chose.
+fn create_private(data_dir: &Path, db_path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db_path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether opening failed because the data directory or file cannot be written.
+pub(crate) fn is_read_only(e: &GalleryError) -> bool {
+    use rusqlite::ErrorCode;
+    use std::io::ErrorKind;
+    match e {
+        GalleryError::Sqlite(e) => matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen)
+        ),
+        GalleryError::Io(e) => matches!(
+            e.kind(),
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+        ),
+        _ => false,
+    }
+}
+
+/// A path as the path part of an SQLite `file:` URI.
+fn uri_path(path: &Path) -> Result<String, GalleryError> {
+    let text = path.to_str().ok_or_else(|| {
+        GalleryError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "data dir path is not UTF-8",
+        ))
+    })?;
+    Ok(text
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23"))
 }
 
 /// Unix time in milliseconds (0 if the clock is before 1970, as on a Pi without RTC at boot).

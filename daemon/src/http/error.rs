@@ -26,6 +26,13 @@ pub enum ApiError {
     /// The request's inference did not finish within TIMEOUT.
     #[error("failed to process request before timeout")]
     Timeout,
+    /// Ours: MAX_QUEUE requests already wait for inference; refused at once, with DeepStack's
+    /// timeout answer (what its clients already handle) and a `reason`.
+    #[error("failed to process request before timeout")]
+    Overloaded {
+        /// The queue's size.
+        queued: usize,
+    },
     /// No usable file part (or a body that is not multipart).
     #[error("No valid image file found")]
     NoImage,
@@ -38,6 +45,13 @@ pub enum ApiError {
     /// `userid` missing or empty.
     #[error("userid not specified")]
     NoUserid,
+    /// Ours: a userid we refuse to store (too long, not UTF-8, control characters); `reason`
+    /// says which rule.
+    #[error("invalid userid")]
+    InvalidUserid {
+        /// Which rule.
+        reason: String,
+    },
     /// An upload that is not a decodable image; `reason` only for our size and pixel limits.
     #[error("invalid image")]
     InvalidImage {
@@ -62,6 +76,18 @@ pub enum ApiError {
     /// Restore of something that is not a gallery backup (HTTP 200, DeepStack's choice).
     #[error("Invalid backup file")]
     InvalidBackupFile,
+    /// Ours: the gallery cannot be written (disk full, read-only file system); recognition
+    /// goes on. DeepStack's internal error, with a `reason` a person can act on.
+    #[error("error occured on the server")]
+    StorageUnavailable {
+        /// What is wrong with the data directory.
+        reason: &'static str,
+        /// SQLite's or the OS's message, for the log.
+        detail: String,
+    },
+    /// Ours: no such route (or not with this method).
+    #[error("not found")]
+    NotFound,
     /// Anything else; the detail is logged, never sent.
     #[error("error occured on the server")]
     Internal(String),
@@ -89,12 +115,17 @@ impl ResponseError for ApiError {
         match self {
             ApiError::IncorrectApiKey | ApiError::IncorrectAdminKey => StatusCode::UNAUTHORIZED,
             ApiError::FacesDisabled => StatusCode::FORBIDDEN,
-            ApiError::Timeout | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Timeout
+            | ApiError::Overloaded { .. }
+            | ApiError::StorageUnavailable { .. }
+            | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::NoFaceFound | ApiError::InvalidBackupFile => StatusCode::OK,
             ApiError::NoImage
             | ApiError::InvalidMinConfidence
             | ApiError::MinConfidenceTooHigh
             | ApiError::NoUserid
+            | ApiError::InvalidUserid { .. }
             | ApiError::InvalidImage { .. }
             | ApiError::NoFaceDetected
             | ApiError::OnlyOneImage
@@ -104,11 +135,27 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(detail) = self {
-            log::error!("internal error: {detail}");
+        match self {
+            ApiError::Internal(detail) => log::error!("internal error: {detail}"),
+            ApiError::StorageUnavailable { reason, detail } => {
+                log::error!("gallery write failed: {reason}: {detail}")
+            }
+            ApiError::Overloaded { queued } => {
+                log::warn!("refused: {queued} requests already wait for inference (MAX_QUEUE)")
+            }
+            _ => {}
         }
+        let overloaded;
         let reason = match self {
             ApiError::InvalidImage { reason } => reason.as_deref(),
+            ApiError::InvalidUserid { reason } => Some(reason.as_str()),
+            ApiError::StorageUnavailable { reason, .. } => Some(*reason),
+            ApiError::Overloaded { queued } => {
+                overloaded = format!(
+                    "server busy: {queued} requests already wait for inference (MAX_QUEUE)"
+                );
+                Some(overloaded.as_str())
+            }
             _ => None,
         };
         HttpResponse::build(self.status_code()).json(ErrorBody {
@@ -124,6 +171,7 @@ impl From<InferenceError> for ApiError {
     fn from(e: InferenceError) -> Self {
         match e {
             InferenceError::TimedOut => ApiError::Timeout,
+            InferenceError::Busy { queued } => ApiError::Overloaded { queued },
             other => ApiError::internal(other),
         }
     }
@@ -156,8 +204,38 @@ impl From<GalleryError> for ApiError {
                 ApiError::InvalidBackupFile
             }
             GalleryError::EmptyUserid => ApiError::NoUserid,
-            other => ApiError::internal(other),
+            other => match storage_problem(&other) {
+                Some(reason) => ApiError::StorageUnavailable {
+                    reason,
+                    detail: other.to_string(),
+                },
+                None => ApiError::internal(other),
+            },
         }
+    }
+}
+
+/// What a person can do something about when a gallery write fails: a full or read-only
+/// data directory (an SD card the kernel remounted read-only after errors).
+fn storage_problem(e: &GalleryError) -> Option<&'static str> {
+    use rusqlite::ErrorCode;
+    use std::io::ErrorKind;
+    const FULL: &str = "the data directory is full: the gallery cannot be changed";
+    const READ_ONLY: &str = "the data directory is read-only: the gallery cannot be changed";
+    const IO: &str = "the data directory cannot be written: the gallery cannot be changed";
+    match e {
+        GalleryError::Sqlite(e) => match e.sqlite_error_code()? {
+            ErrorCode::DiskFull => Some(FULL),
+            ErrorCode::ReadOnly => Some(READ_ONLY),
+            ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => Some(IO),
+            _ => None,
+        },
+        GalleryError::Io(e) => match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some(FULL),
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => Some(READ_ONLY),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -191,6 +269,28 @@ mod tests {
             )
         );
         assert_eq!(answer(ApiError::Timeout).0, 500);
+        assert_eq!(
+            answer(ApiError::Overloaded { queued: 3 }),
+            (
+                500,
+                r#"{"success":false,"error":"failed to process request before timeout","reason":"server busy: 3 requests already wait for inference (MAX_QUEUE)","duration":0}"#.into()
+            )
+        );
+        assert_eq!(
+            answer(ApiError::NotFound),
+            (
+                404,
+                r#"{"success":false,"error":"not found","duration":0}"#.into()
+            )
+        );
+        let (status, body) = answer(ApiError::InvalidUserid {
+            reason: "too long".into(),
+        });
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            r#"{"success":false,"error":"invalid userid","reason":"too long","duration":0}"#
+        );
         assert_eq!(answer(ApiError::FacesDisabled).0, 403);
         assert_eq!(answer(ApiError::NoFaceFound).0, 200);
         assert_eq!(answer(ApiError::InvalidBackupFile).0, 200);
@@ -202,6 +302,31 @@ mod tests {
             body,
             r#"{"success":false,"error":"invalid image","reason":"too big","duration":0}"#
         );
+    }
+
+    #[test]
+    fn a_full_or_read_only_disk_is_named() {
+        let sqlite = |code| {
+            GalleryError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        for (e, says) in [
+            (sqlite(rusqlite::ffi::SQLITE_FULL), "full"),
+            (sqlite(rusqlite::ffi::SQLITE_READONLY), "read-only"),
+            (sqlite(rusqlite::ffi::SQLITE_IOERR), "cannot be written"),
+        ] {
+            let (status, body) = answer(e.into());
+            assert_eq!(status, 500);
+            assert!(
+                body.contains("error occured on the server") && body.contains(says),
+                "{body}"
+            );
+        }
+        let (status, body) = answer(sqlite(rusqlite::ffi::SQLITE_CORRUPT).into());
+        assert_eq!(status, 500);
+        assert!(!body.contains("reason"), "{body}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::form::{FilePart, Form};
+use super::form::{FieldProblem, FilePart, Form};
 use super::jobs::{self, PixelBox, Skipped};
 use super::logging::FaceCount;
 use super::AppState;
@@ -78,8 +78,12 @@ const UNKNOWN: &str = "unknown";
 
 /// `min_confidence`: missing or empty means `default`; then DeepStack's two checks.
 fn min_confidence(form: &Form, default: f32) -> Result<f32, ApiError> {
-    let Some(text) = form.field("min_confidence").filter(|t| !t.is_empty()) else {
-        return Ok(default);
+    let text = match form.field_checked("min_confidence") {
+        None => return Ok(default),
+        Some(Ok("")) => return Ok(default),
+        Some(Ok(text)) => text,
+        // Too long or not UTF-8: certainly not a number.
+        Some(Err(_)) => return Err(ApiError::InvalidMinConfidence),
     };
     match text.parse::<f32>() {
         Ok(v) if v.is_nan() => Err(ApiError::InvalidMinConfidence),
@@ -89,12 +93,43 @@ fn min_confidence(form: &Form, default: f32) -> Result<f32, ApiError> {
     }
 }
 
-/// The non-empty `userid` field.
+/// The non-empty `userid` field as it came (what delete looks up: any stored name, also one
+/// a restored backup brought in that registration would now refuse).
 fn userid(form: &Form) -> Result<String, ApiError> {
-    form.field("userid")
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned)
-        .ok_or(ApiError::NoUserid)
+    match form.field_checked("userid") {
+        None | Some(Ok("")) => Err(ApiError::NoUserid),
+        Some(Ok(u)) => Ok(u.to_owned()),
+        Some(Err(FieldProblem::NotUtf8)) => Err(invalid_userid(NOT_UTF8.to_owned())),
+        Some(Err(FieldProblem::TooLong { limit })) => Err(invalid_userid(format!(
+            "longer than {limit} bytes (MAX_FIELD_BYTES)"
+        ))),
+    }
+}
+
+/// Why a userid is refused: not UTF-8 (the contract says any UTF-8; other bytes would be
+/// stored mangled).
+const NOT_UTF8: &str = "not valid UTF-8";
+/// Why a userid is refused: NUL and other control characters (SQLite's length() stops at a
+/// NUL; line breaks and escapes in names break logs and UIs).
+const CONTROL_CHARACTERS: &str = "contains control characters";
+
+fn invalid_userid(reason: String) -> ApiError {
+    ApiError::InvalidUserid { reason }
+}
+
+/// The userid of a registration: [`userid`], at most `max_bytes` long, no control characters.
+fn new_userid(form: &Form, max_bytes: usize) -> Result<String, ApiError> {
+    let userid = userid(form)?;
+    if userid.len() > max_bytes {
+        return Err(invalid_userid(format!(
+            "{} bytes, over the limit of {max_bytes} (MAX_USERID_BYTES)",
+            userid.len()
+        )));
+    }
+    if userid.chars().any(char::is_control) {
+        return Err(invalid_userid(CONTROL_CHARACTERS.to_owned()));
+    }
+    Ok(userid)
 }
 
 /// The file named `image`, which detection and recognition read.
@@ -107,6 +142,7 @@ pub async fn detect(state: web::Data<AppState>, form: Form) -> Result<HttpRespon
     state.access.face_route(&form)?;
     let file = image(&form)?;
     let min_confidence = min_confidence(&form, DEFAULT_DETECTION_CONFIDENCE)?;
+    form.check_file_count()?;
     let limits = state.limits;
     let faces = state
         .pool
@@ -128,6 +164,7 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
     state.access.face_route(&form)?;
     let file = image(&form)?;
     let threshold = min_confidence(&form, DEFAULT_RECOGNITION_CONFIDENCE)?;
+    form.check_file_count()?;
     let (limits, gallery) = (state.limits, state.gallery.clone());
     let faces = state
         .pool
@@ -151,7 +188,12 @@ pub async fn register(state: web::Data<AppState>, form: Form) -> Result<HttpResp
     if form.files().is_empty() {
         return Err(ApiError::NoImage);
     }
-    let userid = userid(&form)?;
+    let userid = new_userid(&form, state.limits.max_userid_bytes)?;
+    form.check_file_count()?;
+    // Refuse a too-big part before decoding the others: all or nothing anyway.
+    for file in form.files() {
+        jobs::check_upload(file, state.limits)?;
+    }
     let files = form.files().to_vec();
     let (limits, gallery) = (state.limits, state.gallery.clone());
     let done = state
@@ -186,6 +228,7 @@ pub async fn match_faces(state: web::Data<AppState>, form: Form) -> Result<HttpR
         _ => return Err(ApiError::TooManyImages),
     };
     let (a, b) = a.zip(b).ok_or(ApiError::NoImage)?;
+    form.check_file_count()?;
     let limits = state.limits;
     let similarity = state
         .pool
@@ -244,6 +287,41 @@ mod tests {
                 Err(ApiError::MinConfidenceTooHigh)
             ));
         }
+    }
+
+    #[test]
+    fn userids_are_checked_for_registration() {
+        let form = |u: &str| Form::from_fields(vec![("userid".into(), u.into())]);
+        assert_eq!(new_userid(&form("Zoë"), 256).unwrap(), "Zoë");
+        assert_eq!(
+            new_userid(&form("'; DROP TABLE users; --"), 256).unwrap(),
+            "'; DROP TABLE users; --"
+        );
+        assert!(matches!(
+            new_userid(&form(""), 256),
+            Err(ApiError::NoUserid)
+        ));
+        assert!(matches!(
+            new_userid(&Form::default(), 256),
+            Err(ApiError::NoUserid)
+        ));
+        for bad in ["a\0b", "\0", "line\nbreak", "esc\u{1b}[31m", "del\u{7f}"] {
+            match new_userid(&form(bad), 256) {
+                Err(ApiError::InvalidUserid { reason }) => assert_eq!(reason, CONTROL_CHARACTERS),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        // 256 bytes pass, 257 do not; bytes, not characters.
+        assert!(new_userid(&form(&"x".repeat(256)), 256).is_ok());
+        assert!(new_userid(&form(&"é".repeat(129)), 256).is_err());
+        match new_userid(&form(&"x".repeat(257)), 256) {
+            Err(ApiError::InvalidUserid { reason }) => {
+                assert!(reason.contains("257") && reason.contains("MAX_USERID_BYTES"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Delete looks up whatever is stored.
+        assert!(userid(&form(&"x".repeat(1000))).is_ok());
     }
 
     #[test]

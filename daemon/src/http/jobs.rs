@@ -33,13 +33,19 @@ pub const SKIP_NO_FACE: &str = "no face detected";
 /// Skip reason: two faces of similar size in a registration photo.
 pub const SKIP_AMBIGUOUS: &str = "several faces of similar size";
 
-/// Limits applied to one upload.
+/// Limits applied to one request (see SECURITY.md for the whole list).
 #[derive(Debug, Clone, Copy)]
 pub struct UploadLimits {
     /// Largest image, in pixels.
     pub max_pixels: u64,
     /// Largest upload, in bytes (only named in the error's reason).
     pub max_upload_bytes: u64,
+    /// Longest userid a registration accepts, in bytes.
+    pub max_userid_bytes: usize,
+    /// Most file parts in one request.
+    pub max_files: usize,
+    /// Largest text field, in bytes.
+    pub max_field_bytes: usize,
 }
 
 /// A face box in whole pixels of the original image, clipped to it; DeepStack's key order.
@@ -114,7 +120,8 @@ pub struct Registered {
     pub skipped: Vec<Skipped>,
 }
 
-fn decode(p: &Pipeline, file: &FilePart, limits: UploadLimits) -> Result<RgbImage, ApiError> {
+/// `invalid image` with a reason for a part whose bytes went over MAX_UPLOAD_BYTES.
+pub fn check_upload(file: &FilePart, limits: UploadLimits) -> Result<(), ApiError> {
     if file.over_limit {
         return Err(ApiError::InvalidImage {
             reason: Some(format!(
@@ -123,6 +130,11 @@ fn decode(p: &Pipeline, file: &FilePart, limits: UploadLimits) -> Result<RgbImag
             )),
         });
     }
+    Ok(())
+}
+
+fn decode(p: &Pipeline, file: &FilePart, limits: UploadLimits) -> Result<RgbImage, ApiError> {
+    check_upload(file, limits)?;
     let decode_limits = DecodeLimits {
         max_pixels: limits.max_pixels,
     };

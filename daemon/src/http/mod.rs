@@ -19,7 +19,7 @@ use actix_web::{middleware, web, App, HttpServer};
 
 pub use auth::Access;
 pub use error::ApiError;
-pub use form::FormLimits;
+pub use form::{read_body, Form, FormLimits};
 pub use jobs::{UploadLimits, AMBIGUOUS_AREA_RATIO};
 
 use crate::gallery::FaceStore;
@@ -54,21 +54,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/backup", web::post().to(admin::backup))
         .service(
             web::resource("/v1/restore")
-                .app_data(FormLimits {
-                    max_upload_bytes: admin::MAX_RESTORE_BYTES,
-                })
-                .route(web::post().to(admin::restore)),
+                .app_data(form::MaxUploadBytes(admin::MAX_RESTORE_BYTES))
+                .route(web::post().to(admin::restore))
+                .default_service(web::to(not_found)),
         )
-        .route("/v1/status", web::get().to(admin::status));
+        .route("/v1/status", web::get().to(admin::status))
+        .default_service(web::to(not_found));
+}
+
+/// Any other path or method: a JSON 404 like every other answer.
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
 }
 
 /// Serves the API on `addr` until SIGINT or SIGTERM (actix finishes the open requests).
 pub async fn serve(addr: (std::net::IpAddr, u16), state: AppState) -> std::io::Result<()> {
     let limits = FormLimits {
         max_upload_bytes: state.limits.max_upload_bytes,
+        max_files: state.limits.max_files,
+        max_field_bytes: state.limits.max_field_bytes,
     };
     let state = web::Data::new(state);
-    HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(limits)
@@ -76,6 +83,10 @@ pub async fn serve(addr: (std::net::IpAddr, u16), state: AppState) -> std::io::R
             .configure(routes)
     })
     .bind(addr)?
-    .run()
-    .await
+    .run();
+    // Models are loaded and the port is bound: systemd may route traffic to us now.
+    crate::service::notify(&format!("READY=1\nSTATUS=serving on port {}", addr.1));
+    let result = server.await;
+    crate::service::notify("STOPPING=1");
+    result
 }

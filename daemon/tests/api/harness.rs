@@ -1,5 +1,8 @@
 //! The API tests' tools: the real `deepstackd` binary on 127.0.0.1, and a tiny blocking
 //! HTTP/1.1 client over `TcpStream` that sends exactly the bytes a test asks for.
+//!
+//! Shared by api.rs, hostile.rs, crash.rs and storage.rs (`#[path]`), each using only some of it.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,6 +30,10 @@ const DAEMON_VARS: &[&str] = &[
     "MODELS_DIR",
     "MAX_UPLOAD_BYTES",
     "MAX_PIXELS",
+    "MAX_FILES",
+    "MAX_FIELD_BYTES",
+    "MAX_USERID_BYTES",
+    "MAX_QUEUE",
 ];
 
 /// How long a daemon may take to load its models and answer /v1/status.
@@ -97,6 +104,16 @@ impl Daemon {
         self.port
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Any request; an error if the connection failed or no HTTP answer came back.
+    pub fn request(&self, method: &str, path: &str, body: &Body) -> std::io::Result<Response> {
+        self.try_request(method, path, body)
+    }
+
     /// POST `body` to `path`.
     pub fn post(&self, path: &str, body: &Body) -> Response {
         self.try_request("POST", path, body)
@@ -164,7 +181,7 @@ pub enum Body {
     Urlencoded(Vec<(String, String)>),
     /// Any bytes with any content type.
     Raw {
-        /// The Content-Type header.
+        /// The Content-Type header; empty for none at all.
         content_type: String,
         /// The body.
         bytes: Vec<u8>,
@@ -190,6 +207,12 @@ impl Multipart {
         self
     }
 
+    /// Adds a text field whose value is any bytes (not UTF-8, for instance).
+    pub fn text_bytes(mut self, name: &str, value: &[u8]) -> Multipart {
+        self.parts.push((name.to_owned(), None, value.to_vec()));
+        self
+    }
+
     /// Adds a file part (filename = the field name, as deepstack-python sends).
     pub fn file(mut self, name: &str, bytes: &[u8]) -> Multipart {
         self.parts
@@ -207,7 +230,8 @@ impl Multipart {
         Body::Multipart(self)
     }
 
-    fn encode(&self) -> (String, Vec<u8>) {
+    /// The content type and bytes this form is sent as.
+    pub fn encode(&self) -> (String, Vec<u8>) {
         let boundary = "deepstack-test-boundary-7d9f1c";
         let mut out = Vec::new();
         for (name, filename, bytes) in &self.parts {
@@ -322,21 +346,40 @@ pub fn request(port: u16, method: &str, path: &str, body: &Body) -> std::io::Res
             bytes,
         } => (Some(content_type.clone()), bytes.clone()),
     };
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(180)))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         bytes.len()
     );
-    if let Some(ct) = content_type {
+    if let Some(ct) = content_type.filter(|ct| !ct.is_empty()) {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(&bytes)?;
+    let mut message = head.into_bytes();
+    message.extend_from_slice(&bytes);
+    exchange(stream, &message)
+}
+
+/// Sends `message` (a whole HTTP request, any bytes) on a fresh connection and reads the
+/// answer to the end.
+pub fn raw_request(port: u16, message: &[u8]) -> std::io::Result<Response> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(180)))?;
+    exchange(stream, message)
+}
+
+fn exchange(mut stream: TcpStream, message: &[u8]) -> std::io::Result<Response> {
+    // A server may answer and close before the whole body is sent (over a limit): then the
+    // write fails, and the answer is still there to read.
+    let written = stream.write_all(message);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw)
+    let read = stream.read_to_end(&mut raw);
+    match (written, read) {
+        _ if !raw.is_empty() => parse_response(&raw),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(_)) => parse_response(&raw),
+    }
 }
 
 fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
