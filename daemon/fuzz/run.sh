@@ -33,5 +33,8 @@ for t in "${targets[@]}"; do
   "${fuzz[@]}" run "$t" "corpus/$t" "seeds/$t" -- \
     -max_total_time="$secs" -max_len="$max_len" -timeout=30 \
     -rss_limit_mb=4096 -print_final_stats=1 2>&1 | tee "fuzz-$t.log" | grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|ERROR|panicked|SUMMARY' || true
-  grep -q 'ERROR\|panicked' "fuzz-$t.log" && { echo "$t: FINDING, see fuzz-$t.log and artifacts/$t" >&2; exit 1; }
+  if grep -q 'ERROR\|panicked\|deadly signal' "fuzz-$t.log"; then
+    echo "$t: FINDING, see fuzz-$t.log and artifacts/$t" >&2
+    exit 1
+  fi
 done
