@@ -15,15 +15,7 @@ use harness::{fields, urlencoded, Body, Daemon, Multipart, Response};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const DETECT: &str = "/v1/vision/face";
-const DETECT_SLASH: &str = "/v1/vision/face/";
-const RECOGNIZE: &str = "/v1/vision/face/recognize";
-const REGISTER: &str = "/v1/vision/face/register";
-const MATCH: &str = "/v1/vision/face/match";
-const LIST: &str = "/v1/vision/face/list";
-const DELETE: &str = "/v1/vision/face/delete";
-const BACKUP: &str = "/v1/backup";
-const RESTORE: &str = "/v1/restore";
+use harness::routes::*;
 
 /// Every face route, each behind the API key and the VISION-FACE switch.
 const FACE_ROUTES: [&str; 7] = [

@@ -20,15 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const DETECT: &str = "/v1/vision/face";
-const DETECT_SLASH: &str = "/v1/vision/face/";
-const RECOGNIZE: &str = "/v1/vision/face/recognize";
-const REGISTER: &str = "/v1/vision/face/register";
-const MATCH: &str = "/v1/vision/face/match";
-const LIST: &str = "/v1/vision/face/list";
-const DELETE: &str = "/v1/vision/face/delete";
-const BACKUP: &str = "/v1/backup";
-const RESTORE: &str = "/v1/restore";
+use harness::routes::*;
 
 const ALL_POST_ROUTES: [&str; 9] = [
     DETECT,

@@ -427,3 +427,16 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         data = data.get(size + 2..)?;
     }
 }
+
+/// The daemon's routes, as the contract names them.
+pub mod routes {
+    pub const DETECT: &str = "/v1/vision/face";
+    pub const DETECT_SLASH: &str = "/v1/vision/face/";
+    pub const RECOGNIZE: &str = "/v1/vision/face/recognize";
+    pub const REGISTER: &str = "/v1/vision/face/register";
+    pub const MATCH: &str = "/v1/vision/face/match";
+    pub const LIST: &str = "/v1/vision/face/list";
+    pub const DELETE: &str = "/v1/vision/face/delete";
+    pub const BACKUP: &str = "/v1/backup";
+    pub const RESTORE: &str = "/v1/restore";
+}
