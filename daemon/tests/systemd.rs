@@ -43,6 +43,16 @@ fn receive_until(socket: &UnixDatagram, wanted: &str, within: Duration) -> Vec<S
     panic!("no {wanted:?} within {within:?}; got {seen:?}");
 }
 
+/// Kills the daemon if the test fails half-way (a panic must not leave it running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn ready_watchdog_status_and_stopping_reach_systemd_and_logs_suit_the_journal() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,20 +66,22 @@ fn ready_watchdog_status_and_stopping_reach_systemd_and_logs_suit_the_journal() 
     let meta = log.metadata().unwrap();
     let port = free_port();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deepstackd"))
-        .args(["--vision-face", "--bind", "127.0.0.1", "--port"])
-        .arg(port.to_string())
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "1000000")
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .env("STATE_DIRECTORY", dir.path().join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_deepstackd"))
+            .args(["--vision-face", "--bind", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "1000000")
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .env("STATE_DIRECTORY", dir.path().join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
 
     let before_ready = receive_until(&socket, "READY=1", Duration::from_secs(120));
     assert!(
@@ -91,14 +103,14 @@ fn ready_watchdog_status_and_stopping_reach_systemd_and_logs_suit_the_journal() 
     // STATE_DIRECTORY was the gallery's directory (no DATA_DIR given).
     assert!(dir.path().join("state/faces.sqlite3").is_file());
 
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
     receive_until(&socket, "STOPPING=1", Duration::from_secs(30));
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}");
 
     let text = std::fs::read_to_string(&log_path).unwrap();
