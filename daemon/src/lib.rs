@@ -7,5 +7,6 @@ pub mod config;
 pub mod gallery;
 pub mod http;
 pub mod inference;
+pub mod memory;
 pub mod service;
 pub mod vision;

@@ -9,6 +9,7 @@ use deepstackd::config::{self, Command, Config};
 use deepstackd::gallery::Gallery;
 use deepstackd::http::{self, Access, AppState, UploadLimits};
 use deepstackd::inference::InferencePool;
+use deepstackd::memory;
 use deepstackd::service;
 use deepstackd::vision::{ModelFiles, Pipeline};
 
@@ -22,6 +23,7 @@ const MIN_STALL: Duration = Duration::from_secs(120);
 const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
+    memory::tune_allocator();
     let config = match config::from_process() {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
@@ -93,6 +95,8 @@ fn run(config: Config) -> Result<(), String> {
         pipeline.models().recognizer.sha256,
         pipeline.models().recognizer.origin,
     );
+
+    memory::release_after_load(&deepstackd::vision::models::embedded_bytes());
 
     let pool = InferencePool::start(
         Arc::new(pipeline),

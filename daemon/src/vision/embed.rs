@@ -13,6 +13,7 @@ use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
 use super::align::CROP_SIZE;
+use super::linear_head::Int8Linear;
 use super::onnx_rewrite;
 
 /// Length of an embedding.
@@ -33,17 +34,20 @@ impl Embedding {
 pub struct Embedder {
     /// A plan for exactly one face, fully fixed so tract optimises it best.
     plan: Arc<TypedRunnableModel>,
+    /// The final int8 layer, when the file has one we run ourselves (the shipped SFace).
+    head: Option<Int8Linear>,
 }
 
 impl Embedder {
     /// Load SFace from ONNX bytes.
     pub fn load(onnx: &[u8]) -> TractResult<Embedder> {
         let side = CROP_SIZE as usize;
-        let plan = onnx_rewrite::load(onnx)?
+        let (model, head) = onnx_rewrite::load_with_int8_head(onnx)?;
+        let plan = model
             .with_input_fact(0, f32::fact([1, 3, side, side]).into())?
             .into_optimized()?
             .into_runnable()?;
-        Ok(Embedder { plan })
+        Ok(Embedder { plan, head })
     }
 
     /// Embed aligned crops, one embedding per crop, in order.
@@ -67,7 +71,16 @@ impl Embedder {
         let input = Tensor::from_shape(&[1, 3, side, side], &data)?;
         let out = self.plan.run(tvec!(input.into()))?;
         let view = out[0].to_plain_array_view::<f32>()?;
-        let values: Vec<f32> = view.iter().copied().collect();
+        let mut values: Vec<f32> = view.iter().copied().collect();
+        if let Some(head) = &self.head {
+            ensure!(
+                values.len() == head.inputs(),
+                "SFace's body returned {} values, its last layer takes {}",
+                values.len(),
+                head.inputs()
+            );
+            values = head.apply(&values);
+        }
         ensure!(
             values.len() == EMBEDDING_DIM,
             "SFace returned {} values for one face",
@@ -85,4 +98,42 @@ fn normalise(v: &[f32]) -> Embedding {
         .sqrt()
         .max(f32::MIN_POSITIVE);
     Embedding(v.iter().map(|x| x / norm).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::ModelFiles;
+
+    /// The split-off int8 head computes what tract computes with the whole graph.
+    #[test]
+    fn the_int8_head_matches_tract_running_the_whole_model() {
+        let onnx = ModelFiles::embedded().recognizer.bytes;
+        let ours = Embedder::load(&onnx).unwrap();
+        assert!(
+            ours.head.is_some(),
+            "the shipped SFace ends in an int8 Gemm"
+        );
+        let side = CROP_SIZE as usize;
+        let whole = Embedder {
+            plan: onnx_rewrite::load(&onnx)
+                .unwrap()
+                .with_input_fact(0, f32::fact([1, 3, side, side]).into())
+                .unwrap()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap(),
+            head: None,
+        };
+        let crop = RgbImage::from_fn(CROP_SIZE, CROP_SIZE, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x * y) % 251) as u8])
+        });
+        let (a, b) = (
+            ours.embed(std::slice::from_ref(&crop)).unwrap(),
+            whole.embed(&[crop]).unwrap(),
+        );
+        let cosine = a[0].cosine(&b[0]);
+        assert!(cosine > 0.99999, "cosine {cosine}");
+    }
 }

@@ -11,6 +11,7 @@ pub mod compare;
 pub mod decode;
 pub mod detect;
 pub mod embed;
+pub mod linear_head;
 pub mod models;
 pub mod onnx_rewrite;
 
@@ -58,9 +59,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Load the models and build every plan for `mode` (the slow part of start-up).
-    pub fn load(models: ModelFiles, mode: Mode) -> Result<Pipeline, VisionError> {
+    ///
+    /// The plans hold everything the models need: the file bytes are let go afterwards
+    /// (`ModelFile::bytes` is empty on a loaded pipeline; names and checksums stay).
+    pub fn load(mut models: ModelFiles, mode: Mode) -> Result<Pipeline, VisionError> {
         let detector = detect::Detector::load(&models.detector.bytes, mode)?;
         let embedder = embed::Embedder::load(&models.recognizer.bytes)?;
+        models.detector.bytes = Default::default();
+        models.recognizer.bytes = Default::default();
         Ok(Pipeline {
             detector,
             embedder,

@@ -60,6 +60,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The bytes of the model files compiled into the binary.
+pub fn embedded_bytes() -> [&'static [u8]; 2] {
+    [DETECTOR_BYTES, RECOGNIZER_BYTES]
+}
+
 impl ModelFiles {
     /// The models compiled into the binary.
     pub fn embedded() -> Self {

@@ -11,6 +11,9 @@
 //!    a generic three-way select that run element by element; the four plain ops take its
 //!    fast element-wise kernels: SFace 47 -> 27 ms a face, bit-identical output.
 //!
+//! 3. On request ([`load_with_int8_head`]), SFace's final int8 Gemm is split off and run by
+//!    `linear_head` with its weights kept int8.
+//!
 //! Anything else is left for tract to handle as usual.
 
 use std::collections::HashMap;
@@ -19,13 +22,30 @@ use std::io::Cursor;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 
+use super::linear_head::Int8Linear;
+
 /// Parse ONNX bytes into a tract model, with both rewrites applied.
 pub fn load(onnx: &[u8]) -> TractResult<InferenceModel> {
+    Ok(load_parts(onnx, false)?.0)
+}
+
+/// Like [`load`], but a final int8 linear layer is split off and returned, to run outside
+/// tract (see `linear_head`); the model then outputs that layer's input.
+pub fn load_with_int8_head(onnx: &[u8]) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
+    load_parts(onnx, true)
+}
+
+fn load_parts(onnx: &[u8], split_head: bool) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
     let framework = tract_onnx::onnx();
     let mut proto = framework.proto_model_for_read(&mut Cursor::new(onnx))?;
+    let head = if split_head {
+        Int8Linear::split_off(&mut proto)
+    } else {
+        None
+    };
     dequantize_constants(&mut proto);
     expand_prelu(&mut proto);
-    framework.model_for_proto_model(&proto)
+    Ok((framework.model_for_proto_model(&proto)?, head))
 }
 
 /// Replace every `PRelu(x, s) -> y` by `Relu(x) + s * Min(x, 0)`.
