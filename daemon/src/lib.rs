@@ -4,6 +4,7 @@
 //! detect, align, embed, compare) -> `gallery` (SQLite + in-memory index) -> JSON.
 
 pub mod config;
+pub mod dot;
 pub mod gallery;
 pub mod http;
 pub mod inference;

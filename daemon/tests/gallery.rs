@@ -143,7 +143,7 @@ fn register_creates_then_appends_and_is_visible_at_once() {
     let outcome = gallery.register("alice", vec![first.clone()]).unwrap();
     assert_eq!(outcome, RegisterOutcome::Added);
     assert_eq!(gallery.stats(), (1, 1));
-    let hits = gallery.best_matches(&first.embedding);
+    let hits = gallery.best_matches(&first.embedding, -1.0, usize::MAX);
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].0, "alice");
     assert!((hits[0].1 - 1.0).abs() < 1e-5);
@@ -157,7 +157,7 @@ fn register_creates_then_appends_and_is_visible_at_once() {
         (1, 3),
         "samples are appended, not replaced"
     );
-    assert!((gallery.best_matches(&probe)[0].1 - 1.0).abs() < 1e-5);
+    assert!((gallery.best_matches(&probe, -1.0, usize::MAX)[0].1 - 1.0).abs() < 1e-5);
 
     let sources: Vec<String> = gallery
         .user_samples("alice")
@@ -248,7 +248,7 @@ fn delete_cascades_and_unknown_delete_is_not_an_error() {
     assert_eq!(gallery.stats(), (1, 1));
     assert_eq!(count(gallery.db_path(), "SELECT count(*) FROM samples"), 1);
     assert!(gallery
-        .best_matches(&alice_probe)
+        .best_matches(&alice_probe, -1.0, usize::MAX)
         .iter()
         .all(|(u, _)| u != "alice"));
 
@@ -284,7 +284,7 @@ fn best_matches_takes_each_users_best_sample() {
     }
     // Another photo of user3's third sample (cosine about 0.87): only that sample is close.
     let query = rng.near(&stored[3].1[2], 0.05);
-    let hits = gallery.best_matches(&query);
+    let hits = gallery.best_matches(&query, -1.0, usize::MAX);
 
     assert_eq!(hits.len(), 6);
     assert_eq!(hits[0].0, "user3");
@@ -311,12 +311,16 @@ fn best_matches_on_an_empty_gallery_or_a_malformed_query_is_empty() {
     let dir = tempfile::tempdir().unwrap();
     let gallery = open(dir.path());
     let mut rng = Rng(6);
-    assert!(gallery.best_matches(&rng.unit_vector()).is_empty());
+    assert!(gallery
+        .best_matches(&rng.unit_vector(), -1.0, usize::MAX)
+        .is_empty());
     gallery
         .register("alice", vec![rng.sample("image")])
         .unwrap();
-    assert!(gallery.best_matches(&[1.0; 64]).is_empty());
-    assert!(gallery.best_matches(&[]).is_empty());
+    assert!(gallery
+        .best_matches(&[1.0; 64], -1.0, usize::MAX)
+        .is_empty());
+    assert!(gallery.best_matches(&[], -1.0, usize::MAX).is_empty());
 }
 
 #[test]
@@ -344,7 +348,7 @@ fn everything_persists_across_reopen() {
     let gallery = open(dir.path());
     assert_eq!(gallery.list_users(), ["alice", "bob"]);
     assert_eq!(gallery.stats(), (2, 3));
-    let hits = gallery.best_matches(&probe);
+    let hits = gallery.best_matches(&probe, -1.0, usize::MAX);
     assert_eq!(hits[0].0, "alice");
     assert!((hits[0].1 - 1.0).abs() < 1e-5);
     let info = &gallery.user_samples("alice").unwrap()[0];
@@ -574,7 +578,10 @@ fn restore_replaces_the_gallery_and_survives_reopen() {
     target.restore_from_bytes(&backup).unwrap();
     assert_eq!(target.list_users(), ["alice", "bob"]);
     assert_eq!(target.stats(), (2, 3));
-    assert_eq!(target.best_matches(&alice_probe)[0].0, "alice");
+    assert_eq!(
+        target.best_matches(&alice_probe, -1.0, usize::MAX)[0].0,
+        "alice"
+    );
     assert_eq!(
         target.register("carol", vec![rng.sample("image")]).unwrap(),
         RegisterOutcome::Added
@@ -584,7 +591,10 @@ fn restore_replaces_the_gallery_and_survives_reopen() {
     let target = open(&target_dir);
     assert_eq!(target.list_users(), ["alice", "bob", "carol"]);
     assert_eq!(target.stats(), (3, 4));
-    assert_eq!(target.best_matches(&alice_probe)[0].0, "alice");
+    assert_eq!(
+        target.best_matches(&alice_probe, -1.0, usize::MAX)[0].0,
+        "alice"
+    );
 }
 
 #[test]
@@ -741,7 +751,7 @@ fn concurrent_registrations_lose_nothing() {
             let mut rng = Rng(99);
             let mut queries = 0;
             while gallery.stats().1 < THREADS * PER_THREAD {
-                let hits = gallery.best_matches(&rng.unit_vector());
+                let hits = gallery.best_matches(&rng.unit_vector(), -1.0, usize::MAX);
                 assert!(hits.len() <= USERS);
                 queries += 1;
             }
@@ -787,6 +797,76 @@ fn concurrent_registrations_lose_nothing() {
     );
 }
 
+/// The int8 index only picks candidates: answers must be exactly what a brute-force f32 scan
+/// over every stored sample gives, for any threshold and any number of users asked for.
+/// Clustered data (each user's samples near its own centre, some users near each other) makes
+/// close scores, where the int8 error could change the order if nothing was rescored.
+#[test]
+fn best_matches_equals_an_exact_scan_of_every_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let gallery = open(dir.path());
+    let mut rng = Rng(99);
+    let mut stored: Vec<(String, Vec<f32>)> = Vec::new();
+    let centres: Vec<Vec<f32>> = (0..40).map(|_| rng.unit_vector()).collect();
+    for (u, centre) in centres.iter().enumerate() {
+        // Users 2k and 2k+1 share most of their centre: look-alikes.
+        let centre = if u % 2 == 1 {
+            mix(&centres[u - 1], centre, 0.25)
+        } else {
+            centre.clone()
+        };
+        let samples: Vec<NewSample> = (0..12)
+            .map(|_| {
+                let e = mix(&centre, &rng.unit_vector(), 0.45);
+                stored.push((format!("user{u:02}"), e.clone()));
+                NewSample {
+                    embedding: e,
+                    model: "m".into(),
+                    crop: Vec::new(),
+                    source: "image".into(),
+                    det_score: 0.9,
+                }
+            })
+            .collect();
+        gallery.register(&format!("user{u:02}"), samples).unwrap();
+    }
+    for q in 0..60 {
+        let query = mix(&centres[q % 40], &rng.unit_vector(), 0.5);
+        let mut exact: std::collections::BTreeMap<&str, f32> = Default::default();
+        for (user, e) in &stored {
+            let c: f32 = e.iter().zip(&query).map(|(a, b)| a * b).sum();
+            let best = exact.entry(user).or_insert(f32::NEG_INFINITY);
+            *best = best.max(c);
+        }
+        let mut ranked: Vec<(&str, f32)> = exact.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        for (min_cosine, top) in [(-1.0, usize::MAX), (0.3, 4), (0.0, 1), (0.5, 2), (-1.0, 3)] {
+            let want: Vec<(&str, f32)> = ranked
+                .iter()
+                .filter(|(_, c)| *c >= min_cosine)
+                .take(top)
+                .copied()
+                .collect();
+            let got = gallery.best_matches(&query, min_cosine, top);
+            assert_eq!(got.len(), want.len(), "query {q} ({min_cosine}, {top})");
+            for ((gu, gc), (wu, wc)) in got.iter().zip(&want) {
+                assert_eq!(gu, wu, "query {q} ({min_cosine}, {top}): {got:?}");
+                assert!((gc - wc).abs() < 1e-5, "query {q}: {gc} vs {wc}");
+            }
+        }
+    }
+}
+
+/// `a` moved towards `b` by `t`, renormalised.
+fn mix(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
+    normalised(
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x * (1.0 - t) + y * t)
+            .collect(),
+    )
+}
+
 /// Timing probe for the 100,000-sample target; run with
 /// `cargo test --release -p deepstackd --test gallery -- --ignored --nocapture`.
 #[test]
@@ -810,8 +890,10 @@ fn best_matches_over_100k_samples() {
     assert_eq!(gallery.stats(), (1000, 100_000));
     let queries: Vec<Vec<f32>> = (0..50).map(|_| rng.unit_vector()).collect();
     let start = std::time::Instant::now();
+    // What recognition asks: users that may reach DeepStack's default 0.67, for a 4-face photo.
+    let min_cosine = deepstackd::vision::calibration::recognition_cosine_for(0.67);
     for q in &queries {
-        assert_eq!(gallery.best_matches(q).len(), 1000);
+        gallery.best_matches(q, min_cosine, 4);
     }
     let per_query = start.elapsed() / queries.len() as u32;
     eprintln!("best_matches over 100,000 samples: {per_query:?} per query");

@@ -1,26 +1,38 @@
-//! The in-memory matching index: every sample's embedding in one contiguous matrix.
+//! The in-memory matching index: every sample's embedding as int8, in one contiguous matrix.
 //!
-//! One row per sample, rows packed back to back in a single `Vec<f32>`, so a query is one
-//! linear pass over memory that the CPU prefetches and vectorises (100,000 samples x 128
-//! floats is 51 MB, scanned in a couple of milliseconds). Users are small integer slots so
-//! "best score per user" is an array lookup, not a hash per row.
+//! One row per sample: 128 int8 codes with the row's scale (`x ≈ code * scale`, scale =
+//! max |x| / 127), rows packed back to back, so a query is one linear pass over memory the CPU
+//! prefetches and vectorises: 100,000 samples are 12.8 MB (a quarter of f32) and scan in about
+//! a millisecond. Users are small integer slots so "best score per user" is an array lookup.
+//!
+//! The int8 scores are approximate, with a known bound: for a row with scale `s` and a query
+//! `q`, `|q·x - s (q·code)| <= s/2 * |q|_1`, plus the query's own int16 rounding. [`Index::candidates`] therefore returns
+//! every sample that could be a user's best or could reach the caller's threshold, and the
+//! gallery rescores those few exactly from SQLite: answers are the f32 cosines, as before.
 
 use std::collections::HashMap;
 
 use super::EMBEDDING_DIM;
 
-/// All embeddings of the gallery plus which user each belongs to.
+/// All embeddings of the gallery plus which user and sample each row is.
 #[derive(Debug, Default)]
 pub struct Index {
-    /// Row-major, `EMBEDDING_DIM` floats per sample.
-    vectors: Vec<f32>,
+    /// Row-major, `EMBEDDING_DIM` codes per sample.
+    codes: Vec<i8>,
+    /// Scale of each row.
+    scales: Vec<f32>,
     /// User slot of each row.
     row_user: Vec<u32>,
+    /// Database id of each row's sample.
+    row_sample: Vec<i64>,
     /// Slot -> userid. Includes users that have no samples.
     users: Vec<String>,
     /// Userid -> slot.
     slots: HashMap<String, u32>,
 }
+
+/// Samples worth an exact score for one query: `(userid, sample ids)`, best users first.
+pub type Candidates = Vec<(String, Vec<i64>)>;
 
 impl Index {
     /// An empty index.
@@ -40,11 +52,19 @@ impl Index {
     }
 
     /// Appends one sample row; the caller checked `embedding.len() == EMBEDDING_DIM`.
-    pub fn add_sample(&mut self, userid: &str, embedding: &[f32]) {
+    pub fn add_sample(&mut self, userid: &str, sample_id: i64, embedding: &[f32]) {
         debug_assert_eq!(embedding.len(), EMBEDDING_DIM);
         let slot = self.add_user(userid);
-        self.vectors.extend_from_slice(embedding);
+        let max = embedding.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        self.codes.extend(
+            embedding
+                .iter()
+                .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+        self.scales.push(scale);
         self.row_user.push(slot);
+        self.row_sample.push(sample_id);
     }
 
     /// Drops a user and all its rows; returns whether it existed.
@@ -61,16 +81,20 @@ impl Index {
                 continue;
             }
             if kept != row {
-                self.vectors.copy_within(
+                self.codes.copy_within(
                     row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM,
                     kept * EMBEDDING_DIM,
                 );
+                self.scales[kept] = self.scales[row];
                 self.row_user[kept] = self.row_user[row];
+                self.row_sample[kept] = self.row_sample[row];
             }
             kept += 1;
         }
-        self.vectors.truncate(kept * EMBEDDING_DIM);
+        self.codes.truncate(kept * EMBEDDING_DIM);
+        self.scales.truncate(kept);
         self.row_user.truncate(kept);
+        self.row_sample.truncate(kept);
 
         // Keep slots dense: the last user takes the freed slot.
         let last = (self.users.len() - 1) as u32;
@@ -86,31 +110,76 @@ impl Index {
         true
     }
 
-    /// Best cosine per user over all of its samples, highest first.
+    /// The samples to score exactly for `query` so that the exact answer is known for: every
+    /// user whose best cosine may reach `min_cosine`, at most the `top` best of them (and
+    /// any user tied with them within the int8 error). Each user's samples are those whose
+    /// approximate score is within twice the error of the user's best approximate score.
     ///
-    /// Embeddings are unit vectors, so the cosine is the dot product. A query of the wrong
-    /// length matches nobody.
-    pub fn best_per_user(&self, query: &[f32]) -> Vec<(String, f32)> {
+    /// A query of the wrong length matches nobody.
+    pub fn candidates(&self, query: &[f32], min_cosine: f32, top: usize) -> Candidates {
         let Ok(query) = <&[f32; EMBEDDING_DIM]>::try_from(query) else {
             return Vec::new();
         };
+        if top == 0 || self.row_user.is_empty() {
+            return Vec::new();
+        }
+        // The query in int16: q ≈ qs * q16. Its own rounding adds at most qs/2 * |code|_1 * s
+        // per row, which the bound below covers with |code|_1 <= 127 * 128.
+        let q_max = query.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let q_scale = if q_max > 0.0 { q_max / 32767.0 } else { 1.0 };
+        let q16: Vec<i16> = query
+            .iter()
+            .map(|x| (x / q_scale).round().clamp(-32767.0, 32767.0) as i16)
+            .collect();
+        // The largest error of any row: s/2 * |q|_1 (the codes) + s * qs/2 * 127 * 128.
+        let l1: f32 = query.iter().map(|x| x.abs()).sum();
+        let max_scale = self.scales.iter().fold(0f32, |m, &s| m.max(s));
+        let error = max_scale * (l1 / 2.0 + q_scale / 2.0 * 127.0 * 128.0) * (1.0 + 1e-4) + 1e-6;
+
+        let mut approx = Vec::with_capacity(self.row_user.len());
         let mut best = vec![f32::NEG_INFINITY; self.users.len()];
-        for (row, &slot) in self.vectors.chunks_exact(EMBEDDING_DIM).zip(&self.row_user) {
-            let score = dot(query, row);
+        for ((codes, &scale), &slot) in self
+            .codes
+            .chunks_exact(EMBEDDING_DIM)
+            .zip(&self.scales)
+            .zip(&self.row_user)
+        {
+            let score = crate::dot::dot_i8_i16(codes, &q16) as f32 * (q_scale * scale);
+            approx.push(score);
             let entry = &mut best[slot as usize];
             if score > *entry {
                 *entry = score;
             }
         }
-        let mut out: Vec<(String, f32)> = best
-            .into_iter()
-            .enumerate()
-            .filter(|(_, score)| score.is_finite())
-            .map(|(slot, score)| (self.users[slot].clone(), score))
+
+        // Users that may reach the threshold, best first.
+        let mut users: Vec<u32> = (0..self.users.len() as u32)
+            .filter(|&slot| best[slot as usize] + error >= min_cosine)
             .collect();
-        // Ties (the same photo registered under two names) break by userid for stable answers.
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        out
+        users.sort_by(|&a, &b| best[b as usize].total_cmp(&best[a as usize]));
+        // Past the `top`-th, only users that could still overtake it.
+        if let Some(&nth) = users.get(top - 1) {
+            let floor = best[nth as usize] - 2.0 * error;
+            users.retain(|&slot| best[slot as usize] >= floor);
+        }
+
+        let mut wanted = vec![f32::INFINITY; self.users.len()];
+        for &slot in &users {
+            wanted[slot as usize] = best[slot as usize] - 2.0 * error;
+        }
+        let mut rows: HashMap<u32, Vec<i64>> = HashMap::with_capacity(users.len());
+        for (row, (&slot, &score)) in self.row_user.iter().zip(&approx).enumerate() {
+            if score >= wanted[slot as usize] {
+                rows.entry(slot).or_default().push(self.row_sample[row]);
+            }
+        }
+        users
+            .into_iter()
+            .map(|slot| {
+                let samples = rows.remove(&slot).unwrap_or_default();
+                (self.users[slot as usize].clone(), samples)
+            })
+            .collect()
     }
 
     /// All userids, sorted bytewise (what SQLite's BINARY collation and DeepStack return).
@@ -132,18 +201,6 @@ impl Index {
     }
 }
 
-/// Dot product with eight independent accumulators: float addition is not associative, so
-/// the compiler only vectorises a reduction written this way.
-fn dot(a: &[f32; EMBEDDING_DIM], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,36 +211,64 @@ mod tests {
         v
     }
 
+    fn users_of(c: &Candidates) -> Vec<&str> {
+        c.iter().map(|(u, _)| u.as_str()).collect()
+    }
+
     #[test]
-    fn best_score_per_user_and_removal_keeps_the_rest_intact() {
+    fn candidates_per_user_and_removal_keeps_the_rest_intact() {
         let mut index = Index::new();
-        index.add_sample("a", &axis(0));
-        index.add_sample("b", &axis(1));
-        index.add_sample("a", &axis(2));
-        index.add_sample("c", &axis(3));
+        index.add_sample("a", 1, &axis(0));
+        index.add_sample("b", 2, &axis(1));
+        index.add_sample("a", 3, &axis(2));
+        index.add_sample("c", 4, &axis(3));
         index.add_user("empty");
 
-        let hits = index.best_per_user(&axis(2));
-        assert_eq!(hits[0], ("a".to_owned(), 1.0));
-        assert_eq!(hits.len(), 3, "a user without samples never matches");
+        let hits = index.candidates(&axis(2), 0.5, 10);
+        assert_eq!(hits, vec![("a".to_owned(), vec![3])]);
+        let all = index.candidates(&axis(2), -1.0, 10);
+        assert_eq!(all.len(), 3, "a user without samples never matches");
+        assert_eq!(all[0], ("a".to_owned(), vec![3]));
 
         assert!(index.remove_user("a"));
         assert!(!index.remove_user("a"));
         assert_eq!(index.sample_count(), 2);
         assert_eq!(index.userids(), ["b", "c", "empty"]);
-        assert_eq!(index.best_per_user(&axis(3))[0], ("c".to_owned(), 1.0));
-        assert_eq!(index.best_per_user(&axis(1))[0], ("b".to_owned(), 1.0));
-        assert!(index.best_per_user(&axis(2)).iter().all(|(_, s)| *s == 0.0));
+        assert_eq!(
+            index.candidates(&axis(3), 0.5, 10),
+            vec![("c".to_owned(), vec![4])]
+        );
+        assert_eq!(
+            index.candidates(&axis(1), 0.5, 10),
+            vec![("b".to_owned(), vec![2])]
+        );
+        assert!(index.candidates(&axis(2), 0.5, 10).is_empty());
 
         // The user moved into the freed slot still receives its new samples.
-        index.add_sample("empty", &axis(4));
-        assert_eq!(index.best_per_user(&axis(4))[0], ("empty".to_owned(), 1.0));
+        index.add_sample("empty", 5, &axis(4));
+        assert_eq!(users_of(&index.candidates(&axis(4), 0.5, 10)), ["empty"]);
+    }
+
+    #[test]
+    fn top_limits_users_but_keeps_ties_within_the_error() {
+        let mut index = Index::new();
+        let mut v = axis(0);
+        for (i, user) in ["x", "y", "z"].iter().enumerate() {
+            v[1] = 0.1 * i as f32; // x: 1.0, y: ~0.995, z: ~0.98 against axis 0
+            let n: f32 = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            let unit: Vec<f32> = v.iter().map(|a| a / n).collect();
+            index.add_sample(user, i as i64, &unit);
+        }
+        index.add_sample("far", 9, &axis(5));
+        let one = index.candidates(&axis(0), -1.0, 1);
+        assert_eq!(one[0].0, "x");
+        assert!(!users_of(&one).contains(&"far"), "{one:?}");
     }
 
     #[test]
     fn wrong_query_length_matches_nobody() {
         let mut index = Index::new();
-        index.add_sample("a", &axis(0));
-        assert!(index.best_per_user(&[1.0; 3]).is_empty());
+        index.add_sample("a", 1, &axis(0));
+        assert!(index.candidates(&[1.0; 3], -1.0, 5).is_empty());
     }
 }

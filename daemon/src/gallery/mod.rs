@@ -83,8 +83,9 @@ pub trait FaceStore: Send + Sync {
     fn delete_user(&self, userid: &str) -> Result<bool, GalleryError>;
     /// All userids, sorted bytewise.
     fn list_users(&self) -> Vec<String>;
-    /// Best cosine per user for one unit-length query embedding, highest first.
-    fn best_matches(&self, query: &[f32]) -> Vec<(String, f32)>;
+    /// For one unit-length query embedding, the users whose best cosine over their samples is
+    /// at least `min_cosine`, at most `top` of them, highest first (exact f32 cosines).
+    fn best_matches(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)>;
     /// (users, samples).
     fn stats(&self) -> (usize, usize);
     /// A consistent snapshot of the whole gallery as a standalone SQLite file.
@@ -100,7 +101,10 @@ pub struct Gallery {
     /// The one writing connection. A mutex also serialises register/delete/restore, so the
     /// index is always updated in commit order.
     conn: Mutex<Connection>,
-    /// Readers (recognition) never wait for SQLite, only for the brief index update.
+    /// Recognition's connection: reads the few embeddings the index picks for an exact score
+    /// (WAL: never waits for the writer's transaction).
+    reader: Mutex<Connection>,
+    /// Readers (recognition) wait only for the brief index update.
     index: RwLock<Index>,
 }
 
@@ -133,18 +137,27 @@ impl Gallery {
         // Migrate before switching to WAL: a file we refuse (newer, foreign) stays untouched.
         schema::migrate(&mut conn)?;
         schema::configure_live(&conn)?;
-        Gallery::with_connection(data_dir, db_path, conn)
+        let reader = Connection::open_with_flags(
+            db_path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        schema::configure_common(&reader)?;
+        Gallery::with_connection(data_dir, db_path, conn, reader)
     }
 
     /// `immutable=1`: on read-only media SQLite cannot create the WAL's shared-memory file,
     /// and nobody can change the file under us anyway.
     fn open_read_only(data_dir: &Path, db_path: &Path) -> Result<Gallery, GalleryError> {
         let uri = format!("file:{}?immutable=1", uri_path(db_path)?);
-        let conn = Connection::open_with_flags(
-            uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-        )?;
-        schema::configure_common(&conn)?;
+        let open = || -> Result<Connection, GalleryError> {
+            let conn = Connection::open_with_flags(
+                &uri,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            schema::configure_common(&conn)?;
+            Ok(conn)
+        };
+        let (conn, reader) = (open()?, open()?);
         let version = schema::user_version(&conn)?;
         if version != schema::CURRENT_VERSION {
             return Err(GalleryError::Corrupt(format!(
@@ -152,13 +165,14 @@ impl Gallery {
                 schema::CURRENT_VERSION
             )));
         }
-        Gallery::with_connection(data_dir, db_path, conn)
+        Gallery::with_connection(data_dir, db_path, conn, reader)
     }
 
     fn with_connection(
         data_dir: &Path,
         db_path: &Path,
         conn: Connection,
+        reader: Connection,
     ) -> Result<Gallery, GalleryError> {
         if !schema::has_format_marker(&conn)? {
             return Err(GalleryError::Corrupt(format!(
@@ -178,6 +192,7 @@ impl Gallery {
             data_dir: data_dir.to_owned(),
             db_path: db_path.to_owned(),
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             index: RwLock::new(index),
         })
     }
@@ -229,7 +244,7 @@ impl Gallery {
                 // Checked inside the transaction on purpose: whichever sample fails, ours or
                 // SQLite's check, the `?` drops `tx` and rolls back the ones before it.
                 check_embedding(&sample.embedding)?;
-                insert.execute(params![
+                let id = insert.insert(params![
                     user_id,
                     schema::encode_embedding(&sample.embedding),
                     sample.model,
@@ -238,7 +253,7 @@ impl Gallery {
                     f64::from(sample.det_score),
                     now,
                 ])?;
-                embeddings.push(sample.embedding);
+                embeddings.push((id, sample.embedding));
             }
         }
         tx.commit()?;
@@ -246,8 +261,8 @@ impl Gallery {
         // Still under the connection lock: a concurrent delete cannot slip in between.
         let mut index = self.index_mut();
         index.add_user(userid);
-        for embedding in &embeddings {
-            index.add_sample(userid, embedding);
+        for (id, embedding) in &embeddings {
+            index.add_sample(userid, *id, embedding);
         }
         Ok(outcome)
     }
@@ -267,9 +282,66 @@ impl Gallery {
         self.index().userids()
     }
 
-    /// For one unit-length embedding, each user's best cosine over all its samples, highest first.
-    pub fn best_matches(&self, query: &[f32]) -> Vec<(String, f32)> {
-        self.index().best_per_user(query)
+    /// For one unit-length embedding, the users whose best cosine over all their samples is
+    /// at least `min_cosine`, at most `top` of them, highest first.
+    ///
+    /// The int8 index picks the few samples that can matter (see `index`); their f32
+    /// embeddings are read from SQLite and scored exactly. A sample deleted or replaced (by a
+    /// restore) in between is skipped.
+    pub fn best_matches(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)> {
+        let candidates = self.index().candidates(query, min_cosine, top);
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let exact = match self.exact_best(query, &candidates) {
+            Ok(exact) => exact,
+            Err(e) => {
+                log::error!("gallery: reading embeddings for an exact score: {e}");
+                return Vec::new();
+            }
+        };
+        let mut out: Vec<(String, f32)> = exact
+            .into_iter()
+            .filter(|(_, cosine)| *cosine >= min_cosine)
+            .collect();
+        // Ties (the same photo registered under two names) break by userid for stable answers.
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(top);
+        out
+    }
+
+    /// Each candidate user's best exact cosine over the given samples.
+    fn exact_best(
+        &self,
+        query: &[f32],
+        candidates: &[(String, Vec<i64>)],
+    ) -> Result<Vec<(String, f32)>, GalleryError> {
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stmt = reader.prepare_cached(
+            "SELECT s.embedding, u.userid FROM samples s JOIN users u ON u.id = s.user_id
+             WHERE s.id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(candidates.len());
+        for (userid, samples) in candidates {
+            let mut best = f32::NEG_INFINITY;
+            for &id in samples {
+                let row: Option<(Vec<u8>, String)> = stmt
+                    .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                let Some((blob, owner)) = row else { continue };
+                if owner != *userid {
+                    continue;
+                }
+                if let Some(embedding) = schema::decode_embedding(&blob) {
+                    let cosine: f32 = embedding.iter().zip(query).map(|(a, b)| a * b).sum();
+                    best = best.max(cosine);
+                }
+            }
+            if best.is_finite() {
+                out.push((userid.clone(), best));
+            }
+        }
+        Ok(out)
     }
 
     /// (number of users, number of samples).
@@ -340,8 +412,8 @@ impl FaceStore for Gallery {
     fn list_users(&self) -> Vec<String> {
         Gallery::list_users(self)
     }
-    fn best_matches(&self, query: &[f32]) -> Vec<(String, f32)> {
-        Gallery::best_matches(self, query)
+    fn best_matches(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)> {
+        Gallery::best_matches(self, query, min_cosine, top)
     }
     fn stats(&self) -> (usize, usize) {
         Gallery::stats(self)
@@ -400,7 +472,7 @@ fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
             .ok_or_else(|| {
                 GalleryError::Corrupt(format!("sample {sample_id} has a malformed embedding"))
             })?;
-        index.add_sample(userid, &embedding);
+        index.add_sample(userid, sample_id, &embedding);
     }
     Ok(index)
 }

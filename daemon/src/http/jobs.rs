@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::form::FilePart;
 use crate::gallery::{FaceStore, NewSample, RegisterOutcome};
 use crate::vision::calibration::{
-    detection_confidence, detection_score_for, recognition_confidence,
+    detection_confidence, detection_score_for, recognition_confidence, recognition_cosine_for,
     DEFAULT_DETECTION_CONFIDENCE, STRICT_DETECTION_CONFIDENCE,
 };
 use crate::vision::compare::assign_users;
@@ -188,11 +188,13 @@ pub fn recognize(
         return Ok(Vec::new());
     }
     let embedded = p.embed(&img, &faces)?;
+    // Each face needs at most as many users as there are faces: the others may take theirs.
+    let min_cosine = recognition_cosine_for(threshold);
     let candidates: Vec<Vec<(String, f32)>> = embedded
         .iter()
         .map(|e| {
             gallery
-                .best_matches(&e.embedding.0)
+                .best_matches(&e.embedding.0, min_cosine, faces.len())
                 .into_iter()
                 .map(|(user, cosine)| (user, recognition_confidence(cosine)))
                 .collect()

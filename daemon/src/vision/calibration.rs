@@ -58,6 +58,13 @@ pub fn recognition_confidence(cosine: f32) -> f32 {
     interpolate(&RECOGNITION_KNOTS, cosine)
 }
 
+/// The lowest cosine whose recognition confidence can reach `confidence` (a little below the
+/// exact inverse, so float rounding never drops a user that reaches it).
+pub fn recognition_cosine_for(confidence: f32) -> f32 {
+    let swapped: Vec<(f32, f32)> = RECOGNITION_KNOTS.iter().map(|&(c, r)| (r, c)).collect();
+    interpolate(&swapped, confidence) - 1e-4
+}
+
 /// Detection confidence (0..1, DeepStack's scale) for a YuNet score.
 pub fn detection_confidence(score: f32) -> f32 {
     interpolate(&DETECTION_KNOTS, score)
@@ -72,6 +79,19 @@ pub fn detection_score_for(confidence: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recognition_inverse_never_excludes_a_reaching_cosine() {
+        for i in 0..=2000 {
+            let cosine = -1.0 + i as f32 / 1000.0;
+            let confidence = recognition_confidence(cosine);
+            assert!(
+                recognition_cosine_for(confidence) <= cosine,
+                "cosine {cosine}"
+            );
+        }
+        assert!(recognition_cosine_for(0.0) <= -1.0);
+    }
 
     #[test]
     fn maps_are_monotone_and_hit_their_knots() {

@@ -39,7 +39,8 @@ impl Int8Linear {
             .map(|j| {
                 let row = &self.q[j * self.inputs..(j + 1) * self.inputs];
                 // (q - z) . x = q . x - z * sum(x)
-                (dot_i8_f32(row, x) - self.zero[j] * sum_x) * self.scale[j] + self.bias[j]
+                (crate::dot::dot_i8_f32(row, x) - self.zero[j] * sum_x) * self.scale[j]
+                    + self.bias[j]
             })
             .collect()
     }
@@ -161,42 +162,6 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
     )
-}
-
-/// `q . x` with 16 independent accumulators (so the compiler vectorises it), in AVX2 where the
-/// CPU has it (checked once per call; the check is a cached load).
-fn dot_i8_f32(q: &[i8], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { dot_i8_f32_avx2(q, x) };
-    }
-    dot_i8_f32_portable(q, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_i8_f32_avx2(q: &[i8], x: &[f32]) -> f32 {
-    dot_i8_f32_portable(q, x)
-}
-
-#[inline(always)]
-fn dot_i8_f32_portable(q: &[i8], x: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (qc, xc) = (q.chunks_exact(LANES), x.chunks_exact(LANES));
-    let (q_rest, x_rest) = (qc.remainder(), xc.remainder());
-    for (cq, cx) in qc.zip(xc) {
-        for k in 0..LANES {
-            acc[k] += f32::from(cq[k]) * cx[k];
-        }
-    }
-    let tail: f32 = q_rest
-        .iter()
-        .zip(x_rest)
-        .map(|(&a, b)| f32::from(a) * b)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
