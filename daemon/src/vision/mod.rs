@@ -13,6 +13,7 @@ pub mod detect;
 pub mod embed;
 pub mod models;
 pub mod onnx_rewrite;
+pub mod quality;
 
 use image::RgbImage;
 
