@@ -93,6 +93,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(page::index))
         .route("/app.js", web::get().to(page::script))
         .route("/app.css", web::get().to(page::style))
+        .route("/favicon.ico", web::get().to(page::favicon))
         .default_service(web::to(not_found));
 }
 

@@ -48,6 +48,11 @@ pub async fn style() -> HttpResponse {
     asset("text/css; charset=utf-8", PAGE_CSS)
 }
 
+/// GET /favicon.ico: none, said without an error (browsers ask for it on every page).
+pub async fn favicon() -> HttpResponse {
+    HttpResponse::NoContent().finish()
+}
+
 /// GET /openapi.json
 pub async fn openapi() -> HttpResponse {
     asset("application/json", OPENAPI_JSON)

@@ -163,8 +163,9 @@ function personCard(user) {
 function refresh() {
   return Promise.all([call('GET', '/v1/status'), call('GET', '/v1/gallery/users')]).then(function (r) {
     var status = r[0].body, users = r[1].body;
-    $('status').textContent = 'deepstackd ' + status.version + ', ' + status.users + ' people, ' +
-      status.samples + ' photos' + (status.faces_enabled ? '' : ' (face API off: set VISION-FACE=True)');
+    $('status').textContent = 'deepstackd ' + status.version + ', ' + status.users +
+      (status.users === 1 ? ' person, ' : ' people, ') + status.samples +
+      (status.samples === 1 ? ' photo' : ' photos') + (status.faces_enabled ? '' : ' (face API off: set VISION-FACE=True)');
     showReembed(status.reembed);
     if (!users.success) return;
     thumbUrls.forEach(function (u) { URL.revokeObjectURL(u); });
@@ -207,7 +208,7 @@ function tryIt(file) {
       c.width = img.naturalWidth;
       c.height = img.naturalHeight;
       g.drawImage(img, 0, 0);
-      var px = Math.max(14, Math.round(c.width / 40));
+      var px = Math.max(14, Math.round(Math.max(c.width, c.height) / 30));
       g.lineWidth = Math.max(2, px / 6);
       g.font = px + 'px sans-serif';
       faces.forEach(function (f) {
