@@ -316,6 +316,13 @@ fn list_inspect_prune_and_rename_over_http() {
     let api = d.get(OPENAPI).json();
     assert_eq!(api["openapi"], json!("3.0.3"));
     assert!(api["paths"]["/v1/gallery/reembed"].is_object());
+
+    // Names in paths never reach the log: routes are logged by their pattern.
+    let log = d.log_text();
+    assert!(log.contains("GET /v1/gallery/users/{userid}/samples 200"), "{log}");
+    for name in ["Barack", "obama/", "Zo%C3%AB", "Zoë", KEY] {
+        assert!(!log.contains(name), "{name:?} in the log:\n{log}");
+    }
 }
 
 /// A photo blurred so much that no gallery should learn from it.
