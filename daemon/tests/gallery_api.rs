@@ -319,7 +319,10 @@ fn list_inspect_prune_and_rename_over_http() {
 
     // Names in paths never reach the log: routes are logged by their pattern.
     let log = d.log_text();
-    assert!(log.contains("GET /v1/gallery/users/{userid}/samples 200"), "{log}");
+    assert!(
+        log.contains("GET /v1/gallery/users/{userid}/samples 200"),
+        "{log}"
+    );
     for name in ["Barack", "obama/", "Zo%C3%AB", "Zoë", KEY] {
         assert!(!log.contains(name), "{name:?} in the log:\n{log}");
     }

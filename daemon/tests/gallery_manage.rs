@@ -241,3 +241,29 @@ fn a_backup_of_the_first_schema_restores() {
     assert_eq!(best(&g, 3), ("old".into(), 1.0));
     assert_eq!(g.user_samples("old").unwrap()[0].quality, None);
 }
+
+#[test]
+fn a_restore_stops_a_running_reembedding() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = open(dir.path());
+    g.register("ann", vec![sample(0)]).unwrap();
+    let backup = g.backup_bytes().unwrap();
+    g.reembed_start("new-model").unwrap();
+    let batch = g.reembed_next(0, 10).unwrap();
+    g.restore_from_bytes(&backup).unwrap();
+    let p = g.reembed_progress();
+    assert_eq!(p.state, ReembedState::Failed);
+    assert!(p.error.unwrap().contains("restored"));
+    // The batch read before the restore is refused: its crops may be other samples now.
+    assert!(matches!(
+        g.reembed_stage("new-model", &[(batch[0].id, axis(9))], 0),
+        Err(GalleryError::ReembedStopped)
+    ));
+    assert!(matches!(
+        g.reembed_finish(),
+        Err(GalleryError::ReembedStopped)
+    ));
+    assert_eq!(best(&g, 0), ("ann".into(), 1.0));
+    // A new run starts from scratch.
+    assert_eq!(g.reembed_start("new-model").unwrap().done, 0);
+}

@@ -127,6 +127,7 @@ impl Gallery {
         );
         // Still under the connection lock, so no registration can interleave.
         *self.index_mut() = index;
+        self.reembed_stop_for_restore();
         Ok(())
     }
 }

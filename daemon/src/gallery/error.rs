@@ -38,6 +38,9 @@ pub enum GalleryError {
     /// A re-embedding is already running.
     #[error("a re-embedding is already running")]
     ReembedRunning,
+    /// The re-embedding was stopped (by a restore) while this step waited.
+    #[error("the re-embedding was stopped")]
+    ReembedStopped,
     /// The live database does not look like a gallery or holds data we cannot read.
     #[error("gallery database is not usable: {0}")]
     Corrupt(String),

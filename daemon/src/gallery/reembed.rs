@@ -86,6 +86,10 @@ pub(super) fn progress_after_open(conn: &Connection) -> Result<ReembedProgress, 
     })
 }
 
+/// Why a re-embedding stopped when a restore replaced the gallery under it.
+pub const RESTORED_MEANWHILE: &str =
+    "the gallery was restored meanwhile: start the re-embedding again";
+
 /// One stored sample to re-embed.
 #[derive(Debug, Clone)]
 pub struct StoredCrop {
@@ -103,13 +107,15 @@ impl Gallery {
 
     /// Starts a re-embedding with `model`, or [`GalleryError::ReembedRunning`]. Staged rows
     /// of another model are dropped; those of `model` count as done (a resumed run).
+    ///
+    /// Lock order, everywhere: the connection, then the progress.
     pub fn reembed_start(&self, model: &str) -> Result<ReembedProgress, GalleryError> {
+        let conn = self.conn();
         let mut progress = self.reembed_state();
         if progress.state == ReembedState::Running {
             return Err(GalleryError::ReembedRunning);
         }
         let (staged, total) = {
-            let conn = self.conn();
             conn.execute("DELETE FROM reembed_staging WHERE model != ?1", [model])?;
             let staged: i64 =
                 conn.query_row("SELECT count(*) FROM reembed_staging", [], |r| r.get(0))?;
@@ -149,15 +155,19 @@ impl Gallery {
 
     /// Stores one batch of new embeddings (sample id, embedding) in the staging table, in
     /// one transaction; samples deleted meanwhile are skipped. `failed` more samples could
-    /// not be embedded.
+    /// not be embedded. Refused with [`GalleryError::ReembedStopped`] when the run was
+    /// stopped meanwhile (a restore replaced the samples the batch was read from).
     pub fn reembed_stage(
         &self,
         model: &str,
         embeddings: &[(i64, Vec<f32>)],
         failed: usize,
     ) -> Result<(), GalleryError> {
+        let mut conn = self.conn();
         {
-            let mut conn = self.conn();
+            if self.reembed_state().state != ReembedState::Running {
+                return Err(GalleryError::ReembedStopped);
+            }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 let mut insert = tx.prepare(
@@ -172,6 +182,7 @@ impl Gallery {
             tx.commit()?;
         }
         let mut progress = self.reembed_state();
+        drop(conn);
         progress.done += embeddings.len() + failed;
         progress.failed += failed;
         progress.total = progress.total.max(progress.done);
@@ -182,6 +193,9 @@ impl Gallery {
     pub fn reembed_finish(&self) -> Result<usize, GalleryError> {
         let swapped = {
             let mut conn = self.conn();
+            if self.reembed_state().state != ReembedState::Running {
+                return Err(GalleryError::ReembedStopped);
+            }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let swapped = tx.execute(
                 "UPDATE samples SET
@@ -208,11 +222,27 @@ impl Gallery {
     }
 
     /// Marks the running re-embedding as failed; its staged rows stay for the next run.
+    /// Does nothing when it is no longer running (a restore already stopped it).
     pub fn reembed_failed(&self, error: String) {
-        log::error!("gallery: re-embedding stopped: {error}");
         let mut progress = self.reembed_state();
+        if progress.state != ReembedState::Running {
+            return;
+        }
+        log::error!("gallery: re-embedding stopped: {error}");
         progress.state = ReembedState::Failed;
         progress.finished_at = Some(now_ms());
         progress.error = Some(error);
+    }
+
+    /// Called by a restore, under the connection lock, after it emptied the staging table:
+    /// a running re-embedding read crops of samples that are gone, so it stops.
+    pub(super) fn reembed_stop_for_restore(&self) {
+        let mut progress = self.reembed_state();
+        if progress.state == ReembedState::Running {
+            log::warn!("gallery: restored during a re-embedding; it stopped, start it again");
+            progress.state = ReembedState::Failed;
+            progress.finished_at = Some(now_ms());
+            progress.error = Some(RESTORED_MEANWHILE.to_owned());
+        }
     }
 }

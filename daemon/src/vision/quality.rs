@@ -162,7 +162,8 @@ pub fn head_pose(lm: &[[f32; 2]; 5]) -> (f32, f32) {
     ];
     let (dx, dy) = (left_eye[0] - right_eye[0], left_eye[1] - right_eye[1]);
     let eye_dist = (dx * dx + dy * dy).sqrt();
-    if !(eye_dist > 0.0) {
+    // Also catches NaN landmarks.
+    if eye_dist.is_nan() || eye_dist <= 0.0 {
         return (0.0, 0.0);
     }
     // Unit vectors along the eye line and across it (downwards in the photo).
