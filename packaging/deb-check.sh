@@ -5,9 +5,10 @@
 #
 #   packaging/deb-check.sh target/deb/deepstack-rs_0.1.0-1_amd64.deb
 #
-# Works with or without a running systemd: without it (a container, CI), the service part is
-# checked by starting deepstackd as the unit would (user deepstack, CAP_NET_BIND_SERVICE only,
-# the packaged env file) and by `systemd-analyze verify`/`security` on the installed unit.
+# Works with or without a running systemd: without it (a container, CI), deepstackd is started
+# as the unit would (user deepstack, CAP_NET_BIND_SERVICE only, the packaged env file), and
+# systemd-check.sh boots a real systemd in a namespace to run the packaged unit itself
+# (DEEPSTACK_CHECK_PHOTO=PATH.jpg adds a face detection inside its sandbox).
 set -euo pipefail
 deb=$(realpath "${1:?usage: $0 PATH.deb}")
 gallery=/var/lib/deepstack
@@ -21,10 +22,10 @@ daemon_pid=
 cleanup() { if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 
-for tool in curl setpriv systemd-analyze; do
+for tool in curl setpriv nsenter pgrep systemd-analyze; do
 	if ! command -v "$tool" >/dev/null; then
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl util-linux systemd >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl util-linux procps systemd >/dev/null
 		break
 	fi
 done
@@ -89,6 +90,13 @@ wait "$daemon_pid" || fail "deepstackd did not stop cleanly on SIGTERM"
 daemon_pid=
 [ -f "$gallery/faces.sqlite3" ] || fail "no gallery in $gallery"
 check "deepstackd as user deepstack on port $port with the packaged config; /v1/status answered; SIGTERM exit 0"
+
+# 5b. Under a real systemd: this machine's, or one booted as PID 1 of a namespace.
+if [ ! -d /run/systemd/system ]; then
+	"$(dirname "$0")/systemd-check.sh" ${DEEPSTACK_CHECK_PHOTO:+"$DEEPSTACK_CHECK_PHOTO"} ||
+		fail "the package under systemd (packaging/systemd-check.sh)"
+	check "the packaged unit under a real systemd"
+fi
 
 # 6. deepstack start/config with the real systemctl.
 set +e

@@ -155,6 +155,46 @@ pub const KEYS: &[Key] = &[
         daemon_default: "50000000",
     },
     Key {
+        name: "MAX_FILES",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 1,
+            max: 100_000,
+        },
+        help: "most file parts in one request (32)",
+        daemon_default: "32",
+    },
+    Key {
+        name: "MAX_FIELD_BYTES",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 64,
+            max: 16 << 20,
+        },
+        help: "largest text field: userid, api_key, ... (65536)",
+        daemon_default: "65536",
+    },
+    Key {
+        name: "MAX_USERID_BYTES",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 1,
+            max: 16 << 20,
+        },
+        help: "longest userid a registration accepts, in bytes (256)",
+        daemon_default: "256",
+    },
+    Key {
+        name: "MAX_QUEUE",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 1,
+            max: 1_000_000,
+        },
+        help: "most requests waiting for inference; more are refused at once (64)",
+        daemon_default: "64",
+    },
+    Key {
         name: "MIN_FACE_QUALITY",
         aliases: &[],
         kind: Kind::Fraction,

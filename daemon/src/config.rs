@@ -19,6 +19,8 @@ use crate::vision::Mode;
 pub const DEFAULT_PORT: u16 = 5000;
 /// Default request deadline in seconds (DeepStack's).
 pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
+/// TIMEOUT must be below this (about 31 years): "never" without overflowing deadline sums.
+pub const MAX_TIMEOUT_SECS: f64 = 1e9;
 /// Default gallery directory (DeepStack's, inside its docker image).
 pub const DEFAULT_DATA_DIR: &str = "/datastore";
 /// Default cap on one request's uploaded bytes: 50 MiB.
@@ -116,7 +118,7 @@ const SETTINGS: &[Setting] = &[
         aliases: &[],
         flag: "--data-dir",
         value: Some("DIR"),
-        help: "where the gallery lives [default: /datastore]",
+        help: "where the gallery lives [default: $STATE_DIRECTORY under systemd, else /datastore]",
     },
     Setting {
         name: "MODELS_DIR",
@@ -327,6 +329,11 @@ pub enum ConfigError {
 /// Raw values by setting name; later sources overwrite earlier ones.
 type Raw = HashMap<&'static str, (String, Origin)>;
 
+/// The DeepStack names of every setting, in help order (the CLI's list must match it).
+pub fn setting_names() -> impl Iterator<Item = &'static str> {
+    SETTINGS.iter().map(|s| s.name)
+}
+
 fn setting_for_key(key: &str) -> Option<&'static Setting> {
     SETTINGS
         .iter()
@@ -368,8 +375,10 @@ pub fn from_sources(
                     })?;
                 merge(&mut raw, parse_env_file(&text, &path, &mut warnings)?)?;
             }
+            let env: Vec<(String, String)> = env.into_iter().collect();
             let from_env = env
-                .into_iter()
+                .iter()
+                .cloned()
                 .filter_map(|(k, v)| {
                     let setting = setting_for_key(&k)?;
                     Some((setting.name, v, Origin::Environment(k)))
@@ -377,6 +386,17 @@ pub fn from_sources(
                 .collect();
             merge(&mut raw, from_env)?;
             merge(&mut raw, flags)?;
+            // Under systemd's StateDirectory=, the gallery goes where the unit says unless
+            // DATA_DIR is set (the first directory if the unit lists several).
+            let state_dir = env.iter().find(|(k, _)| k == "STATE_DIRECTORY");
+            if let Some((k, v)) = state_dir {
+                let first = v.split(':').next().unwrap_or_default();
+                let unset = raw.get("DATA_DIR").is_none_or(|(v, _)| v.is_empty());
+                if unset && !first.is_empty() {
+                    let origin = Origin::Environment(k.clone());
+                    raw.insert("DATA_DIR", (first.to_owned(), origin));
+                }
+            }
             raw
         }
     };
@@ -557,7 +577,7 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         Some((v, _)) => v
             .parse::<f64>()
             .ok()
-            .filter(|s| *s > 0.0)
+            .filter(|s| *s > 0.0 && *s < MAX_TIMEOUT_SECS)
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .ok_or_else(|| invalid("TIMEOUT", "expected a positive number of seconds"))?,
     };
@@ -663,6 +683,28 @@ mod tests {
 
     fn problem_of(result: Result<Config, ConfigError>) -> String {
         result.expect_err("expected an error").to_string()
+    }
+
+    #[test]
+    fn systemd_state_directory_is_the_default_data_dir_only() {
+        let state = [("STATE_DIRECTORY", "/var/lib/deepstack:/var/lib/other")];
+        assert_eq!(
+            run(&[], &state).unwrap().data_dir,
+            PathBuf::from("/var/lib/deepstack")
+        );
+        let both = [state[0], ("DATA_DIR", "/srv/gallery")];
+        assert_eq!(
+            run(&[], &both).unwrap().data_dir,
+            PathBuf::from("/srv/gallery")
+        );
+        assert_eq!(
+            run(&["--data-dir=/tmp/g"], &state).unwrap().data_dir,
+            PathBuf::from("/tmp/g")
+        );
+        assert_eq!(
+            run(&[], &[("STATE_DIRECTORY", "")]).unwrap().data_dir,
+            PathBuf::from(DEFAULT_DATA_DIR)
+        );
     }
 
     #[test]
@@ -823,6 +865,7 @@ mod tests {
             ("TIMEOUT", "0", "TIMEOUT"),
             ("TIMEOUT", "soon", "TIMEOUT"),
             ("TIMEOUT", "NaN", "TIMEOUT"),
+            ("TIMEOUT", "1e300", "TIMEOUT"),
             ("MODE", "Turbo", "MODE"),
             ("BIND", "localhost:80", "BIND"),
             ("MAX_UPLOAD_BYTES", "1MB", "MAX_UPLOAD_BYTES"),

@@ -12,8 +12,9 @@
 //! every thread.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,6 +50,42 @@ pub struct InferencePool {
     threads: usize,
     queue: usize,
     timeout: Duration,
+    heartbeats: Arc<[Heartbeat]>,
+    epoch: Instant,
+}
+
+/// What one worker tells the watchdog: whether its thread still runs, and since when it has
+/// been busy with its current job.
+#[derive(Default)]
+struct Heartbeat {
+    /// Milliseconds since the pool's epoch + 1 when the running job started; 0 when idle.
+    busy_since: AtomicU64,
+    exited: AtomicBool,
+}
+
+/// Marks the worker's thread as gone however it ends (return or unwind).
+struct ExitGuard<'a>(&'a Heartbeat);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.exited.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Why the pool is not healthy (the watchdog then stops its keep-alives).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// A worker thread ended; the pool serves with fewer threads than configured.
+    #[error("inference worker {0} has stopped")]
+    Exited(usize),
+    /// A worker has run one job far past any deadline: stuck.
+    #[error("inference worker {worker} has been busy with one job for {busy:?}")]
+    Stalled {
+        /// Which worker.
+        worker: usize,
+        /// How long its job has run.
+        busy: Duration,
+    },
 }
 
 impl InferencePool {
@@ -64,12 +101,15 @@ impl InferencePool {
         let queue = queue.max(1);
         let (sender, receiver) = mpsc::channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
+        let heartbeats: Arc<[Heartbeat]> = (0..threads).map(|_| Heartbeat::default()).collect();
+        let epoch = Instant::now();
         for i in 0..threads {
             let receiver = Arc::clone(&receiver);
             let pipeline = Arc::clone(&pipeline);
+            let heartbeats = Arc::clone(&heartbeats);
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
-                .spawn(move || worker(&receiver, &pipeline))?;
+                .spawn(move || worker(&receiver, &pipeline, &heartbeats[i], epoch))?;
         }
         Ok(InferencePool {
             sender,
@@ -77,7 +117,20 @@ impl InferencePool {
             threads,
             queue,
             timeout,
+            heartbeats,
+            epoch,
         })
+    }
+
+    /// Whether every worker thread runs and none has been on one job for longer than
+    /// `stall_after`. Idle workers are healthy: they wait on the queue.
+    pub fn health(&self, stall_after: Duration) -> Result<(), Unhealthy> {
+        check_heartbeats(&self.heartbeats, self.epoch.elapsed(), stall_after)
+    }
+
+    /// The request deadline (TIMEOUT).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The shared pipeline (models and mode, for the status page).
@@ -116,7 +169,34 @@ impl InferencePool {
     }
 }
 
-fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, pipeline: &Pipeline) {
+/// `now`: time since the pool's epoch.
+fn check_heartbeats(
+    heartbeats: &[Heartbeat],
+    now: Duration,
+    stall_after: Duration,
+) -> Result<(), Unhealthy> {
+    for (worker, beat) in heartbeats.iter().enumerate() {
+        if beat.exited.load(Ordering::SeqCst) {
+            return Err(Unhealthy::Exited(worker));
+        }
+        let since = beat.busy_since.load(Ordering::SeqCst);
+        if since > 0 {
+            let busy = now.saturating_sub(Duration::from_millis(since - 1));
+            if busy > stall_after {
+                return Err(Unhealthy::Stalled { worker, busy });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn worker(
+    receiver: &Mutex<mpsc::Receiver<Job>>,
+    pipeline: &Pipeline,
+    heartbeat: &Heartbeat,
+    epoch: Instant,
+) {
+    let _exit = ExitGuard(heartbeat);
     loop {
         // One idle worker waits on the channel, the others on the lock; a poisoned lock only
         // means a thread died while waiting, the receiver itself is fine.
@@ -127,9 +207,12 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, pipeline: &Pipeline) {
         let Some(job) = job else {
             return; // every handle dropped: shutting down
         };
+        let started = epoch.elapsed().as_millis() as u64 + 1;
+        heartbeat.busy_since.store(started, Ordering::SeqCst);
         if catch_unwind(AssertUnwindSafe(|| job(pipeline))).is_err() {
             log::error!("an inference job panicked; the worker goes on");
         }
+        heartbeat.busy_since.store(0, Ordering::SeqCst);
     }
 }
 
@@ -178,6 +261,45 @@ mod tests {
             assert_eq!(pool.run(|_| 1).await, Ok(1));
         });
         assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn health_reports_a_stuck_job_and_recovers_when_it_ends() {
+        let pool = InferencePool::start(pipeline(), 2, 4, Duration::from_secs(10)).unwrap();
+        assert_eq!(pool.health(Duration::from_millis(50)), Ok(()));
+        block_on(async {
+            let p = pool.clone();
+            let slow = actix_web::rt::spawn(async move {
+                p.run(|_| std::thread::sleep(Duration::from_millis(400)))
+                    .await
+            });
+            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+            assert!(matches!(
+                pool.health(Duration::from_millis(100)),
+                Err(Unhealthy::Stalled { busy, .. }) if busy >= Duration::from_millis(100)
+            ));
+            assert_eq!(pool.health(Duration::from_secs(5)), Ok(()));
+            slow.await.unwrap().unwrap();
+        });
+        assert_eq!(pool.health(Duration::from_millis(50)), Ok(()));
+    }
+
+    #[test]
+    fn health_reports_a_worker_that_ended() {
+        let pool = InferencePool::start(pipeline(), 1, 4, Duration::from_secs(10)).unwrap();
+        let sender = pool.sender.clone();
+        let heartbeats = Arc::clone(&pool.heartbeats);
+        drop(pool);
+        drop(sender); // the last sender: the worker's queue closes and its thread returns
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !heartbeats[0].exited.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the worker did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            check_heartbeats(&heartbeats, Duration::ZERO, Duration::from_secs(1)),
+            Err(Unhealthy::Exited(0))
+        );
     }
 
     #[test]

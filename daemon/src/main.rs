@@ -3,16 +3,23 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deepstackd::config::{self, Command, Config};
 use deepstackd::gallery::Gallery;
 use deepstackd::http::{self, Access, AppState, UploadLimits};
 use deepstackd::inference::InferencePool;
+use deepstackd::service;
 use deepstackd::vision::{ModelFiles, Pipeline};
 
 /// Exit code for a configuration the daemon refuses (bad value, bad flag).
 const EXIT_CONFIG: u8 = 2;
+
+/// Shortest time one inference job may run before the watchdog calls its worker stuck.
+const MIN_STALL: Duration = Duration::from_secs(120);
+
+/// Longest wait for requests in flight at a stop; the unit's TimeoutStopSec= is above it.
+const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     let config = match config::from_process() {
@@ -30,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logger();
     match run(*config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -38,6 +45,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// env_logger on stderr; under systemd, lines carry a journal priority instead of a timestamp
+/// (the journal stamps every line itself).
+fn init_logger() {
+    use std::io::Write;
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if service::stderr_is_journal() {
+        builder.format(|out, record| {
+            let priority = service::journal_priority(record.level());
+            writeln!(out, "<{priority}>{}: {}", record.target(), record.args())
+        });
+    }
+    builder.init();
 }
 
 fn run(config: Config) -> Result<(), String> {
@@ -97,19 +119,35 @@ fn run(config: Config) -> Result<(), String> {
         },
         started,
     };
-    if let Some(interval) = deepstackd::service::watchdog_interval() {
-        // Keep-alives at half the interval systemd asked for. They come from a plain thread,
-        // so they prove the process is scheduled, not yet that inference works (open work).
-        std::thread::Builder::new()
-            .name("watchdog".into())
-            .spawn(move || loop {
-                deepstackd::service::notify("WATCHDOG=1");
-                std::thread::sleep(interval / 2);
-            })
-            .map_err(|e| format!("cannot start the watchdog thread: {e}"))?;
-    }
-    log::info!("listening on {}:{}", config.bind, config.port);
+    // The watchdog is fed only while every inference worker runs and none is stuck: a job
+    // may outlive its request's deadline, but not by this much.
+    let stall_after = state.pool.timeout().saturating_mul(3).max(MIN_STALL);
+    let (pool, gallery) = (state.pool.clone(), Arc::clone(&state.gallery));
+    let health = move || {
+        pool.health(stall_after).map_err(|e| e.to_string())?;
+        let (users, samples) = gallery.stats();
+        Ok(format!("serving: {users} users, {samples} samples"))
+    };
+    let on_ready = || {
+        log::info!("listening on {}:{}", config.bind, config.port);
+        // Models loaded, port bound: systemd may route traffic to us now.
+        service::notify(&format!("READY=1\nSTATUS=serving on port {}", config.port));
+        if service::notifications_wanted() {
+            if let Err(e) = service::spawn_keepalive(health) {
+                log::error!("cannot start the watchdog thread: {e}");
+            }
+        }
+    };
+    let on_stop = || service::notify("STOPPING=1");
+    // Requests in flight get their whole deadline to finish.
+    let drain = state.pool.timeout().min(MAX_DRAIN);
     actix_web::rt::System::new()
-        .block_on(http::serve((config.bind, config.port), state))
+        .block_on(http::serve(
+            (config.bind, config.port),
+            state,
+            drain,
+            on_ready,
+            on_stop,
+        ))
         .map_err(|e| format!("HTTP server on {}:{}: {e}", config.bind, config.port))
 }

@@ -29,6 +29,68 @@ fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether stderr is connected to the journal (`$JOURNAL_STREAM` names stderr's device and
+/// inode): log lines then need no timestamp, and a `<N>` prefix gives each its priority.
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    stream.to_str() == Some(&format!("{}:{}", meta.dev(), meta.ino()))
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix (sd-daemon.h's SD_ERR, ...).
+pub fn journal_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Whether systemd (or anything speaking its protocol) listens for our notifications.
+pub fn notifications_wanted() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// How often [`spawn_keepalive`] checks the process when no watchdog is asked for (it then
+/// only refreshes `STATUS=`).
+const STATUS_PERIOD: Duration = Duration::from_secs(10);
+
+/// Starts a thread that runs `check` periodically and tells systemd the result: `STATUS=` with
+/// the text it returns, plus `WATCHDOG=1` (at half the watchdog interval, if one is asked for)
+/// only while it returns `Ok`. When the check fails, the keep-alives stop and systemd restarts
+/// the service once the watchdog interval has passed.
+pub fn spawn_keepalive<F>(check: F) -> std::io::Result<()>
+where
+    F: Fn() -> Result<String, String> + Send + 'static,
+{
+    let watchdog = watchdog_interval();
+    let period = watchdog.map_or(STATUS_PERIOD, |w| (w / 2).min(STATUS_PERIOD));
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            match check() {
+                Ok(status) if watchdog.is_some() => notify(&format!("WATCHDOG=1\nSTATUS={status}")),
+                Ok(status) => notify(&format!("STATUS={status}")),
+                Err(reason) => {
+                    log::error!("health check failed: {reason}; watchdog keep-alives stop");
+                    notify(&format!("STATUS=unhealthy: {reason}"));
+                }
+            }
+            std::thread::sleep(period);
+        })
+        .map(drop)
+}
+
 /// The watchdog interval systemd asks for (`WATCHDOG_USEC`), if any and meant for us.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;

@@ -102,8 +102,19 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-/// Serves the API on `addr` until SIGINT or SIGTERM (actix finishes the open requests).
-pub async fn serve(addr: (std::net::IpAddr, u16), state: AppState) -> std::io::Result<()> {
+/// Serves the API on `addr` until SIGINT or SIGTERM.
+///
+/// `on_ready` runs once the port is bound, before the first request is accepted; `on_stop`
+/// runs as soon as a stop signal arrives, before actix stops accepting connections and lets
+/// the requests in flight finish (within `drain`).
+pub async fn serve(
+    addr: (std::net::IpAddr, u16),
+    state: AppState,
+    drain: std::time::Duration,
+    on_ready: impl FnOnce(),
+    on_stop: impl FnOnce() + 'static,
+) -> std::io::Result<()> {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
     let limits = FormLimits {
         max_upload_bytes: state.limits.max_upload_bytes,
         max_files: state.limits.max_files,
@@ -117,11 +128,23 @@ pub async fn serve(addr: (std::net::IpAddr, u16), state: AppState) -> std::io::R
             .wrap(middleware::from_fn(logging::log_request))
             .configure(routes)
     })
+    .disable_signals()
+    .shutdown_timeout(drain.as_secs().max(1))
     .bind(addr)?
     .run();
-    // Models are loaded and the port is bound: systemd may route traffic to us now.
-    crate::service::notify(&format!("READY=1\nSTATUS=serving on port {}", addr.1));
-    let result = server.await;
-    crate::service::notify("STOPPING=1");
-    result
+    let (mut terminate, mut interrupt) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => log::info!("SIGTERM: finishing the requests in flight"),
+            _ = interrupt.recv() => log::info!("SIGINT: finishing the requests in flight"),
+        }
+        on_stop();
+        handle.stop(true).await;
+    });
+    on_ready();
+    server.await
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Every setting the daemon reads; cleared from the inherited environment so the machine's
+/// Every variable the daemon reads; cleared from the inherited environment so the machine's
 /// own variables cannot change a test.
 const DAEMON_VARS: &[&str] = &[
     "VISION-FACE",
@@ -35,6 +35,12 @@ const DAEMON_VARS: &[&str] = &[
     "MAX_USERID_BYTES",
     "MAX_QUEUE",
     "MIN_FACE_QUALITY",
+    // systemd's, also read by the daemon.
+    "STATE_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
 ];
 
 /// How long a daemon may take to load its models and answer /v1/status.
@@ -155,10 +161,15 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        self.terminate_wait()
+    }
+
+    /// Waits for the exit of a daemon that was sent a stop signal, and returns its status.
+    pub fn terminate_wait(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
