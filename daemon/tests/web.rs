@@ -1,7 +1,8 @@
 //! The gallery page in a real headless Chromium: the real daemon (with an API key), Debian's
 //! `chromium` driven by Playwright (`playwright-core` from npm, no browser download) running
-//! `tests/web/gallery_page.mjs`: register a person from two photos, see two thumbnails,
-//! remove one, rename, "try it", delete. Screenshots of every step go to
+//! `tests/web/gallery_page.mjs`: register a person from two photos (a third without a face
+//! is shown as skipped), see two thumbnails, remove one, rename, drop a photo onto the
+//! person, "try it", delete. Screenshots of every step go to
 //! `target/web-screenshots/` (CI keeps them as artifacts).
 //!
 //! Needs `chromium`, `node` and `npm` (`.ci/run` installs them). Without them the test fails,
@@ -95,8 +96,9 @@ fn the_gallery_page_in_headless_chromium() {
         "02-two-thumbnails",
         "03-one-removed",
         "04-renamed",
-        "05-try-it",
-        "06-deleted",
+        "05-dropped",
+        "06-try-it",
+        "07-deleted",
     ] {
         let path = shots.join(format!("{step}.png"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -7,7 +7,7 @@
 //   CHROMIUM     the browser binary (default /usr/bin/chromium)
 // Exits non-zero, naming the step, when anything on the page is not as expected.
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const env = (name, fallback) => {
@@ -100,6 +100,20 @@ try {
   await loadedThumbs('Barack Obama').first().waitFor();
   await shot(page, '04-renamed');
 
+  step = 'drag and drop a photo onto the person';
+  // A real drop event carrying a File, as the browser makes it when a photo is dragged in.
+  const dropped = readFileSync(photo('obama_1280x720.jpg')).toString('base64');
+  await person('Barack Obama').evaluate((card, b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], 'dropped.jpg', { type: 'image/jpeg' }));
+    card.dispatchEvent(new DragEvent('dragover', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    card.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  }, dropped);
+  await page.waitForFunction(() => document.querySelectorAll('.person[data-userid="Barack Obama"] .thumb img[src^="blob:"]').length === 2);
+  await page.locator('#add-results li', { hasText: 'dropped.jpg: added to Barack Obama' }).waitFor();
+  await shot(page, '05-dropped');
+
   step = '"try it" draws the name on the photo';
   await page.setInputFiles('#try-files', photo('obama3.jpg'));
   await page.locator('#try-canvas[data-drawn="1"]').waitFor();
@@ -117,7 +131,7 @@ try {
   });
   if (green < 500) throw new Error(`only ${green} pixels of the box colour on the canvas`);
   await page.locator('#try').scrollIntoViewIfNeeded();
-  await shot(page, '05-try-it');
+  await shot(page, '06-try-it');
 
   step = 'the key stays in this session only';
   const stored = await page.evaluate(() => ({ local: localStorage.length, cookies: document.cookie }));
@@ -132,7 +146,7 @@ try {
   await person('Barack Obama').locator('.delete').click();
   await page.waitForFunction(() => document.querySelectorAll('.person').length === 0);
   await page.locator('#status', { hasText: '0 people' }).waitFor();
-  await shot(page, '06-deleted');
+  await shot(page, '07-deleted');
 
   if (problems.length) throw new Error(problems.join('\n'));
   console.log(JSON.stringify({ ok: true, screenshots: saved }));

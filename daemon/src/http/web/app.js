@@ -151,11 +151,11 @@ function personCard(user) {
       if (r.body.success) refresh(); else message.textContent = errorText(r.body);
     });
   });
-  var list = document.createElement('ul');
-  list.className = 'results';
-  card.appendChild(list);
+  // Results go to the "Add photos" list: the card itself is rebuilt by the refresh.
+  var list = $('add-results');
   var files = card.querySelector('.files');
   files.addEventListener('change', function () { register(user.userid, files.files, list); });
+  card.querySelector('.add').addEventListener('click', function () { files.click(); });
   dropZone(card, function (f) { register(user.userid, f, list); });
   return card;
 }
