@@ -399,3 +399,77 @@ fn the_gallery_api_is_behind_the_face_switch() {
     );
     assert_eq!(d.get(PAGE).status, 200);
 }
+
+#[test]
+fn hostile_paths_and_bodies_get_json_errors_and_change_nothing() {
+    let d = Server::start(&[FACES_ON]);
+    register(&d, "obama", &["obama.jpg"]);
+    let before = users(&d);
+    for (method, path, status, error) in [
+        (
+            "GET",
+            "/v1/gallery/users/%FF/samples",
+            404,
+            "userid not found",
+        ),
+        (
+            "GET",
+            "/v1/gallery/users/%00/samples",
+            404,
+            "userid not found",
+        ),
+        ("GET", "/v1/gallery/users//samples", 404, "not found"),
+        (
+            "GET",
+            "/v1/gallery/samples/99999999999999999999/crop.jpg",
+            404,
+            "sample not found",
+        ),
+        (
+            "GET",
+            "/v1/gallery/samples/%2D1/crop.jpg",
+            404,
+            "sample not found",
+        ),
+        ("DELETE", "/v1/gallery/samples/0x1", 404, "sample not found"),
+        (
+            "DELETE",
+            "/v1/gallery/users/%2E%2E",
+            404,
+            "userid not found",
+        ),
+        ("GET", "/v1/gallery/samples/1/crop.jpg/..", 404, "not found"),
+        ("POST", "/v1/gallery/users/obama", 404, "not found"),
+    ] {
+        let res = d.call(method, path, &[], &Body::Empty);
+        assert_error(&res, status, error);
+    }
+    let rename_with = |body: Body| d.call("POST", &user_path("obama", "/rename"), &[], &body);
+    // A JSON body is no form: no `to`.
+    let json_body = Body::Raw {
+        content_type: "application/json".into(),
+        bytes: br#"{"to": "x"}"#.to_vec(),
+    };
+    assert_error(&rename_with(json_body), 400, "userid not specified");
+    let res = rename_with(Body::Raw {
+        content_type: "application/x-www-form-urlencoded".into(),
+        bytes: b"to=%FF".to_vec(),
+    });
+    assert_eq!(res.json()["reason"], json!("not valid UTF-8"));
+    let long = "x".repeat(300);
+    let res = rename_with(urlencoded(&[("to", &long)]));
+    assert!(res.json()["reason"]
+        .as_str()
+        .unwrap()
+        .contains("MAX_USERID_BYTES"));
+    // `merge` must say true; anything else is no merge.
+    register(&d, "biden", &["biden.jpg"]);
+    for merge in ["yes", "TRUE", "on", ""] {
+        let res = rename_with(urlencoded(&[("to", "biden"), ("merge", merge)]));
+        assert_error(&res, 409, "userid already exists");
+    }
+    let after = users(&d);
+    assert!(after.iter().all(|(_, samples)| *samples == 1), "{after:?}");
+    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(recognize(&d, "obama2.jpg")[0].0, "obama");
+}
