@@ -33,6 +33,8 @@ enum Kind {
     Number { min: u64, max: u64 },
     /// A positive number of seconds.
     Seconds,
+    /// A number from 0 to 1.
+    Fraction,
     /// An IP address.
     Address,
     /// An absolute path; `must_exist` for directories that are read, not created.
@@ -191,6 +193,13 @@ pub const KEYS: &[Key] = &[
         },
         help: "most requests waiting for inference; more are refused at once (64)",
         daemon_default: "64",
+    },
+    Key {
+        name: "MIN_FACE_QUALITY",
+        aliases: &[],
+        kind: Kind::Fraction,
+        help: "0 to 1: lowest face quality a registration stores; 0 stores every face (0.3)",
+        daemon_default: "0.3",
     },
 ];
 
@@ -459,6 +468,10 @@ fn check(key: &'static Key, value: &str, arch: &str) -> Result<String, Problem> 
         Kind::Seconds => match value.parse::<f64>() {
             Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(value.to_owned()),
             _ => Err(bad("a positive number of seconds")),
+        },
+        Kind::Fraction => match value.parse::<f64>() {
+            Ok(q) if (0.0..=1.0).contains(&q) => Ok(value.to_owned()),
+            _ => Err(bad("a number from 0 to 1")),
         },
         Kind::Address => value
             .parse::<IpAddr>()

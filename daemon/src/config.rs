@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_USERID_BYTES: usize = 256;
 /// Default cap on requests queued for the inference threads; past it, requests are answered
 /// at once with the timeout error instead of waiting (see `inference`).
 pub const DEFAULT_MAX_QUEUE: usize = 64;
+/// Default lowest face quality (0..1, `vision::quality`) a registration sample may have:
+/// refuses faces under about 30 pixels, strongly blurred ones and profiles.
+pub const DEFAULT_MIN_FACE_QUALITY: f32 = 0.3;
 /// Largest THREADCOUNT accepted: more threads than this only add memory and contention.
 pub const MAX_THREADCOUNT: usize = 256;
 /// The detector size used on ARM, where DeepStack had no speed modes: the Pi's budget.
@@ -166,6 +169,13 @@ const SETTINGS: &[Setting] = &[
         value: Some("N"),
         help: "most requests waiting for the inference threads; more are refused [default: 64]",
     },
+    Setting {
+        name: "MIN_FACE_QUALITY",
+        aliases: &[],
+        flag: "--min-face-quality",
+        value: Some("0..1"),
+        help: "lowest face quality (size, sharpness, detection, pose) registration stores; 0 stores all [default: 0.3]",
+    },
 ];
 
 /// The daemon's settings.
@@ -203,6 +213,8 @@ pub struct Config {
     pub max_userid_bytes: usize,
     /// Most requests waiting for an inference thread.
     pub max_queue: usize,
+    /// Lowest face quality a registration sample may have.
+    pub min_face_quality: f32,
     /// Things worth a warning in the log once it is set up (unknown env file keys, ...).
     pub warnings: Vec<String>,
 }
@@ -228,6 +240,7 @@ impl fmt::Debug for Config {
             .field("max_field_bytes", &self.max_field_bytes)
             .field("max_userid_bytes", &self.max_userid_bytes)
             .field("max_queue", &self.max_queue)
+            .field("min_face_quality", &self.min_face_quality)
             .finish()
     }
 }
@@ -584,6 +597,14 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
     let max_userid_bytes =
         number("MAX_USERID_BYTES", 1, 16 << 20)?.map_or(DEFAULT_MAX_USERID_BYTES, |n| n as usize);
     let max_queue = number("MAX_QUEUE", 1, 1_000_000)?.map_or(DEFAULT_MAX_QUEUE, |n| n as usize);
+    let min_face_quality = match get("MIN_FACE_QUALITY") {
+        None => DEFAULT_MIN_FACE_QUALITY,
+        Some((v, _)) => v
+            .parse::<f32>()
+            .ok()
+            .filter(|q| (0.0..=1.0).contains(q))
+            .ok_or_else(|| invalid("MIN_FACE_QUALITY", "expected a number from 0 to 1"))?,
+    };
     // A key longer than a text field may be could never be sent. The message shows its
     // length, never the key.
     for name in ["API-KEY", "ADMIN-KEY"] {
@@ -615,6 +636,7 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         max_field_bytes,
         max_userid_bytes,
         max_queue,
+        min_face_quality,
         warnings,
     })
 }
@@ -707,6 +729,7 @@ mod tests {
             ),
             (32, 65536, 256, 64)
         );
+        assert_eq!(c.min_face_quality, DEFAULT_MIN_FACE_QUALITY);
         if !ON_ARM {
             assert_eq!(c.mode, Mode::Medium);
         }
@@ -799,6 +822,7 @@ mod tests {
             "--max-field-bytes=1000",
             "--max-userid-bytes=10",
             "--max-queue=5",
+            "--min-face-quality=0.5",
         ];
         let models_flag = format!("--models-dir={models}");
         args.push(&models_flag);
@@ -822,6 +846,7 @@ mod tests {
             (3, 1000, 10, 5)
         );
         assert_eq!(c.timeout, Duration::from_secs(2));
+        assert_eq!(c.min_face_quality, 0.5);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.models_dir.as_deref(), Some(dir.path()));
         if !ON_ARM {
@@ -849,6 +874,8 @@ mod tests {
             ("MAX_FIELD_BYTES", "10", "MAX_FIELD_BYTES"),
             ("MAX_USERID_BYTES", "0", "MAX_USERID_BYTES"),
             ("MAX_QUEUE", "none", "MAX_QUEUE"),
+            ("MIN_FACE_QUALITY", "1.5", "MIN_FACE_QUALITY"),
+            ("MIN_FACE_QUALITY", "NaN", "MIN_FACE_QUALITY"),
             ("API-KEY", &"k".repeat(70_000), "API-KEY"),
             ("MODELS_DIR", "/nonexistent/models", "MODELS_DIR"),
         ];

@@ -119,6 +119,7 @@ fn run(config: Config) -> Result<(), String> {
             max_userid_bytes: config.max_userid_bytes,
             max_files: config.max_files,
             max_field_bytes: config.max_field_bytes,
+            min_face_quality: config.min_face_quality,
         },
         started,
     };

@@ -65,6 +65,7 @@ impl Rng {
             crop,
             source: source.into(),
             det_score: 0.5 + self.uniform() / 2.0,
+            quality: None,
         }
     }
 }
@@ -376,7 +377,7 @@ fn the_database_file_is_in_wal_mode_at_the_current_schema() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let format: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)
@@ -403,7 +404,7 @@ fn a_newer_or_foreign_database_is_refused_and_left_untouched() {
         Gallery::open(dir.path()),
         Err(GalleryError::TooNew {
             found: 99,
-            supported: 1
+            supported: 2
         })
     ));
     assert_eq!(std::fs::read(&db).unwrap(), before);
@@ -883,6 +884,7 @@ fn best_matches_over_100k_samples() {
                 crop: Vec::new(),
                 source: "image".into(),
                 det_score: 0.9,
+                quality: None,
             })
             .collect();
         gallery.register(&format!("user{u:04}"), samples).unwrap();

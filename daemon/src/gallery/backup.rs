@@ -22,7 +22,8 @@ const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 /// Columns copied by a restore; validation prepares the same SELECTs, so a file that passed
 /// cannot fail the copy for a missing column.
 const USERS_COLUMNS: &str = "id, userid, created_at";
-const SAMPLES_COLUMNS: &str = "id, user_id, embedding, model, crop, source, det_score, added_at";
+const SAMPLES_COLUMNS: &str = "id, user_id, embedding, model, crop, source, det_score, added_at, \
+     quality, face_px, sharpness, yaw, pitch";
 
 /// Retries of a backup step that found a lock (about 10 s in total).
 const BUSY_RETRIES: u32 = 500;
@@ -126,6 +127,7 @@ impl Gallery {
         );
         // Still under the connection lock, so no registration can interleave.
         *self.index_mut() = index;
+        self.reembed_stop_for_restore();
         Ok(())
     }
 }
@@ -134,7 +136,8 @@ impl Gallery {
 fn copy_restored_into_main(conn: &mut Connection) -> Result<Index, GalleryError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(&format!(
-        "DELETE FROM main.samples;
+        "DELETE FROM main.reembed_staging;
+         DELETE FROM main.samples;
          DELETE FROM main.users;
          INSERT INTO main.users({USERS_COLUMNS}) SELECT {USERS_COLUMNS} FROM restored.users;
          INSERT INTO main.samples({SAMPLES_COLUMNS})

@@ -29,6 +29,18 @@ pub enum GalleryError {
         /// The newest version this build knows.
         supported: u32,
     },
+    /// No user of that name.
+    #[error("no such user")]
+    UnknownUser,
+    /// A rename onto an existing user without asking to merge.
+    #[error("the target userid already exists")]
+    UserExists,
+    /// A re-embedding is already running.
+    #[error("a re-embedding is already running")]
+    ReembedRunning,
+    /// The re-embedding was stopped (by a restore) while this step waited.
+    #[error("the re-embedding was stopped")]
+    ReembedStopped,
     /// The live database does not look like a gallery or holds data we cannot read.
     #[error("gallery database is not usable: {0}")]
     Corrupt(String),

@@ -6,11 +6,14 @@
 //! rebuilt from disk at the next start.
 //!
 //! Modules: `schema` (tables, migrations, connection settings), `index` (matching),
-//! `backup` (backup and validated restore), `error`.
+//! `backup` (backup and validated restore), `manage` (listing, renaming, removing single
+//! samples), `reembed` (new embeddings from the stored crops), `error`.
 
 mod backup;
 mod error;
 mod index;
+mod manage;
+mod reembed;
 mod schema;
 
 use std::collections::HashMap;
@@ -22,6 +25,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 
 pub use error::GalleryError;
 use index::Index;
+pub use manage::{RenameOutcome, UserSummary};
+pub use reembed::{ReembedProgress, ReembedState, StoredCrop};
+
+use crate::vision::quality::Quality;
 
 /// Length of one face embedding (SFace).
 pub const EMBEDDING_DIM: usize = 128;
@@ -45,6 +52,8 @@ pub struct NewSample {
     pub source: String,
     /// Detector confidence of the face.
     pub det_score: f32,
+    /// The face's quality figures, when they were measured.
+    pub quality: Option<Quality>,
 }
 
 /// What a successful registration did to the user.
@@ -69,6 +78,8 @@ pub struct SampleInfo {
     pub det_score: f32,
     /// When it was registered, unix milliseconds.
     pub added_at: i64,
+    /// Quality figures; `None` for samples stored before they were measured.
+    pub quality: Option<Quality>,
 }
 
 /// What the HTTP layer needs from a gallery; SQLite today, another store could slot in.
@@ -106,6 +117,8 @@ pub struct Gallery {
     reader: Mutex<Connection>,
     /// Readers (recognition) wait only for the brief index update.
     index: RwLock<Index>,
+    /// The re-embedding's progress (one at a time).
+    reembed: Mutex<ReembedProgress>,
 }
 
 impl Gallery {
@@ -182,6 +195,7 @@ impl Gallery {
             )));
         }
         let index = load_index(&conn)?;
+        let reembed = reembed::progress_after_open(&conn)?;
         log::info!(
             "gallery: {} users, {} samples in {}",
             index.user_count(),
@@ -194,6 +208,7 @@ impl Gallery {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
             index: RwLock::new(index),
+            reembed: Mutex::new(reembed),
         })
     }
 
@@ -237,8 +252,9 @@ impl Gallery {
         let mut embeddings = Vec::with_capacity(samples.len());
         {
             let mut insert = tx.prepare(
-                "INSERT INTO samples(user_id, embedding, model, crop, source, det_score, added_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO samples(user_id, embedding, model, crop, source, det_score, added_at,
+                                     quality, face_px, sharpness, yaw, pitch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for sample in samples {
                 // Checked inside the transaction on purpose: whichever sample fails, ours or
@@ -252,6 +268,11 @@ impl Gallery {
                     sample.source,
                     f64::from(sample.det_score),
                     now,
+                    sample.quality.map(|q| f64::from(q.score)),
+                    sample.quality.map(|q| q.face_px),
+                    sample.quality.map(|q| f64::from(q.sharpness)),
+                    sample.quality.map(|q| f64::from(q.yaw)),
+                    sample.quality.map(|q| f64::from(q.pitch)),
                 ])?;
                 embeddings.push((id, sample.embedding));
             }
@@ -354,17 +375,32 @@ impl Gallery {
     pub fn user_samples(&self, userid: &str) -> Result<Vec<SampleInfo>, GalleryError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT s.id, s.model, s.source, s.det_score, s.added_at
+            "SELECT s.id, s.model, s.source, s.det_score, s.added_at,
+                    s.quality, s.face_px, s.sharpness, s.yaw, s.pitch
              FROM samples s JOIN users u ON u.id = s.user_id
              WHERE u.userid = ?1 ORDER BY s.id",
         )?;
         let rows = stmt.query_map([userid], |row| {
+            let det_score = row.get::<_, f64>(3)? as f32;
+            let score: Option<f64> = row.get(5)?;
+            let quality = match score {
+                None => None,
+                Some(score) => Some(Quality {
+                    score: score as f32,
+                    face_px: row.get::<_, Option<u32>>(6)?.unwrap_or(0),
+                    sharpness: row.get::<_, Option<f64>>(7)?.unwrap_or(0.0) as f32,
+                    det_score,
+                    yaw: row.get::<_, Option<f64>>(8)?.unwrap_or(0.0) as f32,
+                    pitch: row.get::<_, Option<f64>>(9)?.unwrap_or(0.0) as f32,
+                }),
+            };
             Ok(SampleInfo {
                 id: row.get(0)?,
                 model: row.get(1)?,
                 source: row.get(2)?,
-                det_score: row.get::<_, f64>(3)? as f32,
+                det_score,
                 added_at: row.get(4)?,
+                quality,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -395,6 +431,10 @@ impl Gallery {
 
     fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reembed_state(&self) -> MutexGuard<'_, ReembedProgress> {
+        self.reembed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

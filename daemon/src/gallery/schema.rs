@@ -42,6 +42,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX samples_by_user ON samples(user_id);
     INSERT INTO meta(key, value) VALUES ('format', 'deepstack-rs-gallery');
     ",
+    // 2: a quality figure per sample (NULL for samples registered before it existed), and
+    // the staging table of a re-embedding: new embeddings wait there, keyed by sample, until
+    // one transaction swaps them all in; a restart finds them and resumes or discards them.
+    r"
+    ALTER TABLE samples ADD COLUMN quality REAL;
+    ALTER TABLE samples ADD COLUMN face_px INTEGER;
+    ALTER TABLE samples ADD COLUMN sharpness REAL;
+    ALTER TABLE samples ADD COLUMN yaw REAL;
+    ALTER TABLE samples ADD COLUMN pitch REAL;
+    CREATE TABLE reembed_staging (
+        sample_id INTEGER PRIMARY KEY REFERENCES samples(id) ON DELETE CASCADE,
+        embedding BLOB NOT NULL CHECK (length(embedding) = 512),
+        model     TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes and the newest it can read.

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::faces::{success, Nothing};
 use super::form::Form;
 use super::AppState;
+use crate::gallery::ReembedProgress;
 use crate::vision::models::{shipped_sha256, ModelFile};
 
 /// Largest backup file a restore reads. Larger than the photo limit: a gallery with its face
@@ -60,6 +61,8 @@ struct Status {
     samples: usize,
     uptime_seconds: u64,
     threadcount: usize,
+    /// The current or last re-embedding (`POST /v1/gallery/reembed`).
+    reembed: ReembedProgress,
 }
 
 #[derive(Serialize)]
@@ -102,6 +105,7 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
             samples,
             uptime_seconds: state.started.elapsed().as_secs(),
             threadcount: state.pool.threads(),
+            reembed: state.gallery.reembed_progress(),
         },
         0,
     )

@@ -1,5 +1,9 @@
 //! Access checks in the contract's order: the API key first (401), then `VISION-FACE` (403).
+//!
+//! The gallery API and the web page also take the keys from the `X-Api-Key` and
+//! `X-Admin-Key` headers (a GET has no form, and a header keeps the key out of URLs and logs).
 
+use actix_web::HttpRequest;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
@@ -36,6 +40,39 @@ impl Access {
             Err(ApiError::IncorrectAdminKey)
         }
     }
+
+    /// The checks of the gallery API: the API key from the `X-Api-Key` header or the
+    /// `api_key` field, then the face switch.
+    pub fn gallery_route(&self, req: &HttpRequest, form: &Form) -> Result<(), ApiError> {
+        let given = header(req, API_KEY_HEADER).or_else(|| form.field("api_key"));
+        if !key_matches(self.api_key.as_deref(), given) {
+            return Err(ApiError::IncorrectApiKey);
+        }
+        if !self.faces_enabled {
+            return Err(ApiError::FacesDisabled);
+        }
+        Ok(())
+    }
+
+    /// The check of the gallery's admin routes (re-embedding): the admin key from the
+    /// `X-Admin-Key` header or the `admin_key` field.
+    pub fn gallery_admin_route(&self, req: &HttpRequest, form: &Form) -> Result<(), ApiError> {
+        let given = header(req, ADMIN_KEY_HEADER).or_else(|| form.field("admin_key"));
+        if key_matches(self.admin_key.as_deref(), given) {
+            Ok(())
+        } else {
+            Err(ApiError::IncorrectAdminKey)
+        }
+    }
+}
+
+/// Header carrying the API key on the gallery API.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// Header carrying the admin key on the gallery API.
+pub const ADMIN_KEY_HEADER: &str = "x-admin-key";
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 /// No key configured: anything (also nothing) passes. Otherwise the given key must be equal,

@@ -58,9 +58,13 @@ pub enum ApiError {
         /// Which limit was hit, if one was.
         reason: Option<String>,
     },
-    /// Registration found no usable face in any file.
+    /// Registration found no usable face in any file; `reason` when faces were found but
+    /// refused for their quality (MIN_FACE_QUALITY).
     #[error("no face detected")]
-    NoFaceDetected,
+    NoFaceDetected {
+        /// Which photos were refused, and why.
+        reason: Option<String>,
+    },
     /// Match got one file field.
     #[error("expected two image files, only one found")]
     OnlyOneImage,
@@ -88,6 +92,18 @@ pub enum ApiError {
     /// Ours: no such route (or not with this method).
     #[error("not found")]
     NotFound,
+    /// Ours (gallery API): no user of that name.
+    #[error("userid not found")]
+    UnknownUserid,
+    /// Ours (gallery API): no sample of that id.
+    #[error("sample not found")]
+    UnknownSample,
+    /// Ours (gallery API): a rename onto an existing userid without `merge=true`.
+    #[error("userid already exists")]
+    UseridExists,
+    /// Ours (gallery API): a second re-embedding while one runs.
+    #[error("re-embedding already running")]
+    ReembedRunning,
     /// Anything else; the detail is logged, never sent.
     #[error("error occured on the server")]
     Internal(String),
@@ -119,7 +135,10 @@ impl ResponseError for ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::StorageUnavailable { .. }
             | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::UnknownUserid | ApiError::UnknownSample => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::UseridExists | ApiError::ReembedRunning => StatusCode::CONFLICT,
             ApiError::NoFaceFound | ApiError::InvalidBackupFile => StatusCode::OK,
             ApiError::NoImage
             | ApiError::InvalidMinConfidence
@@ -127,7 +146,7 @@ impl ResponseError for ApiError {
             | ApiError::NoUserid
             | ApiError::InvalidUserid { .. }
             | ApiError::InvalidImage { .. }
-            | ApiError::NoFaceDetected
+            | ApiError::NoFaceDetected { .. }
             | ApiError::OnlyOneImage
             | ApiError::TooManyImages
             | ApiError::NoBackupFile => StatusCode::BAD_REQUEST,
@@ -149,6 +168,7 @@ impl ResponseError for ApiError {
         let reason = match self {
             ApiError::InvalidImage { reason } => reason.as_deref(),
             ApiError::InvalidUserid { reason } => Some(reason.as_str()),
+            ApiError::NoFaceDetected { reason } => reason.as_deref(),
             ApiError::StorageUnavailable { reason, .. } => Some(*reason),
             ApiError::Overloaded { queued } => {
                 overloaded = format!(
@@ -204,6 +224,9 @@ impl From<GalleryError> for ApiError {
                 ApiError::InvalidBackupFile
             }
             GalleryError::EmptyUserid => ApiError::NoUserid,
+            GalleryError::UnknownUser => ApiError::UnknownUserid,
+            GalleryError::UserExists => ApiError::UseridExists,
+            GalleryError::ReembedRunning => ApiError::ReembedRunning,
             other => match storage_problem(&other) {
                 Some(reason) => ApiError::StorageUnavailable {
                     reason,

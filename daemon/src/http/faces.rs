@@ -119,7 +119,14 @@ fn invalid_userid(reason: String) -> ApiError {
 
 /// The userid of a registration: [`userid`], at most `max_bytes` long, no control characters.
 fn new_userid(form: &Form, max_bytes: usize) -> Result<String, ApiError> {
-    let userid = userid(form)?;
+    check_new_userid(userid(form)?, max_bytes)
+}
+
+/// A userid to store (registration, rename): at most `max_bytes` long, no control characters.
+pub(super) fn check_new_userid(userid: String, max_bytes: usize) -> Result<String, ApiError> {
+    if userid.is_empty() {
+        return Err(ApiError::NoUserid);
+    }
     if userid.len() > max_bytes {
         return Err(invalid_userid(format!(
             "{} bytes, over the limit of {max_bytes} (MAX_USERID_BYTES)",

@@ -17,6 +17,7 @@ use crate::vision::calibration::{
     DEFAULT_DETECTION_CONFIDENCE, STRICT_DETECTION_CONFIDENCE,
 };
 use crate::vision::compare::assign_users;
+use crate::vision::quality::Quality;
 use crate::vision::{BBox, DecodeLimits, Face, Pipeline};
 
 /// A second face at least this fraction of the largest face's area makes a registration photo
@@ -46,6 +47,8 @@ pub struct UploadLimits {
     pub max_files: usize,
     /// Largest text field, in bytes.
     pub max_field_bytes: usize,
+    /// Lowest [`Quality::score`] a registration sample may have (MIN_FACE_QUALITY).
+    pub min_face_quality: f32,
 }
 
 /// A face box in whole pixels of the original image, clipped to it; DeepStack's key order.
@@ -106,7 +109,10 @@ pub struct Skipped {
     /// The file's form field name.
     pub file: String,
     /// Why it was skipped.
-    pub reason: &'static str,
+    pub reason: String,
+    /// The face's quality figures, when a face was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
 }
 
 /// What a registration did.
@@ -285,16 +291,36 @@ pub fn register(
             }
         };
         let embedded = p.embed(&img, std::slice::from_ref(&face))?.remove(0);
+        let det_score = detection_confidence(face.score);
+        let quality = Quality::measure(&face, &embedded.crop, det_score);
+        if quality.score < limits.min_face_quality {
+            skipped.push(Skipped {
+                file: file.name.clone(),
+                reason: low_quality_reason(&quality, limits.min_face_quality),
+                quality: Some(quality),
+            });
+            continue;
+        }
         samples.push(NewSample {
             embedding: embedded.embedding.0,
             model: p.models().recognizer.sha256.clone(),
             crop: encode_crop(&embedded.crop)?,
             source: file.name.clone(),
-            det_score: detection_confidence(face.score),
+            det_score,
+            quality: Some(quality),
         });
     }
     if samples.is_empty() {
-        return Err(ApiError::NoFaceDetected);
+        // Say why only when a face was refused for its quality: DeepStack's clients get
+        // the very answer they know for photos without a face.
+        let reason = skipped
+            .iter()
+            .filter(|s| s.quality.is_some())
+            .map(|s| format!("{}: {}", s.file, s.reason))
+            .collect::<Vec<_>>();
+        return Err(ApiError::NoFaceDetected {
+            reason: (!reason.is_empty()).then(|| reason.join("; ")),
+        });
     }
     let count = samples.len();
     let outcome = gallery.register(userid, samples)?;
@@ -308,9 +334,23 @@ pub fn register(
 fn skip(file: &FilePart, reason: &'static str) -> Skipped {
     Skipped {
         file: file.name.clone(),
-        reason,
+        reason: reason.to_owned(),
+        quality: None,
     }
 }
+
+/// Skip reason: quality under the minimum, naming the weakest part, e.g. "face quality 0.12
+/// below MIN_FACE_QUALITY 0.30: face too blurred".
+pub fn low_quality_reason(q: &Quality, min: f32) -> String {
+    format!(
+        "{SKIP_LOW_QUALITY} {:.2} below MIN_FACE_QUALITY {min:.2}: {}",
+        q.score,
+        q.weakest().describe()
+    )
+}
+
+/// Start of the skip reason of a face under MIN_FACE_QUALITY.
+pub const SKIP_LOW_QUALITY: &str = "face quality";
 
 /// Calibrated similarity of the largest faces of two photos, found at the strict threshold.
 pub fn match_faces(

@@ -1,5 +1,7 @@
 //! One log line per request: method, path, status, faces, milliseconds. Never a key: keys
-//! travel in the body, and only the path (no query string) is logged.
+//! travel in the body or a header, and only the path (no query string) is logged. Never a
+//! userid: routes with parameters are logged by their pattern
+//! (`/v1/gallery/users/{userid}/samples`), not with the name in them.
 
 use std::time::Instant;
 
@@ -18,8 +20,9 @@ pub async fn log_request(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.path().to_owned();
+    let raw_path = req.path().to_owned();
     let res = next.call(req).await?;
+    let path = res.request().match_pattern().unwrap_or(raw_path);
     let faces = res
         .response()
         .extensions()

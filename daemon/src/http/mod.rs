@@ -1,16 +1,22 @@
-//! The HTTP API: DeepStack's face routes plus backup, restore and status, on actix-web.
+//! The HTTP API: DeepStack's face routes plus backup, restore and status, our gallery API
+//! and the web page, on actix-web.
 //!
 //! Modules: `form` (reading bodies), `auth` (keys and the face switch), `faces` (face
 //! routes), `jobs` (their work on the inference pool), `admin` (backup, restore, status),
-//! `error` (every error answer), `logging` (the per-request log line).
+//! `gallery` (the gallery API), `reembed` (the background re-embedding), `page` (the web
+//! page and the OpenAPI file), `error` (every error answer), `logging` (the per-request log
+//! line).
 
 mod admin;
 mod auth;
 mod error;
 mod faces;
 mod form;
+mod gallery;
 mod jobs;
 mod logging;
+mod page;
+mod reembed;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,8 +27,9 @@ pub use auth::Access;
 pub use error::ApiError;
 pub use form::{read_body, Form, FormLimits};
 pub use jobs::{UploadLimits, AMBIGUOUS_AREA_RATIO};
+pub use page::{OPENAPI_JSON, PAGE_HTML};
 
-use crate::gallery::FaceStore;
+use crate::gallery::Gallery;
 use crate::inference::InferencePool;
 
 /// What every handler shares.
@@ -31,8 +38,9 @@ pub struct AppState {
     pub access: Access,
     /// The inference workers (and, through them, the pipeline).
     pub pool: InferencePool,
-    /// The gallery.
-    pub gallery: Arc<dyn FaceStore>,
+    /// The gallery (the face routes use it through `FaceStore`; the gallery API needs the
+    /// rest of it).
+    pub gallery: Arc<Gallery>,
     /// Limits applied to uploads.
     pub limits: UploadLimits,
     /// When the server started (status page).
@@ -59,6 +67,33 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(not_found)),
         )
         .route("/v1/status", web::get().to(admin::status))
+        .route("/v1/gallery/users", web::get().to(gallery::users))
+        .route(
+            "/v1/gallery/users/{userid}/samples",
+            web::get().to(gallery::samples),
+        )
+        .route(
+            "/v1/gallery/users/{userid}/rename",
+            web::post().to(gallery::rename),
+        )
+        .route(
+            "/v1/gallery/users/{userid}",
+            web::delete().to(gallery::delete_user),
+        )
+        .route(
+            "/v1/gallery/samples/{id}/crop.jpg",
+            web::get().to(gallery::crop),
+        )
+        .route(
+            "/v1/gallery/samples/{id}",
+            web::delete().to(gallery::delete_sample),
+        )
+        .route("/v1/gallery/reembed", web::post().to(reembed::start))
+        .route("/openapi.json", web::get().to(page::openapi))
+        .route("/", web::get().to(page::index))
+        .route("/app.js", web::get().to(page::script))
+        .route("/app.css", web::get().to(page::style))
+        .route("/favicon.ico", web::get().to(page::favicon))
         .default_service(web::to(not_found));
 }
 

@@ -14,6 +14,7 @@ pub mod embed;
 pub mod linear_head;
 pub mod models;
 pub mod onnx_rewrite;
+pub mod quality;
 
 use image::RgbImage;
 

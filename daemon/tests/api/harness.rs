@@ -34,6 +34,7 @@ const DAEMON_VARS: &[&str] = &[
     "MAX_FIELD_BYTES",
     "MAX_USERID_BYTES",
     "MAX_QUEUE",
+    "MIN_FACE_QUALITY",
     // systemd's, also read by the daemon.
     "STATE_DIRECTORY",
     "NOTIFY_SOCKET",
@@ -124,6 +125,18 @@ impl Daemon {
     pub fn post(&self, path: &str, body: &Body) -> Response {
         self.try_request("POST", path, body)
             .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log_text()))
+    }
+
+    /// Any request with extra headers (`X-Api-Key`, ...); panics if no answer came back.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Body,
+    ) -> Response {
+        request_with_headers(self.port, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_text()))
     }
 
     /// GET `path`.
@@ -342,6 +355,17 @@ impl Response {
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
 pub fn request(port: u16, method: &str, path: &str, body: &Body) -> std::io::Result<Response> {
+    request_with_headers(port, method, path, &[], body)
+}
+
+/// [`request`] with extra headers.
+pub fn request_with_headers(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Body,
+) -> std::io::Result<Response> {
     let (content_type, bytes) = match body {
         Body::Empty => (None, Vec::new()),
         Body::Multipart(m) => {
@@ -365,6 +389,9 @@ pub fn request(port: u16, method: &str, path: &str, body: &Body) -> std::io::Res
     );
     if let Some(ct) = content_type.filter(|ct| !ct.is_empty()) {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     let mut message = head.into_bytes();
@@ -450,4 +477,10 @@ pub mod routes {
     pub const DELETE: &str = "/v1/vision/face/delete";
     pub const BACKUP: &str = "/v1/backup";
     pub const RESTORE: &str = "/v1/restore";
+    pub const STATUS: &str = "/v1/status";
+    pub const GALLERY_USERS: &str = "/v1/gallery/users";
+    pub const GALLERY_SAMPLES: &str = "/v1/gallery/samples";
+    pub const REEMBED: &str = "/v1/gallery/reembed";
+    pub const OPENAPI: &str = "/openapi.json";
+    pub const PAGE: &str = "/";
 }

@@ -1,0 +1,200 @@
+//! The gallery API (ours, next to DeepStack's routes): list users and their samples, fetch a
+//! sample's face crop, remove one sample or a user, rename or merge users. Documented in
+//! `openapi.json` (served at `/openapi.json`).
+//!
+//! Keys: the API key from `X-Api-Key` or the `api_key` field, then `VISION-FACE`, as on the
+//! face routes. Answers keep DeepStack's shape: `{"success": true, ..., "duration": 0}` or
+//! the error body.
+
+use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::faces::{check_new_userid, success, Nothing};
+use super::form::{FieldProblem, Form};
+use super::AppState;
+use crate::gallery::{RenameOutcome, SampleInfo, UserSummary};
+use crate::vision::quality::Quality;
+
+#[derive(Serialize)]
+struct Users {
+    users: Vec<UserSummary>,
+}
+
+#[derive(Serialize)]
+struct Sample {
+    id: i64,
+    added_at: i64,
+    source: String,
+    det_score: f32,
+    model: String,
+    /// `null` for samples registered before quality was measured.
+    quality: Option<Quality>,
+}
+
+impl From<SampleInfo> for Sample {
+    fn from(s: SampleInfo) -> Sample {
+        Sample {
+            id: s.id,
+            added_at: s.added_at,
+            source: s.source,
+            det_score: s.det_score,
+            model: s.model,
+            quality: s.quality,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Samples {
+    userid: String,
+    samples: Vec<Sample>,
+}
+
+#[derive(Serialize)]
+struct Renamed {
+    userid: String,
+    merged: bool,
+}
+
+/// Runs a blocking gallery call off the async worker.
+async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, crate::gallery::GalleryError> + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(web::block(f).await.map_err(ApiError::internal)??)
+}
+
+/// GET /v1/gallery/users: every user with its sample count and dates.
+pub async fn users(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let gallery = state.gallery.clone();
+    let users = blocking(move || gallery.user_summaries()).await?;
+    Ok(success(Users { users }, 0))
+}
+
+/// GET /v1/gallery/users/{userid}/samples: one user's samples, oldest first.
+pub async fn samples(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    userid: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let userid = userid.into_inner();
+    let gallery = state.gallery.clone();
+    let (known, infos) = {
+        let userid = userid.clone();
+        blocking(move || Ok((gallery.has_user(&userid)?, gallery.user_samples(&userid)?))).await?
+    };
+    if !known {
+        return Err(ApiError::UnknownUserid);
+    }
+    let samples = infos.into_iter().map(Sample::from).collect();
+    Ok(success(Samples { userid, samples }, 0))
+}
+
+/// GET /v1/gallery/samples/{id}/crop.jpg: the aligned 112x112 face crop of a sample.
+pub async fn crop(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let id = sample_id(&id)?;
+    let gallery = state.gallery.clone();
+    let crop = blocking(move || gallery.sample_crop(id))
+        .await?
+        .ok_or(ApiError::UnknownSample)?;
+    Ok(HttpResponse::Ok()
+        .content_type("image/jpeg")
+        // A face is personal data: no shared cache keeps it. Sample ids are never reused,
+        // so the browser's own copy stays right.
+        .insert_header(CacheControl(vec![
+            CacheDirective::Private,
+            CacheDirective::MaxAge(3600),
+        ]))
+        .body(crop))
+}
+
+/// DELETE /v1/gallery/samples/{id}: removes one sample (the user stays).
+pub async fn delete_sample(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let id = sample_id(&id)?;
+    let gallery = state.gallery.clone();
+    if !blocking(move || gallery.delete_sample(id)).await? {
+        return Err(ApiError::UnknownSample);
+    }
+    Ok(success(Nothing {}, 0))
+}
+
+/// DELETE /v1/gallery/users/{userid}: removes a user and all its samples.
+pub async fn delete_user(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    userid: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let gallery = state.gallery.clone();
+    let userid = userid.into_inner();
+    if !blocking(move || gallery.delete_user(&userid)).await? {
+        return Err(ApiError::UnknownUserid);
+    }
+    Ok(success(Nothing {}, 0))
+}
+
+/// POST /v1/gallery/users/{userid}/rename, fields `to` and `merge` (`true` to merge into an
+/// existing user; without it, an existing `to` is refused with 409).
+pub async fn rename(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    userid: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let to = match form.field_checked("to") {
+        None | Some(Ok("")) => return Err(ApiError::NoUserid),
+        Some(Ok(to)) => to.to_owned(),
+        Some(Err(FieldProblem::NotUtf8)) => {
+            return Err(ApiError::InvalidUserid {
+                reason: "not valid UTF-8".into(),
+            })
+        }
+        Some(Err(FieldProblem::TooLong { limit })) => {
+            return Err(ApiError::InvalidUserid {
+                reason: format!("longer than {limit} bytes (MAX_FIELD_BYTES)"),
+            })
+        }
+    };
+    let to = check_new_userid(to, state.limits.max_userid_bytes)?;
+    let merge = matches!(form.field("merge"), Some("true" | "1"));
+    let gallery = state.gallery.clone();
+    let from = userid.into_inner();
+    let target = to.clone();
+    let outcome = blocking(move || gallery.rename_user(&from, &target, merge)).await?;
+    Ok(success(
+        Renamed {
+            userid: to,
+            merged: outcome == RenameOutcome::Merged,
+        },
+        0,
+    ))
+}
+
+/// A sample id from the path; anything but a whole number is no sample.
+fn sample_id(text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| ApiError::UnknownSample)
+}
