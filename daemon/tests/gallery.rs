@@ -826,6 +826,7 @@ fn best_matches_equals_an_exact_scan_of_every_sample() {
                     crop: Vec::new(),
                     source: "image".into(),
                     det_score: 0.9,
+                    quality: None,
                 }
             })
             .collect();

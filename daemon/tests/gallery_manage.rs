@@ -33,7 +33,7 @@ fn sample(i: usize) -> NewSample {
 }
 
 fn best(g: &Gallery, i: usize) -> (String, f32) {
-    g.best_matches(&axis(i)).remove(0)
+    g.best_matches(&axis(i), -1.0, usize::MAX).remove(0)
 }
 
 #[test]
@@ -101,7 +101,7 @@ fn removing_one_sample_keeps_the_others_and_the_user() {
     let users = g.user_summaries().unwrap();
     assert_eq!((users[0].userid.as_str(), users[0].samples), ("ann", 0));
     assert_eq!(users[0].newest_sample, None);
-    assert!(g.best_matches(&axis(1)).is_empty());
+    assert!(g.best_matches(&axis(1), -1.0, usize::MAX).is_empty());
 }
 
 #[test]

@@ -486,6 +486,9 @@ fn check_embedding(embedding: &[f32]) -> Result<(), GalleryError> {
     Ok(())
 }
 
+/// What start-up reads of every sample.
+const LOAD_SAMPLES: &str = "SELECT id, user_id, embedding FROM samples";
+
 /// Builds the index from the database `conn` sees (also inside an open transaction).
 fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
     let mut index = Index::new();
@@ -497,7 +500,8 @@ fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
         index.add_user(&userid);
         names.insert(row.get(0)?, userid);
     }
-    let mut samples = conn.prepare("SELECT id, user_id, embedding FROM samples ORDER BY id")?;
+    // Served by the covering index samples_embeddings (schema migration 3), in user order.
+    let mut samples = conn.prepare(LOAD_SAMPLES)?;
     let mut rows = samples.query([])?;
     while let Some(row) = rows.next()? {
         let sample_id: i64 = row.get(0)?;
@@ -574,4 +578,22 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_reads_the_covering_index_not_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let gallery = Gallery::open(dir.path()).unwrap();
+        let conn = gallery.conn();
+        let plan: String = conn
+            .query_row(&format!("EXPLAIN QUERY PLAN {LOAD_SAMPLES}"), [], |r| {
+                r.get(3)
+            })
+            .unwrap();
+        assert!(plan.contains("COVERING INDEX samples_embeddings"), "{plan}");
+    }
 }

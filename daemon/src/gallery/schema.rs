@@ -57,6 +57,12 @@ const MIGRATIONS: &[&str] = &[
         model     TEXT NOT NULL
     );
     ",
+    // 3: what start-up reads (user, sample id, embedding) as a covering index: ~530 bytes a
+    // sample, where a table row also carries its JPEG crop. Loading 100,000 samples then reads
+    // ~60 MB instead of the whole file (800 MB with real crops): seconds on an SD card.
+    r"
+    CREATE INDEX samples_embeddings ON samples(user_id, embedding);
+    ",
 ];
 
 /// The schema version this build writes and the newest it can read.
