@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use deepstackd::vision::calibration::{self, recognition_confidence};
+use deepstackd::config::DEFAULT_MIN_FACE_QUALITY;
+use deepstackd::vision::calibration::{self, detection_confidence, recognition_confidence};
+use deepstackd::vision::quality::Quality;
 use deepstackd::vision::{DecodeLimits, Embedding, Face, Mode, ModelFiles, Pipeline};
 
 /// Detection threshold while collecting faces: low, so that calibration sees the scores of
@@ -25,6 +27,8 @@ struct Photo {
     path: PathBuf,
     /// The largest face and its embedding, if any face was found.
     face: Option<(Face, Embedding)>,
+    /// That face's registration quality (what MIN_FACE_QUALITY is compared with).
+    quality: Option<Quality>,
 }
 
 fn main() -> ExitCode {
@@ -164,8 +168,11 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
-/// The largest face of a photo and its embedding.
-fn largest_face(pipeline: &Pipeline, path: &Path) -> Result<Option<(Face, Embedding)>, Error> {
+/// The largest face of a photo, its embedding and its registration quality.
+fn largest_face(
+    pipeline: &Pipeline,
+    path: &Path,
+) -> Result<Option<(Face, Embedding, Quality)>, Error> {
     let img = pipeline.decode(&std::fs::read(path)?, DecodeLimits::default())?;
     let faces = pipeline.detect(&img, COLLECT_MIN_SCORE)?;
     let Some(face) = faces
@@ -175,7 +182,10 @@ fn largest_face(pipeline: &Pipeline, path: &Path) -> Result<Option<(Face, Embedd
         return Ok(None);
     };
     let embedded = pipeline.embed(&img, &[face])?;
-    Ok(embedded.into_iter().next().map(|e| (e.face, e.embedding)))
+    Ok(embedded.into_iter().next().map(|e| {
+        let quality = Quality::measure(&e.face, &e.crop, detection_confidence(e.face.score));
+        (e.face, e.embedding, quality)
+    }))
 }
 
 /// Run `largest_face` over many photos on every core, printing progress.
@@ -205,7 +215,16 @@ fn collect(pipeline: &Pipeline, photos: Vec<(usize, PathBuf)>) -> Result<Vec<Pho
                             if n.is_multiple_of(100) || n == total {
                                 eprintln!("  {n}/{total} photos");
                             }
-                            Ok(Photo { person, path, face })
+                            let (face, quality) = match face {
+                                Some((f, e, q)) => (Some((f, e)), Some(q)),
+                                None => (None, None),
+                            };
+                            Ok(Photo {
+                                person,
+                                path,
+                                face,
+                                quality,
+                            })
                         })
                         .collect()
                 })
@@ -222,6 +241,33 @@ fn collect(pipeline: &Pipeline, photos: Vec<(usize, PathBuf)>) -> Result<Vec<Pho
     }
     all.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(all)
+}
+
+/// How many photos registration would skip at the default MIN_FACE_QUALITY, and why.
+fn print_quality(photos: &[Photo]) {
+    let qualities: Vec<&Quality> = photos.iter().filter_map(|p| p.quality.as_ref()).collect();
+    let mut scores: Vec<f32> = qualities.iter().map(|q| q.score).collect();
+    if scores.is_empty() {
+        return;
+    }
+    scores.sort_by(f32::total_cmp);
+    let min = DEFAULT_MIN_FACE_QUALITY;
+    let below: Vec<&&Quality> = qualities.iter().filter(|q| q.score < min).collect();
+    println!(
+        "face quality (registration)     median {:.2}, 5% below {:.2}; {} of {} faces below \
+         MIN_FACE_QUALITY {min}",
+        quantile(&scores, 0.5),
+        quantile(&scores, 0.05),
+        below.len(),
+        scores.len()
+    );
+    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    for q in below {
+        *reasons.entry(q.weakest().describe()).or_default() += 1;
+    }
+    for (reason, n) in reasons {
+        println!("  skipped for {reason:<28} {n}");
+    }
 }
 
 /// Value below which a fraction `q` of the sorted `v` lies.
@@ -326,6 +372,7 @@ fn evaluate(
     println!("people                          {}", names.len());
     println!("photos                          {}", photos.len());
     println!("photos with no face             {no_face}");
+    print_quality(&photos);
     println!(
         "genuine / impostor pairs        {} / {}",
         genuine.len(),
