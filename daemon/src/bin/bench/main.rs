@@ -1,14 +1,23 @@
-//! `deepstack-bench`: how fast deepstackd is, against onnxruntime.
+//! `deepstack-bench`: how fast deepstackd is, against onnxruntime and face_recognition (dlib).
 //!
 //! ```text
 //! cargo run --release -p deepstackd --bin deepstack-bench [-- stages] [--repeat 10] [PHOTO...]
+//! cargo run --release -p deepstackd --bin deepstack-bench -- targets [--repeat 20] [--duration 10] [--load 20]
 //! ```
 //! `stages` (also what runs without a subcommand): per-stage latency of the vision pipeline
 //! in-process, one thread, next to `daemon/benches/ort_pipeline.py` on the same photos; see
 //! `stages.rs`.
+//!
+//! `targets`: the performance targets of the project, measured through the real release
+//! daemon over HTTP with the onnxruntime and dlib references run in the same invocation; prints
+//! measured / target / ratio / pass for each and exits 0 (it is a report); see `targets.rs`
+//! and BENCHMARKS.md.
 
+mod http;
 mod pylib;
+mod rss;
 mod stages;
+mod targets;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -57,6 +66,7 @@ fn testdata() -> Result<PathBuf, Error> {
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("targets") => targets::run(&args[1..]),
         Some("stages") => stages::run(&args[1..]),
         _ => {
             args.retain(|a| a != "--bench"); // passed by `cargo bench`

@@ -62,3 +62,6 @@ pub fn run_script(
 /// onnxruntime + OpenCV, for ort_pipeline.py.
 pub const ORT_REQS: &str = "requirements.txt";
 pub const ORT_DIR: &str = "bench-pylib";
+/// face_recognition + a prebuilt dlib, for dlib_pipeline.py; complete pins, so `--no-deps`.
+pub const DLIB_REQS: &str = "requirements-dlib.txt";
+pub const DLIB_DIR: &str = "bench-pylib-dlib";
