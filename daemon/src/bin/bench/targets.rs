@@ -146,6 +146,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         THREADS,
         &work.join("small.log"),
     )?;
+    let small_ready = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
     let register_empty = register_ms(&daemon, &one, opts.repeat)?;
     println!("register over HTTP, empty gallery: {register_empty:.1} ms (median)");
     register_people(&daemon, &pipeline, &group)?;
@@ -179,9 +180,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         at_most: true,
     });
     let small_idle = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
-    println!(
-        "resident after those, 4-user gallery (context for the 100k figures): {small_idle:.1} MiB"
-    );
+    println!("resident after those, 4-user gallery: {small_idle:.1} MiB");
     let request = http::request(daemon.port, RECOGNIZE, &[], Some(&group));
     let one_client = throughput(
         daemon.port,
@@ -236,6 +235,10 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     });
 
     let daemon = Daemon::start(&bin, &big_gallery, THREADS, &work.join("big.log"))?;
+    let big_ready = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
+    println!(
+        "resident at READY (models loaded, no request yet): 4-user gallery {small_ready:.1} MiB, 100k gallery {big_ready:.1} MiB"
+    );
     for _ in 0..3 {
         daemon.post(RECOGNIZE, &[], Some(&group))?;
     }
