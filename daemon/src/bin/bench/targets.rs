@@ -75,6 +75,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let (cpu, cores) = machine();
+    let load_start = load_average();
     println!(
         "deepstack-bench targets: {cpu}, {cores} cores, {}",
         std::env::consts::ARCH
@@ -284,7 +285,8 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     drop(daemon);
 
     println!(
-        "\n{cpu}, {cores} cores; targets took {:.0} s\n",
+        "\n{cpu}, {cores} cores, load average at the start {load_start}, at the end {}; targets took {:.0} s\n",
+        load_average(),
         started.elapsed().as_secs_f64()
     );
     println!("| target | measured | target value | ratio | result |");
@@ -316,6 +318,14 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         println!("| recognize 720p vs dlib (<= 0.1x) | not measured | | | FAIL |");
     }
     Ok(())
+}
+
+/// The 1-minute load average: other work on the machine skews the absolute times.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// CPU model and logical cores, from /proc/cpuinfo.
