@@ -833,46 +833,13 @@ fn bad_configuration_stops_with_exit_code_2_naming_the_variable() {
     );
 }
 
-/// `<workspace>/target/client-pylib`: deepstack-python 0.9 and its pinned dependencies,
-/// installed once (a stamp holds the requirements it was made from).
+/// `<workspace>/target/client-pylib`: deepstack-python 0.9 and its pinned dependencies.
 fn client_pylib() -> PathBuf {
-    let workspace = common::workspace();
-    let requirements = workspace.join("daemon/tests/client/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("client requirements");
-    let dir = workspace.join("target/client-pylib");
-    let stamp = dir.join(".stamp");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return dir;
-    }
-    // Install next to it and rename into place, so an interrupted install is never used.
-    let tmp = workspace.join(format!("target/client-pylib.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-deps", "--no-compile", "--target"])
-        .arg(&tmp)
-        .arg("-r")
-        .arg(&requirements)
-        .output()
-        .expect("run pip (is python3 with pip installed?)");
-    assert!(
-        out.status.success(),
-        "pip install failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(tmp.join(".stamp"), &wanted).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    if std::fs::rename(&tmp, &dir).is_err() {
-        // Another test process won the race with the same requirements.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    dir
+    common::pip_install(
+        "daemon/tests/client/requirements.txt",
+        "client-pylib",
+        &["--no-deps", "--no-compile"],
+    )
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The shipped model files are the ones `models-int8/build.py` makes, and the ones embedded.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -48,28 +50,7 @@ fn an_override_dir_replaces_only_the_files_it_has() {
 #[test]
 fn build_script_reproduces_the_committed_bytes() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let pylib = root.join("target/models-pylib");
-    if !pylib.join(".installed").exists() {
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&pylib)
-            .arg("-r")
-            .arg(root.join("models-int8/requirements.txt"))
-            .status()
-            .expect("python3 with pip is needed to check the model build");
-        assert!(
-            status.success(),
-            "pip install of models-int8/requirements.txt failed"
-        );
-        std::fs::write(pylib.join(".installed"), b"").unwrap();
-    }
+    let pylib = common::pip_install("models-int8/requirements.txt", "models-pylib", &[]);
     let out = Command::new("python3")
         .arg(root.join("models-int8/build.py"))
         .arg("--check")

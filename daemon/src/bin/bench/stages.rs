@@ -1,7 +1,8 @@
-//! `deepstack-bench`: per-stage latency of the vision pipeline, against onnxruntime.
+//! `deepstack-bench stages` (the default): per-stage latency of the vision pipeline, in-process,
+//! against onnxruntime.
 //!
 //! ```text
-//! cargo run --release -p deepstackd --bin deepstack-bench [-- --repeat 10] [PHOTO...]
+//! cargo run --release -p deepstackd --bin deepstack-bench [-- stages] [--repeat 10] [PHOTO...]
 //! ```
 //! Default photos: `target/testdata/group_1280x720.jpg` (4 faces) and `obama_12mp.jpg`
 //! (4000x3000), made by `daemon/tests/data/setup.py`. For each photo it prints the median
@@ -10,34 +11,12 @@
 //! decode/resize/warp) on the same photos in the same run and prints tract/ORT per stage.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use deepstackd::vision::calibration::{detection_score_for, DEFAULT_DETECTION_CONFIDENCE};
 use deepstackd::vision::{align, DecodeLimits, Mode, ModelFiles, Pipeline};
 
-type Error = Box<dyn std::error::Error>;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Median milliseconds of `f` over `repeat` runs after one warm-up.
-fn time<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T) {
-    let mut out = f();
-    let mut v = Vec::with_capacity(repeat);
-    for _ in 0..repeat {
-        let t = Instant::now();
-        out = f();
-        v.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    (median(v), out)
-}
+use crate::{pylib, testdata, time, Error};
 
 #[derive(Default)]
 struct Stages {
@@ -48,39 +27,19 @@ struct Stages {
     faces: usize,
 }
 
-fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("deepstack-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run() -> Result<(), Error> {
+/// `deepstack-bench [stages] [--repeat N] [PHOTO...]`.
+pub fn run(args: &[String]) -> Result<(), Error> {
     let mut repeat = 10;
     let mut photos = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let mut args = args.iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--repeat" => repeat = args.next().ok_or("--repeat takes a number")?.parse()?,
-            "--bench" => {} // passed by `cargo bench`
             _ => photos.push(PathBuf::from(a)),
         }
     }
     if photos.is_empty() {
-        let dir = workspace().join("target/testdata");
-        if !dir.exists() {
-            let ok = Command::new("python3")
-                .arg(workspace().join("daemon/tests/data/setup.py"))
-                .arg(&dir)
-                .status()?
-                .success();
-            if !ok {
-                return Err("daemon/tests/data/setup.py failed".into());
-            }
-        }
+        let dir = testdata()?;
         photos = vec![dir.join("group_1280x720.jpg"), dir.join("obama_12mp.jpg")];
     }
     println!(
@@ -200,54 +159,22 @@ small faces: found / placed in a 1920x1080 frame, by face box height"
     Ok(())
 }
 
-/// Install the pinned reference packages once, under target/.
-fn reference_pylib() -> Result<PathBuf, Error> {
-    let dir = workspace().join("target/bench-pylib");
-    if !dir.join(".installed").exists() {
-        let ok = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&dir)
-            .arg("-r")
-            .arg(workspace().join("daemon/benches/requirements.txt"))
-            .status()?
-            .success();
-        if !ok {
-            return Err("pip install of daemon/benches/requirements.txt failed".into());
-        }
-        std::fs::write(dir.join(".installed"), b"")?;
-    }
-    Ok(dir)
-}
-
 fn compare_with_onnxruntime(ours: &[(PathBuf, Stages)], repeat: usize) -> Result<(), Error> {
-    let pylib = reference_pylib()?;
-    let out = Command::new("python3")
-        .arg(workspace().join("daemon/benches/ort_pipeline.py"))
-        .args(["--size", &Mode::Medium.input_size().to_string()])
-        .args(["--repeat", &repeat.to_string()])
-        .args(ours.iter().map(|(p, _)| p.as_os_str()))
-        .env("PYTHONPATH", &pylib)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "ort_pipeline.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
+    let pylib = pylib::install(pylib::ORT_REQS, pylib::ORT_DIR, &[])?;
+    let mut args = vec![
+        "--size".to_owned(),
+        Mode::Medium.input_size().to_string(),
+        "--repeat".to_owned(),
+        repeat.to_string(),
+    ];
+    args.extend(ours.iter().map(|(p, _)| p.display().to_string()));
+    let lines = pylib::run_script("ort_pipeline.py", &pylib, &args)?;
     println!("\ntract / onnxruntime (Medium, 1 thread; ratio < 1 means tract is faster)");
     println!(
         "  {:<22} {:>16} {:>16} {:>16} {:>16} {:>16}",
         "photo", "decode", "detect", "align", "embed", "total"
     );
-    for (line, (path, s)) in String::from_utf8_lossy(&out.stdout).lines().zip(ours) {
+    for (line, (path, s)) in lines.iter().zip(ours) {
         let reference = parse_ms(line)?;
         let ours = [
             s.decode,
@@ -269,15 +196,10 @@ fn compare_with_onnxruntime(ours: &[(PathBuf, Stages)], repeat: usize) -> Result
             "  {name:<22} {:>16} {:>16} {:>16} {:>16} {:>16}",
             cells[0], cells[1], cells[2], cells[3], cells[4]
         );
-        let faces = line
-            .split("\"faces\": ")
-            .nth(1)
-            .and_then(|r| r.split(',').next());
-        if faces != Some(&s.faces.to_string()) {
+        if line["faces"].as_u64() != Some(s.faces as u64) {
             println!(
                 "  (onnxruntime found {} faces, tract {})",
-                faces.unwrap_or("?"),
-                s.faces
+                line["faces"], s.faces
             );
         }
     }
@@ -285,9 +207,8 @@ fn compare_with_onnxruntime(ours: &[(PathBuf, Stages)], repeat: usize) -> Result
 }
 
 /// The five stage timings of one `ort_pipeline.py` JSON line, in our order.
-fn parse_ms(line: &str) -> Result<[f64; 5], Error> {
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let ms = &v["ms"];
+fn parse_ms(line: &serde_json::Value) -> Result<[f64; 5], Error> {
+    let ms = &line["ms"];
     let get = |k: &str| ms[k].as_f64().ok_or_else(|| format!("no {k} in {line}"));
     Ok([
         get("decode")?,

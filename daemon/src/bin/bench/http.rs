@@ -1,0 +1,221 @@
+//! The release `deepstackd` on 127.0.0.1 and a tiny blocking HTTP/1.1 client over `TcpStream`
+//! (adapted from daemon/tests/api/harness.rs: one request per connection, `Connection: close`).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+pub const RECOGNIZE: &str = "/v1/vision/face/recognize";
+pub const REGISTER: &str = "/v1/vision/face/register";
+pub const DELETE: &str = "/v1/vision/face/delete";
+
+/// Every variable the daemon reads: cleared so the machine's own cannot change a run.
+const DAEMON_VARS: &[&str] = &[
+    "VISION-FACE",
+    "VISION_FACE",
+    "MODE",
+    "API-KEY",
+    "API_KEY",
+    "ADMIN-KEY",
+    "ADMIN_KEY",
+    "PORT",
+    "BIND",
+    "THREADCOUNT",
+    "TIMEOUT",
+    "DATA_DIR",
+    "MODELS_DIR",
+    "MAX_UPLOAD_BYTES",
+    "MAX_PIXELS",
+    "MAX_FILES",
+    "MAX_FIELD_BYTES",
+    "MAX_USERID_BYTES",
+    "MAX_QUEUE",
+    "STATE_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+];
+
+/// The `deepstackd` built next to this bench (same profile).
+pub fn daemon_binary() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("deepstackd");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not found: run through `cargo run --release -p deepstackd --bin deepstack-bench`",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(bin)
+}
+
+/// A running `deepstackd`, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+    /// From spawn to the `READY=1` notification.
+    pub ready_after: Duration,
+}
+
+impl Daemon {
+    /// Starts `bin --vision-face --mode Medium --threadcount N` on `data_dir` and waits for its
+    /// sd_notify `READY=1` on a socket of ours (sent once the models are loaded and the port bound).
+    pub fn start(bin: &Path, data_dir: &Path, threads: usize, log: &Path) -> Result<Daemon, Error> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let sock_path = log.with_extension("notify");
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = UnixDatagram::bind(&sock_path)?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut cmd = Command::new(bin);
+        for var in DAEMON_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .args(["--vision-face", "--mode", "Medium", "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--threadcount", &threads.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?);
+        let spawned = Instant::now();
+        let child = cmd.spawn()?;
+        let mut daemon = Daemon {
+            child,
+            port,
+            ready_after: Duration::ZERO,
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") => {
+                    daemon.ready_after = spawned.elapsed();
+                    break;
+                }
+                _ => {}
+            }
+            if let Some(status) = daemon.child.try_wait()? {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(format!("deepstackd exited with {status}:\n{text}").into());
+            }
+            if spawned.elapsed() > Duration::from_secs(300) {
+                return Err(
+                    format!("deepstackd not ready after 300 s, see {}", log.display()).into(),
+                );
+            }
+        }
+        let _ = std::fs::remove_file(&sock_path);
+        Ok(daemon)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// POST a multipart form; an error unless the answer is 200 with `"success": true`.
+    pub fn post(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        image: Option<&[u8]>,
+    ) -> Result<serde_json::Value, Error> {
+        send(self.port, &request(self.port, path, fields, image))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A whole POST request with a multipart/form-data body (text fields, then an `image` file part).
+pub fn request(port: u16, path: &str, fields: &[(&str, &str)], image: Option<&[u8]>) -> Vec<u8> {
+    let boundary = "deepstack-bench-boundary-5b2e8a";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    if let Some(bytes) = image {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"image.jpg\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let mut message = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    message.extend_from_slice(&body);
+    message
+}
+
+/// Sends a request made by [`request`] on a fresh connection; the JSON answer if it is a 200
+/// with `"success": true`.
+pub fn send(port: u16, message: &[u8]) -> Result<serde_json::Value, Error> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(180)))?;
+    stream.write_all(message)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head.split(' ').nth(1).unwrap_or("?");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(&raw[end + 4..]).ok_or("bad chunked body")?
+    } else {
+        raw[end + 4..].to_vec()
+    };
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        format!(
+            "status {status}, not JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    })?;
+    if status != "200" || json["success"] != true {
+        return Err(format!("status {status}: {json}").into());
+    }
+    Ok(json)
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}

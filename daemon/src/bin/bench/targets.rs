@@ -1,0 +1,555 @@
+//! `deepstack-bench targets`: every performance target of the project, measured in one run.
+//!
+//! ```text
+//! cargo run --release -p deepstackd --bin deepstack-bench -- targets [--repeat 20] [--duration 10] [--load 20]
+//! ```
+//! Runs the release `deepstackd` next to this executable on 127.0.0.1 (`--vision-face`,
+//! Medium, THREADCOUNT=2) and talks HTTP to it; runs the onnxruntime (`ort_pipeline.py`) and
+//! face_recognition/dlib (`dlib_pipeline.py`) references on the same photo in the same run;
+//! builds (once, cached in `target/bench-gallery-100k/`) a gallery of 1,000 users x 100
+//! samples through the public `Gallery` API. Prints measured / target / ratio / pass for each
+//! target and exits 0 whatever the results: it is a report (BENCHMARKS.md keeps the last one).
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use deepstackd::gallery::{Gallery, NewSample, EMBEDDING_DIM};
+use deepstackd::vision::calibration::{
+    detection_score_for, recognition_cosine_for, DEFAULT_DETECTION_CONFIDENCE,
+    DEFAULT_RECOGNITION_CONFIDENCE,
+};
+use deepstackd::vision::{DecodeLimits, Mode, ModelFiles, Pipeline};
+use image::codecs::jpeg::JpegEncoder;
+
+use crate::http::{self, Daemon, DELETE, RECOGNIZE, REGISTER};
+use crate::{median, pylib, rss, testdata, workspace, Error};
+
+const USERS: usize = 1_000;
+const SAMPLES_PER_USER: usize = 100;
+/// Register "stays O(1)": the 100k gallery's register median at most this times the empty one's.
+const O1_THRESHOLD: f64 = 1.2;
+/// Daemon inference threads: the machine's two cores.
+const THREADS: usize = 2;
+
+struct Opts {
+    repeat: usize,
+    duration: Duration,
+    load: Duration,
+}
+
+/// One line of the final table.
+struct Row {
+    target: &'static str,
+    measured: f64,
+    limit: f64,
+    unit: &'static str,
+    /// true: pass when measured <= limit; false: when measured >= limit.
+    at_most: bool,
+}
+
+pub fn run(args: &[String]) -> Result<(), Error> {
+    let mut opts = Opts {
+        repeat: 20,
+        duration: Duration::from_secs(10),
+        load: Duration::from_secs(20),
+    };
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        let mut value = || -> Result<u64, Error> {
+            Ok(args.next().ok_or(format!("{a} takes a number"))?.parse()?)
+        };
+        match a.as_str() {
+            "--repeat" => opts.repeat = value()?.max(1) as usize,
+            "--duration" => opts.duration = Duration::from_secs(value()?.max(1)),
+            "--load" => opts.load = Duration::from_secs(value()?.max(1)),
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let started = Instant::now();
+    let bin = http::daemon_binary()?;
+    let data = testdata()?;
+    let group_path = data.join("group_1280x720.jpg");
+    let big_path = data.join("obama_12mp.jpg");
+    let group = std::fs::read(&group_path)?;
+    let big = std::fs::read(&big_path)?;
+    let one = std::fs::read(data.join("obama.jpg"))?;
+    let work = workspace().join("target/bench-targets");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let (cpu, cores) = machine();
+    let load_start = load_average();
+    println!(
+        "deepstack-bench targets: {cpu}, {cores} cores, {}",
+        std::env::consts::ARCH
+    );
+    println!(
+        "daemon: {} (Medium, THREADCOUNT={THREADS}), repeat {}",
+        bin.display(),
+        opts.repeat
+    );
+    let mut rows = Vec::new();
+
+    // The references first, with no daemon running.
+    let repeat = opts.repeat.to_string();
+    let ort_dir = pylib::install(pylib::ORT_REQS, pylib::ORT_DIR, &[])?;
+    let ort = pylib::run_script(
+        "ort_pipeline.py",
+        &ort_dir,
+        &[
+            "--size".into(),
+            Mode::Medium.input_size().to_string(),
+            "--repeat".into(),
+            repeat.clone(),
+            group_path.display().to_string(),
+        ],
+    )?;
+    let ort_ms = ort[0]["ms"]["total"]
+        .as_f64()
+        .ok_or("no total from ort_pipeline.py")?;
+    println!(
+        "onnxruntime 1.20 (1 thread), 720p, decode to embeddings: {ort_ms:.1} ms, {} faces",
+        ort[0]["faces"]
+    );
+    let dlib = pylib::install(
+        pylib::DLIB_REQS,
+        pylib::DLIB_DIR,
+        &["--no-deps", "--only-binary", "dlib-bin"],
+    )
+    .and_then(|dir| {
+        let dlib_repeat = (opts.repeat / 2).max(3).to_string();
+        pylib::run_script(
+            "dlib_pipeline.py",
+            &dir,
+            &[
+                "--repeat".into(),
+                dlib_repeat,
+                group_path.display().to_string(),
+            ],
+        )
+    });
+    let dlib_ms = match &dlib {
+        Ok(lines) => {
+            let ms = lines[0]["ms"]["total"]
+                .as_f64()
+                .ok_or("no total from dlib_pipeline.py")?;
+            println!("face_recognition 1.3 / dlib 20 (HOG + ResNet, 1 thread), 720p: {ms:.1} ms, {} faces", lines[0]["faces"]);
+            Some(ms)
+        }
+        Err(e) => {
+            println!("face_recognition/dlib reference NOT measured: {e}");
+            None
+        }
+    };
+
+    // A small gallery: register timing on an empty one, then the photo's 4 people.
+    let pipeline = Pipeline::load(ModelFiles::embedded(), Mode::Medium)?;
+    let daemon = Daemon::start(
+        &bin,
+        &work.join("gallery-small"),
+        THREADS,
+        &work.join("small.log"),
+    )?;
+    let small_ready = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
+    let register_empty = register_ms(&daemon, &one, opts.repeat)?;
+    println!("register over HTTP, empty gallery: {register_empty:.1} ms (median)");
+    register_people(&daemon, &pipeline, &group)?;
+    let r720 = recognize_ms(&daemon, &group, opts.repeat, 4)?;
+    let r12 = recognize_ms(&daemon, &big, opts.repeat, 1)?;
+    println!(
+        "recognize over HTTP, 1 client: 720p {r720:.1} ms, 12 MP {r12:.1} ms (median of {})",
+        opts.repeat
+    );
+    rows.push(Row {
+        target: "recognize 720p vs onnxruntime (<= 1.0x)",
+        measured: r720,
+        limit: ort_ms,
+        unit: "ms",
+        at_most: true,
+    });
+    if let Some(dlib_ms) = dlib_ms {
+        rows.push(Row {
+            target: "recognize 720p vs dlib (<= 0.1x)",
+            measured: r720,
+            limit: 0.1 * dlib_ms,
+            unit: "ms",
+            at_most: true,
+        });
+    }
+    rows.push(Row {
+        target: "recognize 12 MP vs 720p (<= 2x)",
+        measured: r12,
+        limit: 2.0 * r720,
+        unit: "ms",
+        at_most: true,
+    });
+    let small_idle = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
+    println!("resident after those, 4-user gallery: {small_idle:.1} MiB");
+    let request = http::request(daemon.port, RECOGNIZE, &[], Some(&group));
+    let one_client = throughput(
+        daemon.port,
+        std::slice::from_ref(&request),
+        1,
+        opts.duration,
+    )?;
+    let two_clients = throughput(daemon.port, &[request], 2, opts.duration)?;
+    println!("throughput 720p: 1 client {one_client:.2} req/s, 2 clients {two_clients:.2} req/s");
+    rows.push(Row {
+        target: "2 clients / 1 client throughput (>= 1.8x)",
+        measured: two_clients / one_client,
+        limit: 1.8,
+        unit: "x",
+        at_most: false,
+    });
+    drop(daemon);
+
+    // The 100k gallery.
+    let big_gallery = gallery_100k(&pipeline, &group)?;
+    let (matching, reg_inproc) = in_process(&big_gallery, &work, &pipeline, &one)?;
+    println!("matching in-process, 100k samples: {matching:.2} ms per face (median of 200)");
+    println!(
+        "Gallery::register in-process (1 sample): empty {:.2} ms, 100k {:.2} ms",
+        reg_inproc.0, reg_inproc.1
+    );
+    rows.push(Row {
+        target: "matching per face, 100k samples (<= 2 ms)",
+        measured: matching,
+        limit: 2.0,
+        unit: "ms",
+        at_most: true,
+    });
+    let mut ready = Vec::new();
+    for i in 0..3 {
+        let d = Daemon::start(
+            &bin,
+            &big_gallery,
+            THREADS,
+            &work.join(format!("start-{i}.log")),
+        )?;
+        ready.push(d.ready_after.as_secs_f64());
+    }
+    let ready_s = median(ready.clone());
+    println!("start-up to READY, 100k samples: {ready:.2?} s, median {ready_s:.2} s");
+    rows.push(Row {
+        target: "start-up to READY, 100k samples (<= 1.5 s)",
+        measured: ready_s,
+        limit: 1.5,
+        unit: "s",
+        at_most: true,
+    });
+
+    let daemon = Daemon::start(&bin, &big_gallery, THREADS, &work.join("big.log"))?;
+    let big_ready = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
+    println!(
+        "resident at READY (models loaded, no request yet): 4-user gallery {small_ready:.1} MiB, 100k gallery {big_ready:.1} MiB"
+    );
+    for _ in 0..3 {
+        daemon.post(RECOGNIZE, &[], Some(&group))?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
+    println!("idle resident after 3 recognize, 100k samples: {idle:.1} MiB");
+    rows.push(Row {
+        target: "idle RSS, 100k samples (<= 80 MB)",
+        measured: idle,
+        limit: 80.0,
+        unit: "MiB",
+        at_most: true,
+    });
+    let register_big = register_ms(&daemon, &one, opts.repeat)?;
+    println!("register over HTTP, 100k gallery: {register_big:.1} ms (median)");
+    rows.push(Row {
+        target: "register 100k / empty gallery (O(1): <= 1.2x)",
+        measured: register_big / register_empty,
+        limit: O1_THRESHOLD,
+        unit: "x",
+        at_most: true,
+    });
+    let reset = rss::reset_peak(daemon.pid());
+    let mixed = [
+        http::request(daemon.port, RECOGNIZE, &[], Some(&group)),
+        http::request(daemon.port, RECOGNIZE, &[], Some(&big)),
+    ];
+    let rate = throughput(daemon.port, &mixed, 2, opts.load)?;
+    let peak = rss::status_mb(daemon.pid(), "VmHWM").ok_or("no VmHWM")?;
+    let after = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
+    println!(
+        "load {}s, 2 clients, 720p + 12 MP mixed: {rate:.2} req/s, peak resident {peak:.1} MiB{}, {after:.1} MiB after",
+        opts.load.as_secs(),
+        if reset { " (VmHWM reset before the load)" } else { " (VmHWM since start: clear_refs refused)" }
+    );
+    rows.push(Row {
+        target: "peak RSS under load, 100k samples (<= 150 MB)",
+        measured: peak,
+        limit: 150.0,
+        unit: "MiB",
+        at_most: true,
+    });
+    drop(daemon);
+
+    println!(
+        "\n{cpu}, {cores} cores, load average at the start {load_start}, at the end {}; targets took {:.0} s\n",
+        load_average(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("| target | measured | target value | ratio | result |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in &rows {
+        let pass = if r.at_most {
+            r.measured <= r.limit
+        } else {
+            r.measured >= r.limit
+        };
+        let fmt = |v: f64| {
+            if v >= 100.0 {
+                format!("{v:.0} {}", r.unit)
+            } else {
+                format!("{v:.2} {}", r.unit)
+            }
+        };
+        println!(
+            "| {} | {} | {}{} | {:.2} | {} |",
+            r.target,
+            fmt(r.measured),
+            if r.at_most { "<= " } else { ">= " },
+            fmt(r.limit),
+            r.measured / r.limit,
+            if pass { "pass" } else { "FAIL" }
+        );
+    }
+    if dlib_ms.is_none() {
+        println!("| recognize 720p vs dlib (<= 0.1x) | not measured | | | FAIL |");
+    }
+    Ok(())
+}
+
+/// The 1-minute load average: other work on the machine skews the absolute times.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// CPU model and logical cores, from /proc/cpuinfo.
+fn machine() -> (String, usize) {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = text
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_owned(), |(_, v)| v.trim().to_owned());
+    let cores = text.lines().filter(|l| l.starts_with("processor")).count();
+    (model, cores)
+}
+
+/// Median ms of recognize over HTTP, sequential, one client, after one warm-up; checks that
+/// `faces` faces come back.
+fn recognize_ms(d: &Daemon, photo: &[u8], repeat: usize, faces: usize) -> Result<f64, Error> {
+    let request = http::request(d.port, RECOGNIZE, &[], Some(photo));
+    let answer = http::send(d.port, &request)?;
+    let found = answer["predictions"].as_array().map_or(0, Vec::len);
+    if found != faces {
+        return Err(format!("recognize found {found} faces, expected {faces}: {answer}").into());
+    }
+    let mut v = Vec::new();
+    for _ in 0..repeat {
+        let t = Instant::now();
+        http::send(d.port, &request)?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(v))
+}
+
+/// Median ms of registering a one-face photo (`bench-probe`, deleted afterwards).
+fn register_ms(d: &Daemon, photo: &[u8], repeat: usize) -> Result<f64, Error> {
+    let request = http::request(d.port, REGISTER, &[("userid", "bench-probe")], Some(photo));
+    http::send(d.port, &request)?;
+    let mut v = Vec::new();
+    for _ in 0..repeat {
+        let t = Instant::now();
+        http::send(d.port, &request)?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    d.post(DELETE, &[("userid", "bench-probe")], None)?;
+    Ok(median(v))
+}
+
+/// Registers each face of `group` as `person-N`, from a crop of the photo around that face.
+fn register_people(d: &Daemon, p: &Pipeline, group: &[u8]) -> Result<(), Error> {
+    let img = p.decode(group, DecodeLimits::default())?;
+    let faces = p.detect(&img, detection_score_for(DEFAULT_DETECTION_CONFIDENCE))?;
+    for (i, f) in faces.iter().enumerate() {
+        let b = f.bbox;
+        let (w, h) = (b.x_max - b.x_min, b.y_max - b.y_min);
+        let x0 = (b.x_min - 0.4 * w).max(0.0) as u32;
+        let y0 = (b.y_min - 0.4 * h).max(0.0) as u32;
+        let x1 = ((b.x_max + 0.4 * w) as u32).min(img.width());
+        let y1 = ((b.y_max + 0.4 * h) as u32).min(img.height());
+        let crop = image::imageops::crop_imm(&img, x0, y0, x1 - x0, y1 - y0).to_image();
+        let userid = format!("person-{i}");
+        d.post(REGISTER, &[("userid", &userid)], Some(&jpeg(&crop)?))
+            .map_err(|e| format!("register {userid}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn jpeg(img: &image::RgbImage) -> Result<Vec<u8>, Error> {
+    let mut out = Cursor::new(Vec::new());
+    JpegEncoder::new_with_quality(&mut out, 90).encode_image(img)?;
+    Ok(out.into_inner())
+}
+
+/// Requests per second of `clients` concurrent clients for `duration`, client k sending
+/// `requests[k % len]`, then the next one, in turn.
+fn throughput(
+    port: u16,
+    requests: &[Vec<u8>],
+    clients: usize,
+    duration: Duration,
+) -> Result<f64, Error> {
+    let start = Instant::now();
+    let counts: Vec<Result<usize, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|k| {
+                s.spawn(move || {
+                    let mut n = 0;
+                    while start.elapsed() < duration {
+                        http::send(port, &requests[(k + n) % requests.len()])
+                            .map_err(|e| e.to_string())?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("client panicked".into())))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut total = 0;
+    for c in counts {
+        total += c?;
+    }
+    Ok(total as f64 / elapsed)
+}
+
+/// Tiny deterministic generator (xorshift64*), for the random embeddings.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn unit(&mut self) -> Vec<f32> {
+        let v: Vec<f32> = (0..EMBEDDING_DIM).map(|_| self.next_f32()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    }
+}
+
+/// `target/bench-gallery-100k/`: 1,000 users x 100 samples, random unit embeddings and the
+/// real aligned JPEG crops of the group photo's faces; built once (a `.complete` stamp).
+fn gallery_100k(p: &Pipeline, group: &[u8]) -> Result<PathBuf, Error> {
+    let dir = workspace().join("target/bench-gallery-100k");
+    let stamp = dir.join(".complete");
+    if stamp.exists() {
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = Instant::now();
+    let img = p.decode(group, DecodeLimits::default())?;
+    let faces = p.detect(&img, detection_score_for(DEFAULT_DETECTION_CONFIDENCE))?;
+    let crops: Vec<Vec<u8>> = p
+        .embed(&img, &faces)?
+        .iter()
+        .map(|f| jpeg(&f.crop))
+        .collect::<Result<_, _>>()?;
+    let model = p.models().recognizer.sha256.clone();
+    let gallery = Gallery::open(&dir)?;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for u in 0..USERS {
+        let samples = (0..SAMPLES_PER_USER)
+            .map(|s| NewSample {
+                embedding: rng.unit(),
+                model: model.clone(),
+                crop: crops[(u + s) % crops.len()].clone(),
+                source: "image".into(),
+                det_score: 0.9,
+                quality: None,
+            })
+            .collect();
+        gallery.register(&format!("user-{u:04}"), samples)?;
+    }
+    drop(gallery);
+    std::fs::write(&stamp, b"")?;
+    println!(
+        "built {} ({USERS} users x {SAMPLES_PER_USER} samples) in {:.0} s",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(dir)
+}
+
+/// Matching per face on the 100k gallery (median ms over 200 random unit queries) and
+/// `Gallery::register` of one sample on an empty gallery vs the 100k one (median ms each).
+fn in_process(
+    big: &Path,
+    work: &Path,
+    p: &Pipeline,
+    one: &[u8],
+) -> Result<(f64, (f64, f64)), Error> {
+    let mut rng = Rng(42);
+    let gallery = Gallery::open(big)?;
+    let (_, samples) = gallery.stats();
+    if samples != USERS * SAMPLES_PER_USER {
+        return Err(format!(
+            "{} has {samples} samples; remove it to rebuild",
+            big.display()
+        )
+        .into());
+    }
+    // What recognize asks for each face of the 4-face photo at DeepStack's default 0.67.
+    let min_cosine = recognition_cosine_for(DEFAULT_RECOGNITION_CONFIDENCE);
+    let mut v = Vec::new();
+    for _ in 0..200 {
+        let q = rng.unit();
+        let t = Instant::now();
+        std::hint::black_box(gallery.best_matches(&q, min_cosine, 4));
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let matching = median(v);
+    let img = p.decode(one, DecodeLimits::default())?;
+    let faces = p.detect(&img, detection_score_for(DEFAULT_DETECTION_CONFIDENCE))?;
+    let face = p.embed(&img, &faces[..1])?.remove(0);
+    let sample = NewSample {
+        embedding: face.embedding.0,
+        model: p.models().recognizer.sha256.clone(),
+        crop: jpeg(&face.crop)?,
+        source: "image".into(),
+        det_score: 0.9,
+        quality: None,
+    };
+    let register = |g: &Gallery| -> Result<f64, Error> {
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            g.register("bench-probe", vec![sample.clone()])?;
+            v.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        g.delete_user("bench-probe")?;
+        Ok(median(v))
+    };
+    let on_big = register(&gallery)?;
+    drop(gallery);
+    let empty = Gallery::open(&work.join("gallery-empty"))?;
+    let on_empty = register(&empty)?;
+    Ok((matching, (on_empty, on_big)))
+}
