@@ -52,6 +52,8 @@ pub struct InferencePool {
     timeout: Duration,
     heartbeats: Arc<[Heartbeat]>,
     epoch: Instant,
+    /// Milliseconds since `epoch` when the last job ended.
+    last_done: Arc<AtomicU64>,
 }
 
 /// What one worker tells the watchdog: whether its thread still runs, and since when it has
@@ -103,13 +105,15 @@ impl InferencePool {
         let receiver = Arc::new(Mutex::new(receiver));
         let heartbeats: Arc<[Heartbeat]> = (0..threads).map(|_| Heartbeat::default()).collect();
         let epoch = Instant::now();
+        let last_done = Arc::new(AtomicU64::new(0));
         for i in 0..threads {
             let receiver = Arc::clone(&receiver);
             let pipeline = Arc::clone(&pipeline);
             let heartbeats = Arc::clone(&heartbeats);
+            let last_done = Arc::clone(&last_done);
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
-                .spawn(move || worker(&receiver, &pipeline, &heartbeats[i], epoch))?;
+                .spawn(move || worker(&receiver, &pipeline, &heartbeats[i], &last_done, epoch))?;
         }
         Ok(InferencePool {
             sender,
@@ -119,7 +123,22 @@ impl InferencePool {
             timeout,
             heartbeats,
             epoch,
+            last_done,
         })
+    }
+
+    /// How long every worker has been idle (since the last job ended, or since the start),
+    /// `None` while one is busy.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self
+            .heartbeats
+            .iter()
+            .any(|b| b.busy_since.load(Ordering::SeqCst) > 0)
+        {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_done.load(Ordering::SeqCst));
+        Some(self.epoch.elapsed().saturating_sub(last))
     }
 
     /// Whether every worker thread runs and none has been on one job for longer than
@@ -194,6 +213,7 @@ fn worker(
     receiver: &Mutex<mpsc::Receiver<Job>>,
     pipeline: &Pipeline,
     heartbeat: &Heartbeat,
+    last_done: &AtomicU64,
     epoch: Instant,
 ) {
     let _exit = ExitGuard(heartbeat);
@@ -212,6 +232,7 @@ fn worker(
         if catch_unwind(AssertUnwindSafe(|| job(pipeline))).is_err() {
             log::error!("an inference job panicked; the worker goes on");
         }
+        last_done.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
         heartbeat.busy_since.store(0, Ordering::SeqCst);
     }
 }
@@ -282,6 +303,25 @@ mod tests {
             slow.await.unwrap().unwrap();
         });
         assert_eq!(pool.health(Duration::from_millis(50)), Ok(()));
+    }
+
+    #[test]
+    fn idle_time_counts_from_the_last_job() {
+        let pool = InferencePool::start(pipeline(), 1, 4, Duration::from_secs(10)).unwrap();
+        block_on(async {
+            let p = pool.clone();
+            let job = actix_web::rt::spawn(async move {
+                p.run(|_| std::thread::sleep(Duration::from_millis(300)))
+                    .await
+            });
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(pool.idle_for(), None, "busy");
+            job.await.unwrap().unwrap();
+        });
+        let idle = pool.idle_for().expect("idle after the job");
+        assert!(idle < Duration::from_millis(200), "{idle:?}");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(pool.idle_for().unwrap() >= Duration::from_millis(250));
     }
 
     #[test]

@@ -49,6 +49,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Gives the heap back once the inference threads have been idle a while (see `memory`).
+fn spawn_idle_trimmer(pool: InferencePool) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("memory-trim".into())
+        .spawn(move || {
+            let mut trimmed = false;
+            loop {
+                std::thread::sleep(memory::IDLE_TRIM_AFTER / 4);
+                match pool.idle_for() {
+                    Some(idle) if idle >= memory::IDLE_TRIM_AFTER => {
+                        if !trimmed {
+                            memory::trim();
+                            trimmed = true;
+                        }
+                    }
+                    _ => trimmed = false,
+                }
+            }
+        })
+        .map(drop)
+}
+
 /// env_logger on stderr; under systemd, lines carry a journal priority instead of a timestamp
 /// (the journal stamps every line itself).
 fn init_logger() {
@@ -105,6 +127,8 @@ fn run(config: Config) -> Result<(), String> {
         config.timeout,
     )
     .map_err(|e| format!("cannot start the inference threads: {e}"))?;
+    spawn_idle_trimmer(pool.clone())
+        .map_err(|e| format!("cannot start the memory trimmer thread: {e}"))?;
     let state = AppState {
         access: Access {
             api_key: config.api_key.clone(),

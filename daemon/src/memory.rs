@@ -1,21 +1,26 @@
 //! How the process uses memory: a small board has a few hundred megabytes, and what
 //! `deepstackd` keeps resident is what the user measures (BENCHMARKS.md).
 //!
-//! glibc's malloc is tuned once at start-up, before any thread exists:
-//! - at most two arenas (one per thread would keep every thread's high-water mark);
-//! - a fixed mmap threshold of 256 KiB. By default glibc raises the threshold after each large
-//!   free (up to 32 MiB), so a decoded 12 MP photo (36 MB) and tract's scratch buffers end up
-//!   on the heap, where they stay resident after the request. Fixed, they are mmapped and
-//!   returned to the kernel when freed;
-//! - free memory at the top of the heap is returned to the kernel once it passes 256 KiB.
+//! glibc's malloc keeps at most two arenas (one per thread would keep every thread's
+//! high-water mark), and otherwise its defaults: a request allocates and frees a few hundred
+//! megabytes of short-lived tensors (tract creates every intermediate tensor per run), and
+//! glibc's adaptive mmap threshold keeps them on the heap, where the next request reuses the
+//! pages. Forcing them to mmap (a fixed 256 KiB threshold) was measured: 63,000 page faults and
+//! +70-110 ms per 4-face 720p recognize (1,400 faults with the defaults).
 //!
-//! Measured (release, empty gallery, 2 inference threads; `deepstack-bench targets` has the
-//! figures with 100,000 samples): idle 143 -> 80 MB, after five pairs of 12 MP + 720p
-//! recognitions 242 -> 86 MB, peak 276 -> 139 MB.
+//! Instead the heap is given back when the inference threads have been idle for
+//! [`IDLE_TRIM_AFTER`] ([`trim`], called by the daemon's trimmer thread): a busy daemon keeps
+//! its working set warm, an idle one returns to the size of its models and gallery. The first
+//! request after an idle period pays the page faults once.
 //!
 //! After the models are loaded, [`release_after_load`] returns the heap's free memory (the
 //! ONNX parse and graph rewrites peak at ~90 MB) and drops the resident pages of the embedded
 //! model files, which were only read once to build the plans.
+
+use std::time::Duration;
+
+/// How long the inference threads must have been idle before the heap is trimmed.
+pub const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 
 /// Tunes malloc; call first thing in `main`, before any other thread starts.
 pub fn tune_allocator() {
@@ -23,19 +28,22 @@ pub fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 10);
+    }
+}
+
+/// Returns the free memory of every malloc arena to the kernel.
+pub fn trim() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
 /// Gives back what model loading left behind: free heap memory, and the pages of `embedded`
 /// (the model files compiled into the binary, already turned into plans).
 pub fn release_after_load(embedded: &[&'static [u8]]) {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    trim();
     for bytes in embedded {
         drop_file_pages(bytes);
     }
