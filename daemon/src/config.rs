@@ -334,6 +334,16 @@ pub fn setting_names() -> impl Iterator<Item = &'static str> {
     SETTINGS.iter().map(|s| s.name)
 }
 
+/// Every environment variable the daemon reads: each setting under all its spellings, and
+/// systemd's. A program that starts `deepstackd` (the tests, the bench) clears them so the
+/// caller's own environment cannot change the run.
+pub fn environment_variables() -> impl Iterator<Item = &'static str> {
+    SETTINGS
+        .iter()
+        .flat_map(|s| std::iter::once(s.name).chain(s.aliases.iter().copied()))
+        .chain(crate::service::SYSTEMD_VARIABLES.iter().copied())
+}
+
 fn setting_for_key(key: &str) -> Option<&'static Setting> {
     SETTINGS
         .iter()

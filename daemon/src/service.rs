@@ -5,6 +5,16 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
+/// The variables systemd sets for a service that this module (and `config`, for
+/// `STATE_DIRECTORY`) reads.
+pub const SYSTEMD_VARIABLES: &[&str] = &[
+    "STATE_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+];
+
 /// Send `state` (e.g. `READY=1`, `STATUS=...`, `STOPPING=1`) to systemd, if it listens.
 pub fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {

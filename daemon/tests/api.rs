@@ -11,9 +11,8 @@ mod harness;
 use std::path::PathBuf;
 use std::process::Command;
 
-use harness::{fields, urlencoded, Body, Daemon, Multipart, Response};
+use harness::{fields, urlencoded, Body, Daemon, Multipart, Response, Server};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 use harness::routes::*;
 
@@ -29,31 +28,6 @@ const FACE_ROUTES: [&str; 7] = [
 ];
 
 const FACES_ON: (&str, &str) = ("VISION-FACE", "True");
-
-/// A daemon on a fresh data directory (removed after the test).
-struct Server {
-    daemon: Daemon,
-    tmp: TempDir,
-}
-
-impl Server {
-    fn start(env: &[(&str, &str)]) -> Server {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let daemon = Daemon::start(&tmp.path().join("data"), env);
-        Server { daemon, tmp }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.tmp.path().join("data")
-    }
-}
-
-impl std::ops::Deref for Server {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.daemon
-    }
-}
 
 fn photo(name: &str) -> Vec<u8> {
     common::photo_bytes(name)

@@ -6,33 +6,12 @@ mod common;
 mod harness;
 
 use harness::routes::*;
-use harness::{urlencoded, Body, Daemon, Multipart, Response};
+use harness::{urlencoded, Body, Daemon, Multipart, Response, Server};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 const FACES_ON: (&str, &str) = ("VISION-FACE", "True");
 const KEY: &str = "k3y";
 const WITH_KEY: &[(&str, &str)] = &[("X-Api-Key", KEY)];
-
-struct Server {
-    daemon: Daemon,
-    _tmp: TempDir,
-}
-
-impl Server {
-    fn start(env: &[(&str, &str)]) -> Server {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let daemon = Daemon::start(&tmp.path().join("data"), env);
-        Server { daemon, _tmp: tmp }
-    }
-}
-
-impl std::ops::Deref for Server {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.daemon
-    }
-}
 
 fn photo(name: &str) -> Vec<u8> {
     common::photo_bytes(name)

@@ -12,39 +12,37 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Every variable the daemon reads; cleared from the inherited environment so the machine's
-/// own variables cannot change a test.
-const DAEMON_VARS: &[&str] = &[
-    "VISION-FACE",
-    "VISION_FACE",
-    "MODE",
-    "API-KEY",
-    "API_KEY",
-    "ADMIN-KEY",
-    "ADMIN_KEY",
-    "PORT",
-    "BIND",
-    "THREADCOUNT",
-    "TIMEOUT",
-    "DATA_DIR",
-    "MODELS_DIR",
-    "MAX_UPLOAD_BYTES",
-    "MAX_PIXELS",
-    "MAX_FILES",
-    "MAX_FIELD_BYTES",
-    "MAX_USERID_BYTES",
-    "MAX_QUEUE",
-    "MIN_FACE_QUALITY",
-    // systemd's, also read by the daemon.
-    "STATE_DIRECTORY",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-];
-
 /// How long a daemon may take to load its models and answer /v1/status.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A daemon on a fresh data directory (removed after the test); derefs to the [`Daemon`].
+pub struct Server {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// Holds the data directory, `<tmp>/data`.
+    pub tmp: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the daemon with `env` on a new temporary data directory.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let daemon = Daemon::start(&tmp.path().join("data"), env);
+        Server { daemon, tmp }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
 
 /// A running `deepstackd`, killed on drop.
 pub struct Daemon {
@@ -61,7 +59,7 @@ impl Daemon {
             let port = free_port();
             let log = data_dir.with_extension(format!("log-{port}"));
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_deepstackd"));
-            for var in DAEMON_VARS {
+            for var in deepstackd::config::environment_variables() {
                 cmd.env_remove(var);
             }
             cmd.env("RUST_LOG", "info")

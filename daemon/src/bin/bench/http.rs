@@ -14,34 +14,6 @@ pub const RECOGNIZE: &str = "/v1/vision/face/recognize";
 pub const REGISTER: &str = "/v1/vision/face/register";
 pub const DELETE: &str = "/v1/vision/face/delete";
 
-/// Every variable the daemon reads: cleared so the machine's own cannot change a run.
-const DAEMON_VARS: &[&str] = &[
-    "VISION-FACE",
-    "VISION_FACE",
-    "MODE",
-    "API-KEY",
-    "API_KEY",
-    "ADMIN-KEY",
-    "ADMIN_KEY",
-    "PORT",
-    "BIND",
-    "THREADCOUNT",
-    "TIMEOUT",
-    "DATA_DIR",
-    "MODELS_DIR",
-    "MAX_UPLOAD_BYTES",
-    "MAX_PIXELS",
-    "MAX_FILES",
-    "MAX_FIELD_BYTES",
-    "MAX_USERID_BYTES",
-    "MAX_QUEUE",
-    "STATE_DIRECTORY",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-];
-
 /// The `deepstackd` built next to this bench (same profile).
 pub fn daemon_binary() -> Result<PathBuf, Error> {
     let exe = std::env::current_exe()?;
@@ -74,7 +46,7 @@ impl Daemon {
         let sock = UnixDatagram::bind(&sock_path)?;
         sock.set_read_timeout(Some(Duration::from_millis(200)))?;
         let mut cmd = Command::new(bin);
-        for var in DAEMON_VARS {
+        for var in deepstackd::config::environment_variables() {
             cmd.env_remove(var);
         }
         cmd.env("RUST_LOG", "info")
