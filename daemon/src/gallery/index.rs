@@ -75,9 +75,49 @@ impl Index {
         let Some(slot) = self.slots.remove(userid) else {
             return false;
         };
+        self.retain_rows(|row_slot, _| row_slot != slot);
+        self.free_slot(slot);
+        true
+    }
+
+    /// Drops one sample's row; returns whether it was there. Its user stays.
+    pub fn remove_sample(&mut self, sample_id: i64) -> bool {
+        let before = self.row_sample.len();
+        self.retain_rows(|_, id| id != sample_id);
+        self.row_sample.len() != before
+    }
+
+    /// Gives `from`'s rows to `to`: a rename when `to` is new, a merge when it exists.
+    /// Returns whether `from` existed.
+    pub fn rename_user(&mut self, from: &str, to: &str) -> bool {
+        if from == to {
+            return self.slots.contains_key(from);
+        }
+        let Some(slot) = self.slots.remove(from) else {
+            return false;
+        };
+        match self.slots.get(to) {
+            None => {
+                self.users[slot as usize] = to.to_owned();
+                self.slots.insert(to.to_owned(), slot);
+            }
+            Some(&target) => {
+                for user in &mut self.row_user {
+                    if *user == slot {
+                        *user = target;
+                    }
+                }
+                self.free_slot(slot);
+            }
+        }
+        true
+    }
+
+    /// Keeps the rows for which `keep(user slot, sample id)` holds, in order, packed.
+    fn retain_rows(&mut self, keep: impl Fn(u32, i64) -> bool) {
         let mut kept = 0;
         for row in 0..self.row_user.len() {
-            if self.row_user[row] == slot {
+            if !keep(self.row_user[row], self.row_sample[row]) {
                 continue;
             }
             if kept != row {
@@ -95,8 +135,11 @@ impl Index {
         self.scales.truncate(kept);
         self.row_user.truncate(kept);
         self.row_sample.truncate(kept);
+    }
 
-        // Keep slots dense: the last user takes the freed slot.
+    /// Removes slot `slot` (no row uses it any more, its name already left `slots`), keeping
+    /// slots dense: the last user takes the freed slot.
+    fn free_slot(&mut self, slot: u32) {
         let last = (self.users.len() - 1) as u32;
         self.users.swap_remove(slot as usize);
         if slot != last {
@@ -107,7 +150,6 @@ impl Index {
                 }
             }
         }
-        true
     }
 
     /// The samples to score exactly for `query` so that the exact answer is known for: every
@@ -263,6 +305,30 @@ mod tests {
         let one = index.candidates(&axis(0), -1.0, 1);
         assert_eq!(one[0].0, "x");
         assert!(!users_of(&one).contains(&"far"), "{one:?}");
+    }
+
+    #[test]
+    fn samples_removed_and_users_renamed_or_merged_in_place() {
+        let mut index = Index::new();
+        index.add_sample("a", 1, &axis(0));
+        index.add_sample("b", 2, &axis(1));
+        index.add_sample("a", 3, &axis(2));
+        assert!(index.remove_sample(1));
+        assert!(!index.remove_sample(1));
+        assert!(index.candidates(&axis(0), 0.5, 10).is_empty());
+        assert_eq!(users_of(&index.candidates(&axis(2), 0.5, 10)), ["a"]);
+
+        assert!(index.rename_user("a", "c"));
+        assert_eq!(index.userids(), ["b", "c"]);
+        assert_eq!(users_of(&index.candidates(&axis(2), 0.5, 10)), ["c"]);
+
+        assert!(index.rename_user("b", "c"), "a merge");
+        assert_eq!(index.userids(), ["c"]);
+        assert_eq!(
+            index.candidates(&axis(1), 0.5, 10),
+            vec![("c".to_owned(), vec![2])]
+        );
+        assert!(!index.rename_user("gone", "x"));
     }
 
     #[test]

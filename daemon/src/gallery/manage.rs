@@ -8,7 +8,7 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::{load_index, Gallery, GalleryError};
+use super::{Gallery, GalleryError};
 
 /// One user with its sample count and dates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,9 +78,9 @@ impl Gallery {
         if tx.execute("DELETE FROM samples WHERE id = ?1", [sample_id])? == 0 {
             return Ok(false);
         }
-        let index = load_index(&tx)?;
         tx.commit()?;
-        *self.index_mut() = index;
+        // Still under the connection lock: the index changes in commit order.
+        self.index_mut().remove_sample(sample_id);
         Ok(true)
     }
 
@@ -126,9 +126,8 @@ impl Gallery {
                 RenameOutcome::Renamed
             }
         };
-        let index = load_index(&tx)?;
         tx.commit()?;
-        *self.index_mut() = index;
+        self.index_mut().rename_user(from, to);
         Ok(outcome)
     }
 }
