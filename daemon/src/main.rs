@@ -22,6 +22,9 @@ const MIN_STALL: Duration = Duration::from_secs(120);
 /// Longest wait for requests in flight at a stop; the unit's TimeoutStopSec= is above it.
 const MAX_DRAIN: Duration = Duration::from_secs(60);
 
+/// Longest wait, after the HTTP server stopped, for the last users of the gallery to let go.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 fn main() -> ExitCode {
     memory::tune_allocator();
     let config = match config::from_process() {
@@ -150,12 +153,13 @@ fn run(config: Config) -> Result<(), String> {
     // The watchdog is fed only while every inference worker runs and none is stuck: a job
     // may outlive its request's deadline, but not by this much.
     let stall_after = state.pool.timeout().saturating_mul(3).max(MIN_STALL);
-    let (pool, gallery) = (state.pool.clone(), Arc::clone(&state.gallery));
+    let (pool, weak_gallery) = (state.pool.clone(), Arc::downgrade(&state.gallery));
     let health = move || {
         pool.health(stall_after).map_err(|e| e.to_string())?;
-        let (users, samples) = gallery.stats();
+        let (users, samples) = weak_gallery.upgrade().ok_or("stopping")?.stats();
         Ok(format!("serving: {users} users, {samples} samples"))
     };
+    let gallery = Arc::clone(&state.gallery);
     let on_ready = || {
         log::info!("listening on {}:{}", config.bind, config.port);
         // Models loaded, port bound: systemd may route traffic to us now.
@@ -169,13 +173,41 @@ fn run(config: Config) -> Result<(), String> {
     let on_stop = || service::notify("STOPPING=1");
     // Requests in flight get their whole deadline to finish.
     let drain = state.pool.timeout().min(MAX_DRAIN);
-    actix_web::rt::System::new()
-        .block_on(http::serve(
-            (config.bind, config.port),
-            state,
-            drain,
-            on_ready,
-            on_stop,
-        ))
-        .map_err(|e| format!("HTTP server on {}:{}: {e}", config.bind, config.port))
+    let served = actix_web::rt::System::new().block_on(http::serve(
+        (config.bind, config.port),
+        state,
+        drain,
+        on_ready,
+        on_stop,
+    ));
+    close_gallery(gallery);
+    served.map_err(|e| format!("HTTP server on {}:{}: {e}", config.bind, config.port))
+}
+
+/// Closes the database once the HTTP workers (whose threads end on their own after the
+/// server's future) and any job still running have let go of it: SQLite then checkpoints and
+/// removes the WAL, and the data dir holds one self-contained file. If something still holds
+/// it after `CLOSE_WAIT`, the process exits anyway; the WAL is replayed at the next start.
+fn close_gallery(mut gallery: Arc<Gallery>) {
+    let deadline = Instant::now() + CLOSE_WAIT;
+    loop {
+        match Arc::try_unwrap(gallery) {
+            Ok(gallery) => {
+                drop(gallery);
+                log::info!("gallery closed");
+                return;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                gallery = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => {
+                log::warn!(
+                    "gallery still in use {} s after the stop; exiting with its WAL file kept",
+                    CLOSE_WAIT.as_secs()
+                );
+                return;
+            }
+        }
+    }
 }

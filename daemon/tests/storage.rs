@@ -153,6 +153,9 @@ fn a_read_only_data_dir_serves_recognition_and_refuses_writes() {
     // A clean stop closes the database (nothing open for writing), then the file system
     // turns read-only, as an SD card does after errors.
     assert!(d.terminate().success());
+    for left in ["faces.sqlite3-wal", "faces.sqlite3-shm"] {
+        assert!(!data.join(left).exists(), "a clean stop left {left} behind");
+    }
     fs.remount("ro");
 
     let d = Daemon::start(&data, &[FACES_ON, ("ADMIN-KEY", "adm")]);
@@ -180,6 +183,33 @@ fn a_read_only_data_dir_serves_recognition_and_refuses_writes() {
         d.post(LIST, &fields(&[]).body()).json()["faces"],
         json!(["obama"])
     );
+    drop(d);
+    fs.remount("rw");
+}
+
+#[test]
+fn a_read_only_data_dir_after_a_crash_still_has_the_last_registrations() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let data = fs.dir.clone();
+    let d = Daemon::start(&data, &[FACES_ON]);
+    assert_eq!(register(&d, "obama", "obama.jpg").status, 200);
+    // A crash: the registration is committed, but only to the WAL file.
+    d.kill();
+    let wal = data.join("faces.sqlite3-wal");
+    assert!(std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0));
+    fs.remount("ro");
+
+    let d = Daemon::start(&data, &[FACES_ON]);
+    assert!(
+        d.log_text().contains("opening it read-only"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(recognized(&d), ["obama"]);
+    assert_storage_error(&register(&d, "biden", "biden.jpg"), "read-only");
+    assert_eq!(recognized(&d), ["obama"]);
     drop(d);
     fs.remount("rw");
 }

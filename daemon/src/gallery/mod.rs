@@ -109,12 +109,13 @@ pub trait FaceStore: Send + Sync {
 pub struct Gallery {
     data_dir: PathBuf,
     db_path: PathBuf,
+    /// Recognition's connection: reads the few embeddings the index picks for an exact score
+    /// (WAL: never waits for the writer's transaction). Declared before `conn` so that it is
+    /// closed first: the writer, closing last, checkpoints and removes the WAL file.
+    reader: Mutex<Connection>,
     /// The one writing connection. A mutex also serialises register/delete/restore, so the
     /// index is always updated in commit order.
     conn: Mutex<Connection>,
-    /// Recognition's connection: reads the few embeddings the index picks for an exact score
-    /// (WAL: never waits for the writer's transaction).
-    reader: Mutex<Connection>,
     /// Readers (recognition) wait only for the brief index update.
     index: RwLock<Index>,
     /// The re-embedding's progress (one at a time).
@@ -146,6 +147,14 @@ impl Gallery {
         create_private(data_dir, db_path)?;
         backup::remove_stale_temp_files(data_dir);
         let mut conn = Connection::open(db_path)?;
+        // On a read-only mount SQLite quietly falls back to a read-only handle (it does when the
+        // WAL and shared-memory files were left behind): that is the read-only case, not this.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(GalleryError::Io(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                format!("SQLite can open {} for reading only", db_path.display()),
+            )));
+        }
         schema::configure_common(&conn)?;
         // Migrate before switching to WAL: a file we refuse (newer, foreign) stays untouched.
         schema::migrate(&mut conn)?;
@@ -158,10 +167,18 @@ impl Gallery {
         Gallery::with_connection(data_dir, db_path, conn, reader)
     }
 
-    /// `immutable=1`: on read-only media SQLite cannot create the WAL's shared-memory file,
-    /// and nobody can change the file under us anyway.
+    /// After a clean stop the database is one file: it is opened `immutable=1`, since on
+    /// read-only media SQLite cannot create the WAL's shared-memory file, and nobody can change
+    /// the file under us anyway. After a crash the last commits may still be in the WAL file
+    /// (which `immutable` would ignore): SQLite reads it, read-only, with the files left behind.
     fn open_read_only(data_dir: &Path, db_path: &Path) -> Result<Gallery, GalleryError> {
-        let uri = format!("file:{}?immutable=1", uri_path(db_path)?);
+        let wal = data_dir.join(format!("{DB_FILE_NAME}-wal"));
+        let has_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+        let uri = format!(
+            "file:{}{}",
+            uri_path(db_path)?,
+            if has_wal { "" } else { "?immutable=1" }
+        );
         let open = || -> Result<Connection, GalleryError> {
             let conn = Connection::open_with_flags(
                 &uri,
