@@ -39,6 +39,7 @@ const EXPECTED: &[&str] = &[
     "huge_header.png",
     "obama_1280x720.jpg",
     "obama_12mp.jpg",
+    "obama_12mp_exif_rot90.jpg",
     "group_1280x720.jpg",
 ];
 

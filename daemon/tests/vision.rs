@@ -9,7 +9,8 @@ use deepstackd::vision::calibration::{
     DEFAULT_RECOGNITION_CONFIDENCE,
 };
 use deepstackd::vision::{
-    align, DecodeError, DecodeLimits, EmbeddedFace, Face, Mode, ModelFiles, Pipeline, VisionError,
+    align, DecodeError, DecodeLimits, EmbeddedFace, Face, Mode, ModelFiles, Photo, Pipeline,
+    VisionError,
 };
 
 fn pipeline() -> &'static Pipeline {
@@ -21,7 +22,7 @@ fn default_min_score() -> f32 {
     detection_score_for(DEFAULT_DETECTION_CONFIDENCE)
 }
 
-fn decode(name: &str) -> image::RgbImage {
+fn decode(name: &str) -> Photo {
     pipeline()
         .decode(&common::photo_bytes(name), DecodeLimits::default())
         .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -35,10 +36,13 @@ fn faces(name: &str) -> Vec<Face> {
 
 /// The one face of a portrait, embedded.
 fn only_face(name: &str) -> EmbeddedFace {
-    let img = decode(name);
-    let found = pipeline().detect(&img, default_min_score()).unwrap();
+    only_face_of(&decode(name), name)
+}
+
+fn only_face_of(photo: &Photo, name: &str) -> EmbeddedFace {
+    let found = pipeline().detect(photo, default_min_score()).unwrap();
     assert_eq!(found.len(), 1, "{name}: expected one face, got {found:?}");
-    pipeline().embed(&img, &found).unwrap().remove(0)
+    pipeline().embed(photo, &found).unwrap().remove(0)
 }
 
 fn same_person(a: &str, b: &str) -> f32 {
@@ -99,7 +103,7 @@ fn a_group_photo_gives_every_face_and_each_person_once() {
 #[test]
 fn graph_rewrites_at_load_keep_the_embedding() {
     use tract_onnx::prelude::*;
-    let crop = align::align(&decode("obama.jpg"), &faces("obama.jpg")[0]);
+    let crop = align::align(decode("obama.jpg").pixels(), &faces("obama.jpg")[0]);
     let ours = pipeline()
         .embed_crops(std::slice::from_ref(&crop))
         .unwrap()
@@ -157,6 +161,50 @@ fn exif_orientation_is_applied() {
     assert_same_face_as_obama("obama_exif_rot90.jpg");
 }
 
+/// A 12 MP JPEG is decoded at half scale for the 640-pixel detector (a quarter of the
+/// memory): the box still comes in the uploaded photo's pixels, EXIF orientation included,
+/// and the embedding is as good as that of a full-scale decode.
+#[test]
+fn a_large_jpeg_is_decoded_at_reduced_scale_with_the_same_face() {
+    // The second is stored 3000x4000, with an EXIF orientation that turns it upright.
+    let size = (4000, 3000);
+    for name in ["obama_12mp.jpg", "obama_12mp_exif_rot90.jpg"] {
+        let reduced = decode(name);
+        assert_eq!(reduced.dimensions(), size, "{name}");
+        assert_eq!(reduced.pixels().dimensions(), (size.0 / 2, size.1 / 2));
+        let full =
+            deepstackd::vision::decode::decode(&common::photo_bytes(name), DecodeLimits::default())
+                .unwrap();
+        assert_eq!(full.dimensions(), size, "{name}");
+        let (a, b) = (
+            only_face_of(&reduced, name),
+            only_face_of(&Photo::from(full), name),
+        );
+        let (ra, rb) = (a.face.bbox, b.face.bbox);
+        for (x, y) in [
+            (ra.x_min, rb.x_min),
+            (ra.y_min, rb.y_min),
+            (ra.x_max, rb.x_max),
+            (ra.y_max, rb.y_max),
+        ] {
+            assert!(
+                (x - y).abs() < 0.02 * rb.width(),
+                "{name}: {ra:?} vs {rb:?}"
+            );
+        }
+        // The 112x112 crop samples a 634-pixel face with a bilinear warp: at half scale it
+        // aliases less, and comes out nearer the original portrait than the full decode.
+        let original = only_face("obama.jpg").embedding;
+        let (reduced_c, full_c) = (a.embedding.cosine(&original), b.embedding.cosine(&original));
+        assert!(
+            reduced_c >= full_c - 0.005,
+            "{name}: cosine to obama.jpg {reduced_c} reduced, {full_c} full"
+        );
+        let c = a.embedding.cosine(&b.embedding);
+        assert!(c > 0.95, "{name}: cosine {c} to the full-scale decode");
+    }
+}
+
 #[test]
 fn every_format_decodes_to_the_same_face() {
     for name in [
@@ -194,7 +242,7 @@ fn photos_without_people_have_no_face() {
 fn bad_bytes_are_decode_errors() {
     let limits = DecodeLimits::default();
     let err = |name: &str| match pipeline().decode(&common::photo_bytes(name), limits) {
-        Ok(img) => panic!("{name} decoded to {}x{}", img.width(), img.height()),
+        Ok(img) => panic!("{name} decoded to {:?}", img.dimensions()),
         Err(e) => e,
     };
     assert!(matches!(
@@ -242,7 +290,7 @@ fn alignment_agrees_with_opencv() {
     for name in ["obama.jpg", "obama2.jpg", "biden.jpg", "astronaut.png"] {
         let img = decode(name);
         let face = pipeline().detect(&img, default_min_score()).unwrap()[0];
-        let ours = align::align(&img, &face);
+        let ours = align::align(img.pixels(), &face);
         let theirs = common::opencv_align(&common::photo(name), &face.landmarks);
         let e = pipeline().embed_crops(&[ours, theirs]).unwrap();
         let c = e[0].cosine(&e[1]);

@@ -105,8 +105,8 @@ fn detect(pipeline: &Pipeline, files: &[String]) -> Result<(), Error> {
         let faces = pipeline.detect(&img, COLLECT_MIN_SCORE)?;
         println!(
             "{file}: {}x{}, {} faces ({} ms)",
-            img.width(),
-            img.height(),
+            img.dimensions().0,
+            img.dimensions().1,
             faces.len(),
             t.elapsed().as_millis()
         );

@@ -18,7 +18,7 @@ use crate::vision::calibration::{
 };
 use crate::vision::compare::assign_users;
 use crate::vision::quality::Quality;
-use crate::vision::{BBox, DecodeLimits, Face, Pipeline};
+use crate::vision::{BBox, DecodeLimits, Face, Photo, Pipeline};
 
 /// A second face at least this fraction of the largest face's area makes a registration photo
 /// ambiguous: with two similar faces (a couple, a poster behind the person) we cannot tell
@@ -139,7 +139,7 @@ pub fn check_upload(file: &FilePart, limits: UploadLimits) -> Result<(), ApiErro
     Ok(())
 }
 
-fn decode(p: &Pipeline, file: &FilePart, limits: UploadLimits) -> Result<RgbImage, ApiError> {
+fn decode(p: &Pipeline, file: &FilePart, limits: UploadLimits) -> Result<Photo, ApiError> {
     check_upload(file, limits)?;
     let decode_limits = DecodeLimits {
         max_pixels: limits.max_pixels,

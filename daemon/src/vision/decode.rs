@@ -4,6 +4,12 @@
 //! BMP, GIF (first frame) and TIFF. EXIF orientation is applied (DeepStack ignored it, so
 //! phone photos were seen sideways). The pixel count is checked from the header before any
 //! pixel is decoded, and the decoder's allocations are capped as a second line of defence.
+//!
+//! A large JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, in the inverse DCT, by
+//! `jpeg-decoder`) when the result still has as many pixels as the later stages can use: a
+//! 12 MP camera photo becomes 2000x1500 for a 640-pixel detector, a quarter of the memory
+//! and about half the time of a full decode. [`Photo`] keeps the uploaded size, so boxes and
+//! landmarks are reported in the uploaded photo's pixels.
 
 use std::io::Cursor;
 
@@ -54,8 +60,56 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Decode `bytes` into upright RGB (EXIF orientation applied, grey and alpha flattened).
+/// Decoded pixels, upright, and the size of the photo as uploaded (also upright).
+#[derive(Debug, Clone)]
+pub struct Photo {
+    pixels: RgbImage,
+    width: u32,
+    height: u32,
+}
+
+impl Photo {
+    /// The uploaded photo's width and height (after EXIF orientation).
+    pub fn dimensions(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// The decoded pixels: the whole photo, at full or reduced scale.
+    pub fn pixels(&self) -> &RgbImage {
+        &self.pixels
+    }
+
+    /// Uploaded pixels per decoded pixel: 1, or the inverse DCT's 2, 4 or 8.
+    pub fn scale(&self) -> f32 {
+        (self.width as f32 / self.pixels.width() as f32).round()
+    }
+}
+
+/// A photo decoded at full scale (test images, frames built in memory).
+impl From<RgbImage> for Photo {
+    fn from(pixels: RgbImage) -> Photo {
+        let (width, height) = pixels.dimensions();
+        Photo {
+            pixels,
+            width,
+            height,
+        }
+    }
+}
+
+/// Decode `bytes` into upright RGB (EXIF orientation applied, grey and alpha flattened), at
+/// full scale.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    Ok(decode_photo(bytes, limits, u32::MAX)?.pixels)
+}
+
+/// Decode `bytes` like [`decode`], at a reduced scale if the photo is a JPEG whose longer side
+/// stays at least `keep_long_side` pixels.
+pub fn decode_photo(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    keep_long_side: u32,
+) -> Result<Photo, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -65,7 +119,8 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat);
     }
-    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
+    if is_jpeg && !jpeg_has_end(bytes) {
         // zune-jpeg fills a cut-off scan with grey and reports success; a half photo
         // must be refused, not detected on.
         return Err(DecodeError::Corrupt(
@@ -90,16 +145,85 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeErro
     alloc.max_alloc = Some(limits.max_pixels * 8 + (64 << 20));
     alloc.max_image_width = Some(width);
     alloc.max_image_height = Some(height);
-    decoder.set_limits(alloc).map_err(corrupt)?;
+    decoder.set_limits(alloc.clone()).map_err(corrupt)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    let reduced = match reduced_scale(width, height, keep_long_side) {
+        Some(divisor) if is_jpeg => decode_jpeg_reduced(bytes, divisor, &alloc)?,
+        _ => None,
+    };
+    let mut img = match reduced {
+        Some(rgb) => image::DynamicImage::ImageRgb8(rgb),
+        None => image::DynamicImage::from_decoder(decoder).map_err(corrupt)?,
+    };
     img.apply_orientation(orientation);
-    Ok(match img {
+    let pixels = match img {
         image::DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
+    };
+    use image::metadata::Orientation;
+    let turned = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let (width, height) = if turned {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    Ok(Photo {
+        pixels,
+        width,
+        height,
     })
+}
+
+/// The largest inverse-DCT divisor (2, 4 or 8) that keeps the longer side at least
+/// `keep_long_side` pixels, if any.
+fn reduced_scale(width: u32, height: u32, keep_long_side: u32) -> Option<u32> {
+    let long = width.max(height);
+    [8, 4, 2]
+        .into_iter()
+        .find(|divisor| long.div_ceil(*divisor) >= keep_long_side)
+}
+
+/// A JPEG decoded at 1/`divisor` of its size, or `None` for the kinds `jpeg-decoder` gives in
+/// another pixel format (CMYK, 16-bit): those take the full-scale path.
+fn decode_jpeg_reduced(
+    bytes: &[u8],
+    divisor: u32,
+    alloc: &image::Limits,
+) -> Result<Option<RgbImage>, DecodeError> {
+    use jpeg_decoder::PixelFormat;
+    let corrupt = |e: jpeg_decoder::Error| DecodeError::Corrupt(e.to_string());
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    if let Some(max) = alloc.max_alloc {
+        decoder.set_max_decoding_buffer_size(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+    decoder.read_info().map_err(corrupt)?;
+    let info = decoder.info().ok_or(DecodeError::NoPixels)?;
+    if !matches!(info.pixel_format, PixelFormat::RGB24 | PixelFormat::L8) {
+        return Ok(None);
+    }
+    let (width, height) = decoder
+        .scale(
+            info.width.div_ceil(divisor as u16),
+            info.height.div_ceil(divisor as u16),
+        )
+        .map_err(corrupt)?;
+    let pixels = decoder.decode().map_err(corrupt)?;
+    let (width, height) = (u32::from(width), u32::from(height));
+    let rgb = match info.pixel_format {
+        PixelFormat::L8 => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+        _ => pixels,
+    };
+    RgbImage::from_raw(width, height, rgb)
+        .map(Some)
+        .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short buffer".into()))
 }
 
 /// Whether a JPEG has an end-of-image marker after its first scan.

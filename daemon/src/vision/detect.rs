@@ -123,6 +123,22 @@ pub struct Face {
     pub score: f32,
 }
 
+impl Face {
+    /// The same face in an image `factor` times as large.
+    pub fn scaled(&self, factor: f32) -> Face {
+        Face {
+            bbox: BBox {
+                x_min: self.bbox.x_min * factor,
+                y_min: self.bbox.y_min * factor,
+                x_max: self.bbox.x_max * factor,
+                y_max: self.bbox.y_max * factor,
+            },
+            landmarks: self.landmarks.map(|[x, y]| [x * factor, y * factor]),
+            score: self.score,
+        }
+    }
+}
+
 /// Overlap above which the weaker of two boxes is dropped (OpenCV's value).
 const NMS_IOU: f32 = 0.3;
 /// YuNet's strides, one output head each.

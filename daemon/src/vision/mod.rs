@@ -18,7 +18,7 @@ pub mod quality;
 
 use image::RgbImage;
 
-pub use decode::{DecodeError, DecodeLimits};
+pub use decode::{DecodeError, DecodeLimits, Photo};
 pub use detect::{BBox, Face, Mode};
 pub use embed::Embedding;
 pub use models::ModelFiles;
@@ -85,19 +85,33 @@ impl Pipeline {
         self.detector.mode()
     }
 
-    /// Decode an upload (stage 1).
-    pub fn decode(&self, bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, VisionError> {
-        Ok(decode::decode(bytes, limits)?)
+    /// Decode an upload (stage 1). A large JPEG is decoded at a reduced scale that keeps at
+    /// least twice the detector's input size on its longer side: a face the detector can find
+    /// keeps about as many pixels as the 112x112 crop needs.
+    pub fn decode(&self, bytes: &[u8], limits: DecodeLimits) -> Result<Photo, VisionError> {
+        let keep_long_side = 2 * self.mode().input_size();
+        Ok(decode::decode_photo(bytes, limits, keep_long_side)?)
     }
 
-    /// Faces with a YuNet score of at least `min_score`, best first (stage 2).
-    pub fn detect(&self, img: &RgbImage, min_score: f32) -> Result<Vec<Face>, VisionError> {
-        Ok(self.detector.detect(img, min_score)?)
+    /// Faces with a YuNet score of at least `min_score`, best first, in the uploaded photo's
+    /// pixels (stage 2).
+    pub fn detect(&self, photo: &Photo, min_score: f32) -> Result<Vec<Face>, VisionError> {
+        let scale = photo.scale();
+        let faces = self.detector.detect(photo.pixels(), min_score)?;
+        Ok(if scale == 1.0 {
+            faces
+        } else {
+            faces.iter().map(|f| f.scaled(scale)).collect()
+        })
     }
 
-    /// Align and embed the given faces of `img`, (stages 3 and 4).
-    pub fn embed(&self, img: &RgbImage, faces: &[Face]) -> Result<Vec<EmbeddedFace>, VisionError> {
-        let crops: Vec<RgbImage> = faces.iter().map(|f| align::align(img, f)).collect();
+    /// Align and embed the given faces of `photo`, (stages 3 and 4).
+    pub fn embed(&self, photo: &Photo, faces: &[Face]) -> Result<Vec<EmbeddedFace>, VisionError> {
+        let to_pixels = 1.0 / photo.scale();
+        let crops: Vec<RgbImage> = faces
+            .iter()
+            .map(|f| align::align(photo.pixels(), &f.scaled(to_pixels)))
+            .collect();
         let embeddings = self.embedder.embed(&crops)?;
         Ok(faces
             .iter()

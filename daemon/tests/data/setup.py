@@ -320,6 +320,7 @@ def derive_sizes(obama, out):
     """Frame sizes of real clients: a 720p camera frame, a 12 MP phone photo and a group."""
     fit_into(obama, (1280, 720)).save(out / "obama_1280x720.jpg", quality=95)
     fit_into(obama, (4000, 3000)).save(out / "obama_12mp.jpg", quality=90)
+    save_exif_rotated(fit_into(obama, (4000, 3000)), out / "obama_12mp_exif_rot90.jpg")
     group_photo(out).save(out / "group_1280x720.jpg", quality=95)
 
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use deepstackd::vision::calibration::{detection_score_for, DEFAULT_DETECTION_CONFIDENCE};
-use deepstackd::vision::{align, DecodeLimits, Mode, ModelFiles, Pipeline};
+use deepstackd::vision::{align, DecodeLimits, Mode, ModelFiles, Photo, Pipeline};
 
 use crate::{pylib, testdata, time, Error};
 
@@ -63,7 +63,8 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         let p = &pipelines[1];
         let (decode_ms, img) = time(repeat, || p.decode(&bytes, DecodeLimits::default()));
         let img = img?;
-        println!("\n{} ({}x{})", path.display(), img.width(), img.height());
+        let (width, height) = img.dimensions();
+        println!("\n{} ({width}x{height})", path.display());
         println!("  decode              {decode_ms:8.1} ms");
         let mut stages = Stages {
             decode: decode_ms,
@@ -84,7 +85,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                 let (align_ms, crops) = time(repeat, || {
                     faces
                         .iter()
-                        .map(|f| align::align(&img, f))
+                        .map(|f| align::align(img.pixels(), &f.scaled(1.0 / img.scale())))
                         .collect::<Vec<_>>()
                 });
                 let (embed_ms, _) = time(repeat, || p.embed_crops(&crops));
@@ -111,9 +112,10 @@ pub fn run(args: &[String]) -> Result<(), Error> {
 /// scaled so that their boxes are N pixels high and tiled over a grey 1080p frame.
 fn small_faces(pipelines: &[Pipeline], group: &Path) -> Result<(), Error> {
     let p = &pipelines[1];
-    let img = p.decode(&std::fs::read(group)?, DecodeLimits::default())?;
+    let photo = p.decode(&std::fs::read(group)?, DecodeLimits::default())?;
     let min_score = detection_score_for(DEFAULT_DETECTION_CONFIDENCE);
-    let faces = p.detect(&img, min_score)?;
+    let faces = p.detect(&photo, min_score)?;
+    let img = photo.pixels();
     if faces.is_empty() {
         return Ok(());
     }
@@ -133,7 +135,7 @@ small faces: found / placed in a 1920x1080 frame, by face box height"
     for target in [12u32, 16, 20, 24, 32, 48] {
         let scale = target as f32 / box_h;
         let small = image::imageops::resize(
-            &img,
+            img,
             ((img.width() as f32 * scale).round() as u32).max(1),
             ((img.height() as f32 * scale).round() as u32).max(1),
             image::imageops::FilterType::Triangle,
@@ -150,6 +152,7 @@ small faces: found / placed in a 1920x1080 frame, by face box height"
             }
         }
         print!("  {target:>6}");
+        let frame = Photo::from(frame);
         for pipeline in pipelines {
             let found = pipeline.detect(&frame, min_score)?.len();
             print!("  {:>12}", format!("{found}/{placed}"));

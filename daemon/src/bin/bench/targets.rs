@@ -19,7 +19,7 @@ use deepstackd::vision::calibration::{
     detection_score_for, recognition_cosine_for, DEFAULT_DETECTION_CONFIDENCE,
     DEFAULT_RECOGNITION_CONFIDENCE,
 };
-use deepstackd::vision::{DecodeLimits, Mode, ModelFiles, Pipeline};
+use deepstackd::vision::{decode, DecodeLimits, Mode, ModelFiles, Photo, Pipeline};
 use image::codecs::jpeg::JpegEncoder;
 
 use crate::http::{self, Daemon, DELETE, RECOGNIZE, REGISTER};
@@ -381,8 +381,10 @@ fn register_ms(d: &Daemon, photo: &[u8], repeat: usize) -> Result<f64, Error> {
 
 /// Registers each face of `group` as `person-N`, from a crop of the photo around that face.
 fn register_people(d: &Daemon, p: &Pipeline, group: &[u8]) -> Result<(), Error> {
-    let img = p.decode(group, DecodeLimits::default())?;
-    let faces = p.detect(&img, detection_score_for(DEFAULT_DETECTION_CONFIDENCE))?;
+    // Full scale: the crops are cut in the photo's own pixels.
+    let photo = Photo::from(decode::decode(group, DecodeLimits::default())?);
+    let faces = p.detect(&photo, detection_score_for(DEFAULT_DETECTION_CONFIDENCE))?;
+    let img = photo.pixels();
     for (i, f) in faces.iter().enumerate() {
         let b = f.bbox;
         let (w, h) = (b.x_max - b.x_min, b.y_max - b.y_min);
@@ -390,7 +392,7 @@ fn register_people(d: &Daemon, p: &Pipeline, group: &[u8]) -> Result<(), Error> 
         let y0 = (b.y_min - 0.4 * h).max(0.0) as u32;
         let x1 = ((b.x_max + 0.4 * w) as u32).min(img.width());
         let y1 = ((b.y_max + 0.4 * h) as u32).min(img.height());
-        let crop = image::imageops::crop_imm(&img, x0, y0, x1 - x0, y1 - y0).to_image();
+        let crop = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
         let userid = format!("person-{i}");
         d.post(REGISTER, &[("userid", &userid)], Some(&jpeg(&crop)?))
             .map_err(|e| format!("register {userid}: {e}"))?;
