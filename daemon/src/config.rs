@@ -104,7 +104,7 @@ const SETTINGS: &[Setting] = &[
         aliases: &[],
         flag: "--threadcount",
         value: Some("N"),
-        help: "inference threads [default: number of cores]",
+        help: "inference threads; a request alone embeds its faces on the idle ones too [default: number of cores]",
     },
     Setting {
         name: "TIMEOUT",

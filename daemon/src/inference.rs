@@ -106,6 +106,7 @@ impl InferencePool {
         let heartbeats: Arc<[Heartbeat]> = (0..threads).map(|_| Heartbeat::default()).collect();
         let epoch = Instant::now();
         let last_done = Arc::new(AtomicU64::new(0));
+        pipeline.allow_threads(threads);
         for i in 0..threads {
             let receiver = Arc::clone(&receiver);
             let pipeline = Arc::clone(&pipeline);
@@ -229,9 +230,11 @@ fn worker(
         };
         let started = epoch.elapsed().as_millis() as u64 + 1;
         heartbeat.busy_since.store(started, Ordering::SeqCst);
+        let running = pipeline.enter();
         if catch_unwind(AssertUnwindSafe(|| job(pipeline))).is_err() {
             log::error!("an inference job panicked; the worker goes on");
         }
+        drop(running);
         last_done.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
         heartbeat.busy_since.store(0, Ordering::SeqCst);
     }

@@ -98,6 +98,26 @@ fn a_group_photo_gives_every_face_and_each_person_once() {
     assert_eq!(matches, 2);
 }
 
+/// With idle threads allowed, a group photo's faces are embedded in parallel: the same
+/// embeddings, bit for bit, in the same order as on one thread.
+#[test]
+fn faces_embedded_on_idle_threads_equal_those_of_one_thread() {
+    let p = Pipeline::load(ModelFiles::embedded(), Mode::Medium).unwrap();
+    let photo = decode("group_1280x720.jpg");
+    let faces = p.detect(&photo, default_min_score()).unwrap();
+    assert_eq!(faces.len(), 4);
+    let one_thread = p.embed(&photo, &faces).unwrap();
+    // Three threads allowed, this one running: two are borrowed, for shares of 2, 1 and 1.
+    p.allow_threads(3);
+    let _running = p.enter();
+    let shared = p.embed(&photo, &faces).unwrap();
+    for (a, b) in one_thread.iter().zip(&shared) {
+        assert_eq!(a.face, b.face);
+        assert_eq!(a.embedding.0, b.embedding.0);
+    }
+    assert_eq!(one_thread.len(), shared.len());
+}
+
 /// `vision::onnx_rewrite` widens the int8 weights and expands PRelu at load; tract on the
 /// untouched file must give the same embedding.
 #[test]

@@ -16,6 +16,8 @@ pub mod models;
 pub mod onnx_rewrite;
 pub mod quality;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use image::RgbImage;
 
 pub use decode::{DecodeError, DecodeLimits, Photo};
@@ -56,6 +58,52 @@ pub struct Pipeline {
     detector: detect::Detector,
     embedder: embed::Embedder,
     models: ModelFiles,
+    threads: Threads,
+}
+
+/// How many threads may run the pipeline at once and how many do: a request alone on the
+/// machine embeds its faces on the idle ones too. The inference pool sets the first and
+/// counts its busy workers in the second.
+#[derive(Default)]
+struct Threads {
+    allowed: AtomicUsize,
+    running: AtomicUsize,
+}
+
+impl Threads {
+    /// Takes up to `wanted` idle threads; they count as running until given back.
+    fn borrow(&self, wanted: usize) -> usize {
+        let allowed = self.allowed.load(Ordering::SeqCst);
+        let mut running = self.running.load(Ordering::SeqCst);
+        loop {
+            let n = wanted.min(allowed.saturating_sub(running));
+            if n == 0 {
+                return 0;
+            }
+            match self.running.compare_exchange(
+                running,
+                running + n,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return n,
+                Err(now) => running = now,
+            }
+        }
+    }
+
+    fn give_back(&self, n: usize) {
+        self.running.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+/// A thread counted as running the pipeline until dropped (see [`Pipeline::enter`]).
+pub struct Running<'a>(&'a Threads);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.give_back(1);
+    }
 }
 
 impl Pipeline {
@@ -72,7 +120,20 @@ impl Pipeline {
             detector,
             embedder,
             models,
+            threads: Threads::default(),
         })
+    }
+
+    /// Lets up to `threads` threads run the pipeline at once (THREADCOUNT; 0 until set, which
+    /// keeps every request on its own thread).
+    pub fn allow_threads(&self, threads: usize) {
+        self.threads.allowed.store(threads, Ordering::SeqCst);
+    }
+
+    /// Counts the calling thread as busy with the pipeline until the guard is dropped.
+    pub fn enter(&self) -> Running<'_> {
+        self.threads.running.fetch_add(1, Ordering::SeqCst);
+        Running(&self.threads)
     }
 
     /// The model files in use (names, checksums, origin).
@@ -105,14 +166,15 @@ impl Pipeline {
         })
     }
 
-    /// Align and embed the given faces of `photo`, (stages 3 and 4).
+    /// Align and embed the given faces of `photo`, (stages 3 and 4). With several faces and
+    /// idle threads (see [`Pipeline::allow_threads`]), the faces are shared among them.
     pub fn embed(&self, photo: &Photo, faces: &[Face]) -> Result<Vec<EmbeddedFace>, VisionError> {
         let to_pixels = 1.0 / photo.scale();
         let crops: Vec<RgbImage> = faces
             .iter()
             .map(|f| align::align(photo.pixels(), &f.scaled(to_pixels)))
             .collect();
-        let embeddings = self.embedder.embed(&crops)?;
+        let embeddings = self.embed_on_idle_threads(&crops)?;
         Ok(faces
             .iter()
             .zip(crops)
@@ -125,8 +187,43 @@ impl Pipeline {
             .collect())
     }
 
-    /// Embed already aligned 112x112 crops (re-embedding stored samples, the OpenCV check).
+    /// Embed already aligned 112x112 crops (re-embedding stored samples, the OpenCV check),
+    /// on the calling thread only.
     pub fn embed_crops(&self, crops: &[RgbImage]) -> Result<Vec<Embedding>, VisionError> {
         Ok(self.embedder.embed(crops)?)
+    }
+
+    /// Embeds `crops` in order, in contiguous shares: the calling thread takes the first, each
+    /// borrowed idle thread one of the others.
+    fn embed_on_idle_threads(&self, crops: &[RgbImage]) -> Result<Vec<Embedding>, VisionError> {
+        let helpers = self.threads.borrow(crops.len().saturating_sub(1));
+        if helpers == 0 {
+            return self.embed_crops(crops);
+        }
+        let (parts, rest) = (helpers + 1, crops.len() % (helpers + 1));
+        let mut shares = Vec::with_capacity(parts);
+        let mut start = 0;
+        for i in 0..parts {
+            let len = crops.len() / parts + usize::from(i < rest);
+            shares.push(&crops[start..start + len]);
+            start += len;
+        }
+        let result = std::thread::scope(|scope| {
+            let first = shares[0];
+            let others: Vec<_> = shares[1..]
+                .iter()
+                .map(|part| scope.spawn(|| self.embedder.embed(part)))
+                .collect();
+            let mut embeddings = self.embedder.embed(first)?;
+            for handle in others {
+                let part = handle
+                    .join()
+                    .map_err(|_| VisionError::Inference("an embedding thread panicked".into()))??;
+                embeddings.extend(part);
+            }
+            Ok(embeddings)
+        });
+        self.threads.give_back(helpers);
+        result
     }
 }
