@@ -1,14 +1,28 @@
 //! How the process uses memory: a small board has a few hundred megabytes, and what
 //! `deepstackd` keeps resident is what the user measures (BENCHMARKS.md).
 //!
-//! glibc's malloc keeps at most two arenas (one per thread would keep every thread's
-//! high-water mark), and otherwise its defaults: a request allocates and frees a few hundred
-//! megabytes of short-lived tensors (tract creates every intermediate tensor per run), and
-//! glibc's adaptive mmap threshold keeps them on the heap, where the next request reuses the
-//! pages. Forcing them to mmap (a fixed 256 KiB threshold) was measured: 63,000 page faults and
-//! +70-110 ms per 4-face 720p recognize (1,400 faults with the defaults).
+//! A request allocates and frees many short-lived tensors (tract creates every intermediate
+//! tensor per run): heaptrack puts the live heap at ~54 MB at its highest over a 720p and a
+//! 12 MP recognize, models included, while the resident size of a daemon under two clients
+//! reached 210-225 MiB with glibc's defaults. The difference is what malloc keeps. Two
+//! settings, measured with `deepstack-bench targets` and a mixed 720p + 12 MP load (two runs
+//! each, against the defaults on the same machine):
 //!
-//! Instead the heap is given back when the inference threads have been idle for
+//! - one arena: every thread (HTTP workers, inference threads, the threads a request borrows
+//!   to embed its faces) allocates from the main heap, so free space left by one thread is
+//!   reused by the next instead of each arena keeping its own high-water mark (peak 179 vs
+//!   215 MiB alone);
+//! - a fixed 4 MiB mmap threshold: the large buffers (decoded photos, the detector's biggest
+//!   activations, 6.5 MB at 640x640) are mapped per use and unmapped when freed, instead of
+//!   glibc's adaptive threshold moving them onto the heap, where they fragment it. Smaller
+//!   tensors stay on the heap, whose pages the next request reuses. A 256 KiB threshold cost
+//!   63,000 page faults and +70-110 ms per 4-face 720p recognize; 1-2 MiB cost +17-60% in
+//!   time; 4 MiB stayed within this machine's noise.
+//!
+//! Together: peak under load 147-200 MiB instead of 209-223, idle 71 instead of 75-78 MiB,
+//! request times and throughput within the noise.
+//!
+//! On top of that, the heap is given back when the inference threads have been idle for
 //! [`IDLE_TRIM_AFTER`] ([`trim`], called by the daemon's trimmer thread): a busy daemon keeps
 //! its working set warm, an idle one returns to the size of its models and gallery. The first
 //! request after an idle period pays the page faults once.
@@ -22,12 +36,17 @@ use std::time::Duration;
 /// How long the inference threads must have been idle before the heap is trimmed.
 pub const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 
+/// Allocations of at least this many bytes get their own mapping, returned when freed.
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD: libc::c_int = 4 << 20;
+
 /// Tunes malloc; call first thing in `main`, before any other thread starts.
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters; called before any thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 
