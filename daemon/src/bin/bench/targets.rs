@@ -4,8 +4,9 @@
 //! cargo run --release -p deepstackd --bin deepstack-bench -- targets [--repeat 20] [--duration 10] [--load 20]
 //! ```
 //! Runs the release `deepstackd` next to this executable on 127.0.0.1 (`--vision-face`,
-//! Medium, THREADCOUNT=2, and once with THREADCOUNT=1 for the per-core rows) and talks HTTP to it; runs the onnxruntime (`ort_pipeline.py`) and
-//! face_recognition/dlib (`dlib_pipeline.py`) references on the same photo in the same run;
+//! Medium, THREADCOUNT=2, and once with THREADCOUNT=1 for the per-core rows) and talks HTTP
+//! to it; runs the onnxruntime (`ort_pipeline.py`) and face_recognition/dlib
+//! (`dlib_pipeline.py`) references on the same photo in the same run;
 //! builds (once, cached in `target/bench-gallery-100k/`) a gallery of 1,000 users x 100
 //! samples through the public `Gallery` API. Prints measured / target / ratio / pass for each
 //! target and exits 0 whatever the results: it is a report (BENCHMARKS.md keeps the last one).
