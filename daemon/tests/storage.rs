@@ -139,14 +139,37 @@ fn a_full_data_dir_refuses_writes_and_keeps_recognizing() {
     assert_eq!(ok, "ok");
 }
 
+/// A daemon on a tmpfs data dir of its own, with obama registered; `None` where mounting is
+/// not allowed.
+fn obama_registered(env: &[(&str, &str)]) -> Option<(Tmpfs, Daemon)> {
+    let fs = Tmpfs::mount("16m")?;
+    let d = Daemon::start(&fs.dir, env);
+    assert_eq!(register(&d, "obama", "obama.jpg").status, 200);
+    Some((fs, d))
+}
+
+/// Turns `fs` read-only and starts a daemon on it: it must say so, recognize obama and refuse
+/// a registration.
+fn start_read_only(fs: &Tmpfs, env: &[(&str, &str)]) -> Daemon {
+    fs.remount("ro");
+    let d = Daemon::start(&fs.dir, env);
+    assert!(
+        d.log_text().contains("opening it read-only"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(recognized(&d), ["obama"]);
+    assert_storage_error(&register(&d, "biden", "biden.jpg"), "read-only");
+    d
+}
+
 #[test]
 fn a_read_only_data_dir_serves_recognition_and_refuses_writes() {
-    let Some(fs) = Tmpfs::mount("16m") else {
+    let env = [FACES_ON, ("ADMIN-KEY", "adm")];
+    let Some((fs, d)) = obama_registered(&env) else {
         return;
     };
     let data = fs.dir.clone();
-    let d = Daemon::start(&data, &[FACES_ON, ("ADMIN-KEY", "adm")]);
-    assert_eq!(register(&d, "obama", "obama.jpg").status, 200);
     let backup = d
         .post("/v1/backup", &fields(&[("admin_key", "adm")]).body())
         .body;
@@ -156,16 +179,7 @@ fn a_read_only_data_dir_serves_recognition_and_refuses_writes() {
     for left in ["faces.sqlite3-wal", "faces.sqlite3-shm"] {
         assert!(!data.join(left).exists(), "a clean stop left {left} behind");
     }
-    fs.remount("ro");
-
-    let d = Daemon::start(&data, &[FACES_ON, ("ADMIN-KEY", "adm")]);
-    assert!(
-        d.log_text().contains("opening it read-only"),
-        "{}",
-        d.log_text()
-    );
-    assert_eq!(recognized(&d), ["obama"]);
-    assert_storage_error(&register(&d, "biden", "biden.jpg"), "read-only");
+    let d = start_read_only(&fs, &env);
     assert_storage_error(
         &d.post(DELETE, &fields(&[("userid", "obama")]).body()),
         "read-only",
@@ -189,26 +203,14 @@ fn a_read_only_data_dir_serves_recognition_and_refuses_writes() {
 
 #[test]
 fn a_read_only_data_dir_after_a_crash_still_has_the_last_registrations() {
-    let Some(fs) = Tmpfs::mount("16m") else {
+    let Some((fs, d)) = obama_registered(&[FACES_ON]) else {
         return;
     };
-    let data = fs.dir.clone();
-    let d = Daemon::start(&data, &[FACES_ON]);
-    assert_eq!(register(&d, "obama", "obama.jpg").status, 200);
     // A crash: the registration is committed, but only to the WAL file.
     d.kill();
-    let wal = data.join("faces.sqlite3-wal");
+    let wal = fs.dir.join("faces.sqlite3-wal");
     assert!(std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0));
-    fs.remount("ro");
-
-    let d = Daemon::start(&data, &[FACES_ON]);
-    assert!(
-        d.log_text().contains("opening it read-only"),
-        "{}",
-        d.log_text()
-    );
-    assert_eq!(recognized(&d), ["obama"]);
-    assert_storage_error(&register(&d, "biden", "biden.jpg"), "read-only");
+    let d = start_read_only(&fs, &[FACES_ON]);
     assert_eq!(recognized(&d), ["obama"]);
     drop(d);
     fs.remount("rw");
