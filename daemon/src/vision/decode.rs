@@ -79,9 +79,12 @@ impl Photo {
         &self.pixels
     }
 
-    /// Uploaded pixels per decoded pixel: 1, or the inverse DCT's 2, 4 or 8.
+    /// Uploaded pixels per decoded pixel: 1, or the inverse DCT's 2, 4 or 8. Taken on the
+    /// longer side, which a reduced decode keeps long enough for the ratio to round exactly.
     pub fn scale(&self) -> f32 {
-        (self.width as f32 / self.pixels.width() as f32).round()
+        let (decoded_w, decoded_h) = self.pixels.dimensions();
+        let decoded = decoded_w.max(decoded_h).max(1);
+        (self.width.max(self.height) as f32 / decoded as f32).round()
     }
 }
 
@@ -269,6 +272,21 @@ fn corrupt(e: image::ImageError) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reduced_scale_keeps_the_longer_side() {
+        assert_eq!(reduced_scale(4000, 3000, 1280), Some(2));
+        assert_eq!(reduced_scale(3000, 4000, 832), Some(4));
+        assert_eq!(reduced_scale(1920, 1080, 1280), None);
+        assert_eq!(reduced_scale(20000, 100, 1280), Some(8));
+        // A narrow panorama: its short side alone would round the scale wrong (100 / 13).
+        let photo = Photo {
+            pixels: RgbImage::new(2500, 13),
+            width: 20000,
+            height: 100,
+        };
+        assert_eq!(photo.scale(), 8.0);
+    }
 
     #[test]
     fn empty_and_garbage_are_typed_errors() {
