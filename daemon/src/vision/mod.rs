@@ -71,14 +71,15 @@ struct Threads {
 }
 
 impl Threads {
-    /// Takes up to `wanted` idle threads; they count as running until given back.
-    fn borrow(&self, wanted: usize) -> usize {
+    /// Takes up to `wanted` idle threads; they count as running until the guard is dropped
+    /// (a panic included).
+    fn borrow(&self, wanted: usize) -> Borrowed<'_> {
         let allowed = self.allowed.load(Ordering::SeqCst);
         let mut running = self.running.load(Ordering::SeqCst);
         loop {
             let n = wanted.min(allowed.saturating_sub(running));
             if n == 0 {
-                return 0;
+                return Borrowed(0, self);
             }
             match self.running.compare_exchange(
                 running,
@@ -86,7 +87,7 @@ impl Threads {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return n,
+                Ok(_) => return Borrowed(n, self),
                 Err(now) => running = now,
             }
         }
@@ -94,6 +95,15 @@ impl Threads {
 
     fn give_back(&self, n: usize) {
         self.running.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+/// Idle threads borrowed by a request (how many, from where) until dropped.
+struct Borrowed<'a>(usize, &'a Threads);
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        self.1.give_back(self.0);
     }
 }
 
@@ -196,7 +206,8 @@ impl Pipeline {
     /// Embeds `crops` in order, in contiguous shares: the calling thread takes the first, each
     /// borrowed idle thread one of the others.
     fn embed_on_idle_threads(&self, crops: &[RgbImage]) -> Result<Vec<Embedding>, VisionError> {
-        let helpers = self.threads.borrow(crops.len().saturating_sub(1));
+        let borrowed = self.threads.borrow(crops.len().saturating_sub(1));
+        let helpers = borrowed.0;
         if helpers == 0 {
             return self.embed_crops(crops);
         }
@@ -208,7 +219,7 @@ impl Pipeline {
             shares.push(&crops[start..start + len]);
             start += len;
         }
-        let result = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let first = shares[0];
             let others: Vec<_> = shares[1..]
                 .iter()
@@ -222,8 +233,26 @@ impl Pipeline {
                 embeddings.extend(part);
             }
             Ok(embeddings)
-        });
-        self.threads.give_back(helpers);
-        result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_threads_are_lent_up_to_the_allowed_count_and_come_back() {
+        let threads = Threads::default();
+        threads.allowed.store(3, Ordering::SeqCst);
+        threads.running.store(1, Ordering::SeqCst);
+        {
+            let first = threads.borrow(5);
+            assert_eq!(first.0, 2);
+            assert_eq!(threads.borrow(1).0, 0, "none left while the first are out");
+        }
+        assert_eq!(threads.running.load(Ordering::SeqCst), 1);
+        assert_eq!(threads.borrow(1).0, 1);
+        assert_eq!(threads.running.load(Ordering::SeqCst), 1);
     }
 }
