@@ -820,14 +820,7 @@ fn best_matches_equals_an_exact_scan_of_every_sample() {
             .map(|_| {
                 let e = mix(&centre, &rng.unit_vector(), 0.45);
                 stored.push((format!("user{u:02}"), e.clone()));
-                NewSample {
-                    embedding: e,
-                    model: "m".into(),
-                    crop: Vec::new(),
-                    source: "image".into(),
-                    det_score: 0.9,
-                    quality: None,
-                }
+                bare_sample(e)
             })
             .collect();
         gallery.register(&format!("user{u:02}"), samples).unwrap();
@@ -859,6 +852,18 @@ fn best_matches_equals_an_exact_scan_of_every_sample() {
     }
 }
 
+/// A sample that is only its embedding (no crop): for the matching tests.
+fn bare_sample(embedding: Vec<f32>) -> NewSample {
+    NewSample {
+        embedding,
+        model: "m".into(),
+        crop: Vec::new(),
+        source: "image".into(),
+        det_score: 0.9,
+        quality: None,
+    }
+}
+
 /// `a` moved towards `b` by `t`, renormalised.
 fn mix(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
     normalised(
@@ -878,16 +883,7 @@ fn best_matches_over_100k_samples() {
     let gallery = open(dir.path());
     let mut rng = Rng(15);
     for u in 0..1000 {
-        let samples = (0..100)
-            .map(|_| NewSample {
-                embedding: rng.unit_vector(),
-                model: "m".into(),
-                crop: Vec::new(),
-                source: "image".into(),
-                det_score: 0.9,
-                quality: None,
-            })
-            .collect();
+        let samples = (0..100).map(|_| bare_sample(rng.unit_vector())).collect();
         gallery.register(&format!("user{u:04}"), samples).unwrap();
     }
     assert_eq!(gallery.stats(), (1000, 100_000));
