@@ -440,28 +440,13 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     if chunked {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+        body = crate::common::dev_support::dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
     Ok(Response {
         status,
         headers,
         body,
     })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
 }
 
 /// The daemon's routes, as the contract names them.

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+/// Shared with the bench binary.
+#[path = "../../dev-support/mod.rs"]
+pub mod dev_support;
+
 /// The ArcFace 112x112 template, for tests that compare against the OpenCV reference.
 pub const ARCFACE_112: [[f32; 2]; 5] = [
     [38.2946, 51.6963],
@@ -127,50 +131,14 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// `<workspace>/target/<dir>`: `pip install --target` of the requirements file `requirements`
-/// (relative to the workspace) with `extra` pip flags, installed once: a stamp holds the
-/// requirements it was made from, and a finished install is renamed into place, so an
-/// interrupted one is never used and a changed file reinstalls.
+/// (relative to the workspace) with `extra` pip flags, installed once
+/// (`dev_support::pip_install_once`, shared with the bench).
 pub fn pip_install(requirements: &str, dir: &str, extra: &[&str]) -> PathBuf {
     let workspace = workspace();
-    let requirements = workspace.join(requirements);
-    let wanted = std::fs::read_to_string(&requirements)
-        .unwrap_or_else(|e| panic!("{}: {e}", requirements.display()));
-    let target = workspace.join("target").join(dir);
-    if std::fs::read_to_string(target.join(".stamp"))
-        .ok()
-        .as_deref()
-        == Some(wanted.as_str())
-    {
-        return target;
-    }
-    let tmp = workspace.join(format!("target/{dir}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(extra)
-        .arg("--target")
-        .arg(&tmp)
-        .arg("-r")
-        .arg(&requirements)
-        .output()
-        .expect("run pip (is python3 with pip installed?)");
-    assert!(
-        out.status.success(),
-        "pip install of {} failed:\n{}",
-        requirements.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(tmp.join(".stamp"), &wanted).unwrap();
-    let _ = std::fs::remove_dir_all(&target);
-    if std::fs::rename(&tmp, &target).is_err() {
-        // Another test process won the race with the same requirements.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    target
+    dev_support::pip_install_once(
+        &workspace.join(requirements),
+        &workspace.join("target").join(dir),
+        extra,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }

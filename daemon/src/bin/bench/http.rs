@@ -161,7 +161,7 @@ pub fn send(port: u16, message: &[u8]) -> Result<serde_json::Value, Error> {
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
     let body = if chunked {
-        dechunk(&raw[end + 4..]).ok_or("bad chunked body")?
+        crate::dev_support::dechunk(&raw[end + 4..]).ok_or("bad chunked body")?
     } else {
         raw[end + 4..].to_vec()
     };
@@ -175,19 +175,4 @@ pub fn send(port: u16, message: &[u8]) -> Result<serde_json::Value, Error> {
         return Err(format!("status {status}: {json}").into());
     }
     Ok(json)
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
 }

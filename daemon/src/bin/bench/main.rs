@@ -13,6 +13,8 @@
 //! measured / target / ratio / pass for each and exits 0 (it is a report); see `targets.rs`
 //! and BENCHMARKS.md.
 
+#[path = "../../../dev-support/mod.rs"]
+mod dev_support;
 mod http;
 mod pylib;
 mod rss;

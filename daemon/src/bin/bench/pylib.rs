@@ -3,55 +3,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{workspace, Error};
+use crate::{dev_support, workspace, Error};
 
 /// `pip install --target target/DIR -r daemon/benches/REQS` with `extra` pip flags (`--no-deps`
-/// for the dlib set, whose pins are complete), once: a stamp holds the requirements and flags it
-/// was made from, and a finished install is renamed into place, so an interrupted one is never
-/// used and a changed file reinstalls (the same scheme as the tests' `common::pip_install`).
-/// Returns the directory to put on PYTHONPATH.
+/// for the dlib set, whose pins are complete), once (`dev_support::pip_install_once`, as the
+/// tests do). Returns the directory to put on PYTHONPATH.
 pub fn install(reqs: &str, dir: &str, extra: &[&str]) -> Result<PathBuf, Error> {
     let reqs = workspace().join("daemon/benches").join(reqs);
-    let wanted = format!("{}\n{}", extra.join(" "), std::fs::read_to_string(&reqs)?);
     let target = workspace().join("target").join(dir);
-    if std::fs::read_to_string(target.join(".stamp"))
-        .ok()
-        .as_deref()
-        == Some(wanted.as_str())
-    {
-        return Ok(target);
+    if !target.join(".stamp").exists() {
+        eprintln!(
+            "installing {} into {} ...",
+            reqs.display(),
+            target.display()
+        );
     }
-    eprintln!(
-        "installing {} into {} ...",
-        reqs.display(),
-        target.display()
-    );
-    let tmp = workspace().join(format!("target/{dir}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let ok = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("--root-user-action=ignore")
-        .args(extra)
-        .arg("--target")
-        .arg(&tmp)
-        .arg("-r")
-        .arg(&reqs)
-        .status()?
-        .success();
-    if !ok {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(format!("pip install of {} failed", reqs.display()).into());
-    }
-    std::fs::write(tmp.join(".stamp"), &wanted)?;
-    let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&tmp, &target)?;
-    Ok(target)
+    Ok(dev_support::pip_install_once(&reqs, &target, extra)?)
 }
 
 /// `python3 daemon/benches/SCRIPT ARGS` with `pylib` on PYTHONPATH; one JSON line per photo.
