@@ -149,7 +149,7 @@ impl Int8Linear {
 }
 
 /// f32 values of a tensor, raw little-endian or `float_data`.
-fn floats(t: &TensorProto) -> Option<Vec<f32>> {
+pub(super) fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     if t.data_type != DataType::Float as i32 {
         return None;
     }

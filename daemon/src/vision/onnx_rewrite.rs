@@ -27,7 +27,7 @@ use std::io::Cursor;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 
-use super::linear_head::Int8Linear;
+use super::linear_head::{floats, Int8Linear};
 
 /// Parse ONNX bytes into a tract model, with both rewrites applied.
 pub fn load(onnx: &[u8]) -> TractResult<InferenceModel> {
@@ -86,7 +86,7 @@ fn expand_prelu(proto: &mut ModelProto) {
             .initializer
             .iter()
             .find(|t| &t.name == slope)
-            .and_then(f32_values)
+            .and_then(floats)
             .is_some_and(|v| !v.is_empty() && v.iter().all(|&s| s <= 1.0));
         if at_most_one {
             let scaled = format!("{y}.scaled");
@@ -114,22 +114,6 @@ fn expand_prelu(proto: &mut ModelProto) {
             ..Default::default()
         });
     }
-}
-
-/// The values of an f32 initializer (raw little-endian bytes or `float_data`).
-fn f32_values(t: &TensorProto) -> Option<Vec<f32>> {
-    if t.data_type != DataType::Float as i32 {
-        return None;
-    }
-    if t.raw_data.is_empty() {
-        return Some(t.float_data.clone());
-    }
-    Some(
-        t.raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
 }
 
 fn dequantize_constants(proto: &mut ModelProto) {
@@ -203,7 +187,7 @@ fn dequantize(
     }
     let values: Vec<i8> = q.raw_data.iter().map(|&b| b as i8).collect();
     let zeros: Vec<i8> = zero.raw_data.iter().map(|&b| b as i8).collect();
-    let scales = f32_values(scale)?;
+    let scales = floats(scale)?;
     let dims: Vec<usize> = q
         .dims
         .iter()
