@@ -890,7 +890,8 @@ fn best_matches_over_100k_samples() {
     let queries: Vec<Vec<f32>> = (0..50).map(|_| rng.unit_vector()).collect();
     let start = std::time::Instant::now();
     // What recognition asks: users that may reach DeepStack's default 0.67, for a 4-face photo.
-    let min_cosine = deepstackd::vision::calibration::recognition_cosine_for(0.67);
+    let min_cosine =
+        deepstackd::vision::calibration::recognition_cosine_for(0.67, gallery.comparisons());
     for q in &queries {
         gallery.best_matches(q, min_cosine, 4);
     }

@@ -11,6 +11,7 @@
 //! gallery rescores those few exactly from SQLite: answers are the f32 cosines, as before.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use super::EMBEDDING_DIM;
 
@@ -29,6 +30,8 @@ pub struct Index {
     users: Vec<String>,
     /// Userid -> slot.
     slots: HashMap<String, u32>,
+    /// [`Index::comparisons`], computed on first use after a change.
+    comparisons: OnceLock<f64>,
 }
 
 /// Samples worth an exact score for one query: `(userid, sample ids)`, best users first.
@@ -53,6 +56,7 @@ impl Index {
 
     /// Appends one sample row; the caller checked `embedding.len() == EMBEDDING_DIM`.
     pub fn add_sample(&mut self, userid: &str, sample_id: i64, embedding: &[f32]) {
+        self.comparisons.take();
         debug_assert_eq!(embedding.len(), EMBEDDING_DIM);
         let slot = self.add_user(userid);
         let max = embedding.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -90,6 +94,7 @@ impl Index {
     /// Gives `from`'s rows to `to`: a rename when `to` is new, a merge when it exists.
     /// Returns whether `from` existed.
     pub fn rename_user(&mut self, from: &str, to: &str) -> bool {
+        self.comparisons.take();
         if from == to {
             return self.slots.contains_key(from);
         }
@@ -115,6 +120,7 @@ impl Index {
 
     /// Keeps the rows for which `keep(user slot, sample id)` holds, in order, packed.
     fn retain_rows(&mut self, keep: impl Fn(u32, i64) -> bool) {
+        self.comparisons.take();
         let mut kept = 0;
         for row in 0..self.row_user.len() {
             if !keep(self.row_user[row], self.row_sample[row]) {
@@ -232,6 +238,19 @@ impl Index {
         ids
     }
 
+    /// How many chances a stranger's face has to resemble someone here: the sum over users of
+    /// their sample count to the power `calibration::SAMPLES_EXPONENT`. What a best cosine's
+    /// confidence is measured against (see `vision::calibration`).
+    pub fn comparisons(&self) -> f64 {
+        *self.comparisons.get_or_init(|| {
+            let mut per_user = vec![0usize; self.users.len()];
+            for &slot in &self.row_user {
+                per_user[slot as usize] += 1;
+            }
+            crate::vision::calibration::comparisons(per_user)
+        })
+    }
+
     /// Number of users.
     pub fn user_count(&self) -> usize {
         self.users.len()
@@ -329,6 +348,30 @@ mod tests {
             vec![("c".to_owned(), vec![2])]
         );
         assert!(!index.rename_user("gone", "x"));
+    }
+
+    #[test]
+    fn comparisons_follow_every_change() {
+        let mut index = Index::new();
+        assert_eq!(index.comparisons(), 0.0);
+        index.add_sample("a", 1, &axis(0));
+        index.add_sample("b", 2, &axis(1));
+        assert_eq!(index.comparisons(), 2.0);
+        index.add_sample("a", 3, &axis(2));
+        let two_and_one = crate::vision::calibration::comparisons([2, 1]);
+        assert_eq!(index.comparisons(), two_and_one);
+        assert!(index.rename_user("b", "a"), "a merge");
+        assert_eq!(
+            index.comparisons(),
+            crate::vision::calibration::comparisons([3])
+        );
+        assert!(index.remove_sample(3));
+        assert_eq!(
+            index.comparisons(),
+            crate::vision::calibration::comparisons([2])
+        );
+        assert!(index.remove_user("a"));
+        assert_eq!(index.comparisons(), 0.0);
     }
 
     #[test]

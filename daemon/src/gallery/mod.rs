@@ -99,6 +99,9 @@ pub trait FaceStore: Send + Sync {
     fn best_matches(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)>;
     /// (users, samples).
     fn stats(&self) -> (usize, usize);
+    /// How many chances a stranger has to resemble someone in the gallery (sum over users of
+    /// samples^`SAMPLES_EXPONENT`): what recognition confidences are calibrated against.
+    fn comparisons(&self) -> f64;
     /// A consistent snapshot of the whole gallery as a standalone SQLite file.
     fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError>;
     /// Replaces the gallery with a backup, or leaves it untouched if the backup is not valid.
@@ -388,6 +391,11 @@ impl Gallery {
         (index.user_count(), index.sample_count())
     }
 
+    /// See [`Index::comparisons`].
+    pub fn comparisons(&self) -> f64 {
+        self.index().comparisons()
+    }
+
     /// The stored samples of `userid`, oldest first (empty if unknown).
     pub fn user_samples(&self, userid: &str) -> Result<Vec<SampleInfo>, GalleryError> {
         let conn = self.conn();
@@ -474,6 +482,9 @@ impl FaceStore for Gallery {
     }
     fn stats(&self) -> (usize, usize) {
         Gallery::stats(self)
+    }
+    fn comparisons(&self) -> f64 {
+        Gallery::comparisons(self)
     }
     fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError> {
         Gallery::backup_bytes(self)

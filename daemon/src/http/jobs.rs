@@ -14,7 +14,7 @@ use super::form::FilePart;
 use crate::gallery::{FaceStore, NewSample, RegisterOutcome};
 use crate::vision::calibration::{
     detection_confidence, detection_score_for, recognition_confidence, recognition_cosine_for,
-    DEFAULT_DETECTION_CONFIDENCE, STRICT_DETECTION_CONFIDENCE,
+    DEFAULT_DETECTION_CONFIDENCE, MATCH_MIN_SCORE,
 };
 use crate::vision::compare::assign_users;
 use crate::vision::quality::Quality;
@@ -194,15 +194,17 @@ pub fn recognize(
         return Ok(Vec::new());
     }
     let embedded = p.embed(&img, &faces)?;
+    // Confidences are measured against the gallery as it is now (see vision::calibration).
+    let comparisons = gallery.comparisons();
+    let min_cosine = recognition_cosine_for(threshold, comparisons);
     // Each face needs at most as many users as there are faces: the others may take theirs.
-    let min_cosine = recognition_cosine_for(threshold);
     let candidates: Vec<Vec<(String, f32)>> = embedded
         .iter()
         .map(|e| {
             gallery
                 .best_matches(&e.embedding.0, min_cosine, faces.len())
                 .into_iter()
-                .map(|(user, cosine)| (user, recognition_confidence(cosine)))
+                .map(|(user, cosine)| (user, recognition_confidence(cosine, comparisons)))
                 .collect()
         })
         .collect();
@@ -352,7 +354,8 @@ pub fn low_quality_reason(q: &Quality, min: f32) -> String {
 /// Start of the skip reason of a face under MIN_FACE_QUALITY.
 pub const SKIP_LOW_QUALITY: &str = "face quality";
 
-/// Calibrated similarity of the largest faces of two photos, found at the strict threshold.
+/// Calibrated similarity of the largest faces of two photos, each found at MATCH_MIN_SCORE
+/// (every clear face, grayscale ones included).
 pub fn match_faces(
     p: &Pipeline,
     a: &FilePart,
@@ -362,11 +365,15 @@ pub fn match_faces(
     let images = [decode(p, a, limits)?, decode(p, b, limits)?];
     let mut embeddings = Vec::with_capacity(2);
     for img in &images {
-        let faces = p.detect(img, min_score(STRICT_DETECTION_CONFIDENCE))?;
+        let faces = p.detect(img, MATCH_MIN_SCORE)?;
         let face = largest_face(&faces).ok_or(ApiError::NoFaceFound)?;
         embeddings.push(p.embed(img, &[face])?.remove(0).embedding);
     }
-    Ok(recognition_confidence(embeddings[0].cosine(&embeddings[1])))
+    // One photo against one: the gallery of a single sample.
+    Ok(recognition_confidence(
+        embeddings[0].cosine(&embeddings[1]),
+        1.0,
+    ))
 }
 
 #[cfg(test)]

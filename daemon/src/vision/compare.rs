@@ -1,13 +1,5 @@
-//! Stage 5: embeddings -> identities. Similarities become calibrated confidences, and each
-//! registered user is given to at most one face of a photo.
-
-use super::calibration::recognition_confidence;
-use super::embed::Embedding;
-
-/// Calibrated confidence (0..1) that two embeddings show the same person.
-pub fn same_person_confidence(a: &Embedding, b: &Embedding) -> f32 {
-    recognition_confidence(a.cosine(b))
-}
+//! Stage 5: embeddings -> identities. Each registered user is given to at most one face of a
+//! photo (the confidences come from `calibration`, measured against the gallery).
 
 /// For each face, the user it is given and that user's confidence, or `None` (unknown).
 ///

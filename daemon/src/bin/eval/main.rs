@@ -1,34 +1,44 @@
-//! `deepstack-eval`: accuracy of the vision pipeline on a folder of labelled photos, and the
-//! derivation of the confidence calibration in `vision/calibration.rs`.
+//! `deepstack-eval`: accuracy of the vision pipeline on a folder of labelled photos (pairs,
+//! rank-1, and the open-set table of `open_set`), and the derivation of the constants in
+//! `vision/calibration.rs` from the calibration half of the set's people.
 //!
 //! ```text
-//! deepstack-eval evaluate DIR [--mode Medium] [--negatives DIR]   # accuracy figures
-//! deepstack-eval calibrate DIR [--negatives DIR]                   # + the constants block
+//! deepstack-eval evaluate DIR [--mode Medium] [--negatives DIR] [--embeddings FILE]
+//! deepstack-eval calibrate DIR [--negatives DIR] [--embeddings FILE]  # + the constants block
 //! deepstack-eval detect FILE...                                    # faces found, one line each
 //! ```
 //! DIR holds one sub-folder per person (like celeba-dev); the labelled person of a photo is
-//! its largest face. `--negatives` is a folder of photos with nobody in them.
+//! its largest face. `--negatives` is a folder of photos with nobody in them. `--embeddings`
+//! keeps the faces found in a file for the next run (`cache`).
+
+mod cache;
+mod open_set;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use deepstackd::config::DEFAULT_MIN_FACE_QUALITY;
-use deepstackd::vision::calibration::{self, detection_confidence, recognition_confidence};
+use deepstackd::vision::calibration::{
+    self, detection_confidence, recognition_confidence, recognition_cosine_for,
+};
 use deepstackd::vision::quality::Quality;
 use deepstackd::vision::{DecodeLimits, Embedding, Face, Mode, ModelFiles, Pipeline};
+use open_set::{LabelledFace, Probe};
 
 /// Detection threshold while collecting faces: low, so that calibration sees the scores of
 /// every labelled face, not only those above the current threshold.
 const COLLECT_MIN_SCORE: f32 = 0.3;
 
-struct Photo {
+pub struct Photo {
     person: usize,
     path: PathBuf,
     /// The largest face and its embedding, if any face was found.
     face: Option<(Face, Embedding)>,
     /// That face's registration quality (what MIN_FACE_QUALITY is compared with).
     quality: Option<Quality>,
+    /// The largest face of the same photo converted to grayscale (what an IR camera sends).
+    gray: Option<(Face, Embedding)>,
 }
 
 fn main() -> ExitCode {
@@ -36,6 +46,7 @@ fn main() -> ExitCode {
     let mut positional = Vec::new();
     let mut mode = Mode::Medium;
     let mut negatives = None;
+    let mut embeddings = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -46,6 +57,10 @@ fn main() -> ExitCode {
             "--negatives" => match it.next() {
                 Some(d) => negatives = Some(PathBuf::from(d)),
                 None => return usage("--negatives takes a folder"),
+            },
+            "--embeddings" => match it.next() {
+                Some(f) => embeddings = Some(PathBuf::from(f)),
+                None => return usage("--embeddings takes a file"),
             },
             "-h" | "--help" => return usage(""),
             _ => positional.push(a.clone()),
@@ -69,8 +84,13 @@ fn main() -> ExitCode {
     );
     let result = match (command.as_str(), rest) {
         ("detect", files) if !files.is_empty() => detect(&pipeline, files),
-        ("evaluate", [dir]) => evaluate(&pipeline, Path::new(dir), negatives.as_deref(), false),
-        ("calibrate", [dir]) => evaluate(&pipeline, Path::new(dir), negatives.as_deref(), true),
+        ("evaluate" | "calibrate", [dir]) => evaluate(
+            &pipeline,
+            Path::new(dir),
+            negatives.as_deref(),
+            embeddings.as_deref(),
+            command == "calibrate",
+        ),
         _ => return usage("unknown command or wrong arguments"),
     };
     match result {
@@ -87,7 +107,7 @@ fn usage(problem: &str) -> ExitCode {
         eprintln!("deepstack-eval: {problem}");
     }
     eprintln!(
-        "usage: deepstack-eval [--mode High|Medium|Low] [--negatives DIR] evaluate|calibrate DIR\n       deepstack-eval [--mode M] detect FILE..."
+        "usage: deepstack-eval [--mode High|Medium|Low] [--negatives DIR] [--embeddings FILE] evaluate|calibrate DIR\n       deepstack-eval [--mode M] detect FILE..."
     );
     if problem.is_empty() {
         ExitCode::SUCCESS
@@ -171,21 +191,32 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 /// The largest face of a photo, its embedding and its registration quality.
 fn largest_face(
     pipeline: &Pipeline,
-    path: &Path,
+    img: &deepstackd::vision::Photo,
 ) -> Result<Option<(Face, Embedding, Quality)>, Error> {
-    let img = pipeline.decode(&std::fs::read(path)?, DecodeLimits::default())?;
-    let faces = pipeline.detect(&img, COLLECT_MIN_SCORE)?;
+    let faces = pipeline.detect(img, COLLECT_MIN_SCORE)?;
     let Some(face) = faces
         .into_iter()
         .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
     else {
         return Ok(None);
     };
-    let embedded = pipeline.embed(&img, &[face])?;
+    let embedded = pipeline.embed(img, &[face])?;
     Ok(embedded.into_iter().next().map(|e| {
         let quality = Quality::measure(&e.face, &e.crop, detection_confidence(e.face.score));
         (e.face, e.embedding, quality)
     }))
+}
+
+/// The photo at `path` and its grayscale copy (luma in all three channels, as a camera's
+/// night mode or a grey JPEG decodes).
+fn colour_and_gray(
+    pipeline: &Pipeline,
+    path: &Path,
+) -> Result<(deepstackd::vision::Photo, deepstackd::vision::Photo), Error> {
+    let img = pipeline.decode(&std::fs::read(path)?, DecodeLimits::default())?;
+    let luma = image::imageops::grayscale(img.pixels());
+    let gray = image::DynamicImage::ImageLuma8(luma).to_rgb8();
+    Ok((img, deepstackd::vision::Photo::from(gray)))
 }
 
 /// Run `largest_face` over many photos on every core, printing progress.
@@ -209,8 +240,11 @@ fn collect(pipeline: &Pipeline, photos: Vec<(usize, PathBuf)>) -> Result<Vec<Pho
                     chunk
                         .into_iter()
                         .map(|(person, path)| {
-                            let face = largest_face(pipeline, &path)
-                                .map_err(|e| format!("{}: {e}", path.display()))?;
+                            let faces = colour_and_gray(pipeline, &path).and_then(|(c, g)| {
+                                Ok((largest_face(pipeline, &c)?, largest_face(pipeline, &g)?))
+                            });
+                            let (face, gray) =
+                                faces.map_err(|e| format!("{}: {e}", path.display()))?;
                             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                             if n.is_multiple_of(100) || n == total {
                                 eprintln!("  {n}/{total} photos");
@@ -224,6 +258,7 @@ fn collect(pipeline: &Pipeline, photos: Vec<(usize, PathBuf)>) -> Result<Vec<Pho
                                 path,
                                 face,
                                 quality,
+                                gray: gray.map(|(f, e, _)| (f, e)),
                             })
                         })
                         .collect()
@@ -284,6 +319,7 @@ fn evaluate(
     pipeline: &Pipeline,
     dir: &Path,
     negatives: Option<&Path>,
+    embeddings: Option<&Path>,
     print_constants: bool,
 ) -> Result<(), Error> {
     let (names, photos) = list_people(dir)?;
@@ -294,7 +330,31 @@ fn evaluate(
         dir.display()
     );
     let started = Instant::now();
-    let photos = collect(pipeline, photos)?;
+    let models = pipeline.models();
+    let header = format!(
+        "deepstack-eval faces v1, mode {}, detector {}, recognizer {}",
+        pipeline.mode().name(),
+        models.detector.sha256,
+        models.recognizer.sha256
+    );
+    let kept = embeddings.and_then(|f| cache::load(f, &header, &photos));
+    let photos = match kept {
+        Some(kept) => {
+            eprintln!(
+                "faces and embeddings read from {}",
+                embeddings.expect("some").display()
+            );
+            kept
+        }
+        None => {
+            let photos = collect(pipeline, photos)?;
+            if let Some(f) = embeddings {
+                cache::save(f, &header, &photos)?;
+                eprintln!("faces and embeddings kept in {}", f.display());
+            }
+            photos
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     let with_face: Vec<&Photo> = photos.iter().filter(|p| p.face.is_some()).collect();
     let no_face = photos.len() - with_face.len();
@@ -405,18 +465,21 @@ fn evaluate(
         quantile(&impostor, 0.99),
         quantile(&impostor, 0.999)
     );
-    let conf = |v: &[f32], t: f32| fraction_at_least(v, t);
-    for threshold in [0.45f32, 0.67] {
-        let cosine = cosine_for_confidence(threshold);
+    // One photo against one (what /match answers): the gallery of a single sample.
+    for threshold in open_set::THRESHOLDS {
+        let cosine = recognition_cosine_for(threshold, 1.0) + 1e-4;
         println!(
-            "at confidence {threshold:.2} (cosine {cosine:.3}): FAR {:.3}%  TAR {:.2}%",
-            conf(&impostor, cosine) * 100.0,
-            conf(&genuine, cosine) * 100.0
+            "one sample, confidence {threshold:.2} (cosine {cosine:.3}): FAR {:.3}%  TAR {:.2}%",
+            fraction_at_least(&impostor, cosine) * 100.0,
+            fraction_at_least(&genuine, cosine) * 100.0
         );
     }
-    let genuine_conf: Vec<f32> = genuine.iter().map(|&c| recognition_confidence(c)).collect();
+    let genuine_conf: Vec<f32> = genuine
+        .iter()
+        .map(|&c| recognition_confidence(c, 1.0))
+        .collect();
     println!(
-        "median same-person confidence   {:.3}",
+        "median same-person confidence   {:.3} (one sample)",
         quantile(&genuine_conf, 0.5)
     );
     println!(
@@ -442,60 +505,133 @@ fn evaluate(
         }
     }
 
+    let (mut labelled, mut paths): (Vec<LabelledFace>, Vec<&Path>) = photos
+        .iter()
+        .filter_map(|p| {
+            let (_, colour) = p.face.as_ref()?;
+            let gray = p.gray.as_ref().map(|(_, e)| e.0.as_slice());
+            let quality = p.quality.as_ref().map_or(0.0, |q| q.score);
+            Some((
+                LabelledFace::new(p.person, &colour.0, gray, quality),
+                p.path.as_path(),
+            ))
+        })
+        .unzip();
+    let wrong = open_set::mislabelled(&labelled);
+    if !wrong.is_empty() {
+        println!();
+        println!("labelled as the wrong person (left out of the open-set figures):");
+        for &(i, other, theirs, own) in &wrong {
+            println!(
+                "  {}: median cosine {theirs:.3} to {}'s faces, {own:.3} to its own label's",
+                paths[i].display(),
+                names[other]
+            );
+        }
+        for &(i, ..) in wrong.iter().rev() {
+            labelled.remove(i);
+            paths.remove(i);
+        }
+    }
+    let match_score = print_match_detection(&photos, &negative_scores);
+    for probe in [Probe::Colour, Probe::Gray] {
+        let rows = open_set::report(&labelled, probe);
+        open_set::print_report(&rows, probe);
+    }
     if print_constants {
-        print_calibration(&genuine, &impostor, &det_scores, &negative_scores, dir);
+        print_calibration(&labelled, &det_scores, match_score, &negative_scores, dir);
     }
     Ok(())
 }
 
-/// The cosine at which the current calibration reaches `confidence` (bisection on the map).
-fn cosine_for_confidence(confidence: f32) -> f32 {
-    let (mut lo, mut hi) = (-1.0f32, 1.0f32);
-    for _ in 0..60 {
-        let mid = (lo + hi) / 2.0;
-        if recognition_confidence(mid) >= confidence {
-            hi = mid
-        } else {
-            lo = mid
-        }
+/// The share of the labelled faces `/match` admits, colour and grayscale, with the shipped
+/// MATCH_MIN_SCORE, and the score that would admit 99.5% of the calibration half's faces in
+/// both (what `calibrate` prints).
+fn print_match_detection(photos: &[Photo], negatives: &[f32]) -> f32 {
+    let score = |f: &Option<(Face, Embedding)>| f.as_ref().map_or(0.0, |(f, _)| f.score);
+    let admitted =
+        |v: &[f32], t: f32| v.iter().filter(|&&s| s >= t).count() as f64 / v.len().max(1) as f64;
+    let half = |calibration: bool, gray: bool| -> Vec<f32> {
+        let mut v: Vec<f32> = photos
+            .iter()
+            .filter(|p| open_set::calibrates(p.person) == calibration)
+            .map(|p| if gray { score(&p.gray) } else { score(&p.face) })
+            .collect();
+        v.sort_by(f32::total_cmp);
+        v
+    };
+    let derived = quantile(&half(true, false), 0.005)
+        .min(quantile(&half(true, true), 0.005))
+        .max(COLLECT_MIN_SCORE);
+    let shipped = calibration::MATCH_MIN_SCORE;
+    println!();
+    println!("/match detection (largest face at YuNet score >= {shipped:.4}; photos with no face count as refused):");
+    for (name, gray) in [("colour", false), ("grayscale", true)] {
+        let (report, calib) = (half(false, gray), half(true, gray));
+        let all = (admitted(&report, shipped) * report.len() as f64
+            + admitted(&calib, shipped) * calib.len() as f64)
+            / (report.len() + calib.len()).max(1) as f64;
+        println!(
+            "  {name:<9}  all {:.2}%, report half {:.2}%, calibration half {:.2}%",
+            all * 100.0,
+            admitted(&report, shipped) * 100.0,
+            admitted(&calib, shipped) * 100.0
+        );
     }
-    hi
+    if !negatives.is_empty() {
+        println!(
+            "  people-free negatives with a detection >= it: {} of {}",
+            negatives.iter().filter(|&&s| s >= shipped).count(),
+            negatives.len()
+        );
+    }
+    derived
 }
-
-/// Derive the knots and print the Rust block for `vision/calibration.rs`.
+/// Derive the constants and print the Rust block for `vision/calibration.rs`.
 ///
-/// Recognition: 0.45 sits at the cosine with 1% impostor false accepts (the target is < 2%,
-/// the margin is for people the set never saw), 0.67 at 0.05% (target <= 0.1%), and the
-/// median genuine cosine at 0.85 (target: typical same-person >= 0.8).
-/// Detection: DeepStack's 0.55 at the score 99% of labelled faces reach, its strict 0.8 at
-/// the score 90% reach, each raised above the best detection on the negatives if needed.
+/// Recognition: the stranger tail and the samples exponent from the calibration half's people
+/// (`open_set::derive`). Detection: DeepStack's 0.55 at the score 99% of labelled faces reach,
+/// raised above the best detection on the negatives if needed; its strict 0.8 at the score 90%
+/// reach; `/match` at the score 99.5% of the calibration half's faces reach, in colour and in
+/// grayscale.
 fn print_calibration(
-    genuine: &[f32],
-    impostor: &[f32],
+    labelled: &[LabelledFace],
     det: &[f32],
+    match_score: f32,
     negatives: &[f32],
     dir: &Path,
 ) {
-    let c45 = quantile(impostor, 0.99);
-    let c67 = quantile(impostor, 0.9995).max(c45 + 0.01);
-    let gmed = quantile(genuine, 0.5).max(c67 + 0.01);
+    let derived = open_set::derive(labelled);
     let worst_negative = negatives.iter().copied().fold(0.0f32, f32::max);
     let t_normal = quantile(det, 0.01).max(worst_negative + 0.02).min(0.95);
     let t_strict = quantile(det, 0.10).max(t_normal + 0.02).min(0.97);
     println!();
     println!(
-        "// Derived by `deepstack-eval calibrate` on {} ({} genuine, {} impostor pairs):",
+        "// Derived by `deepstack-eval calibrate` on {}, calibration half ({} colour and {} \
+         grayscale stranger pairs):",
         dir.display(),
-        genuine.len(),
-        impostor.len()
+        derived.pairs[0],
+        derived.pairs[1]
     );
-    println!("//   impostor cosine p99 = {c45:.4}, p99.95 = {c67:.4}; genuine median = {gmed:.4}");
-    println!("//   labelled-face YuNet score p1 = {:.4}, p10 = {:.4}; best score on negatives = {worst_negative:.4}", quantile(det, 0.01), quantile(det, 0.10));
-    println!("pub const RECOGNITION_KNOTS: [(f32, f32); 5] = [");
-    println!("    (-1.0, 0.0),\n    ({c45:.4}, 0.45),\n    ({c67:.4}, 0.67),\n    ({gmed:.4}, 0.85),\n    (1.0, 1.0),\n];");
     println!(
-        "pub const DETECTION_KNOTS: [(f32, f32); 4] = [(0.0, 0.0), ({t_normal:.4}, {:.2}), ({t_strict:.4}, {:.2}), (1.0, 1.0)];",
-        calibration::DEFAULT_DETECTION_CONFIDENCE,
-        calibration::STRICT_DETECTION_CONFIDENCE
+        "pub const IMPOSTOR_TAIL: [(f32, f32); {}] = [",
+        derived.tail.len()
     );
+    for (c, l) in &derived.tail {
+        println!("    ({c:.4}, {l:.3}),");
+    }
+    println!("];");
+    for (k, l, e) in &derived.exponent_figures {
+        println!("//   {k} samples, at a single-sample rate of 10^{l}: exponent {e:.3}");
+    }
+    println!(
+        "pub const SAMPLES_EXPONENT: f32 = {:.3};",
+        derived.samples_exponent
+    );
+    println!("//   labelled-face YuNet score p1 = {:.4}, p10 = {:.4}; best score on negatives = {worst_negative:.4}", quantile(det, 0.01), quantile(det, 0.10));
+    println!(
+        "pub const DETECTION_KNOTS: [(f32, f32); 4] = [(0.0, 0.0), ({t_normal:.4}, {:.2}), ({t_strict:.4}, 0.80), (1.0, 1.0)];",
+        calibration::DEFAULT_DETECTION_CONFIDENCE,
+    );
+    println!("pub const MATCH_MIN_SCORE: f32 = {match_score:.4};");
 }
