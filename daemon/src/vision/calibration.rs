@@ -79,10 +79,14 @@ pub const MARGIN: f64 = 0.8;
 pub const DETECTION_KNOTS: [(f32, f32); 4] =
     [(0.0, 0.0), (0.5247, 0.55), (0.9139, 0.80), (1.0, 1.0)];
 
-/// The YuNet score a face needs for `/match`: 99.5% of the calibration half's labelled faces
-/// reach it, in colour and in grayscale (same run). DeepStack's strict 0.8 (the score 90%
-/// reach) refused one LFW pair in four.
-pub const MATCH_MIN_SCORE: f32 = 0.3236;
+/// The YuNet score a face needs for `/match`: every clear face, grayscale ones too, but not
+/// the best "face" YuNet sees in a people-free photo. `deepstack-eval calibrate` takes the
+/// score 99.5% of the calibration half's labelled faces reach in colour and in grayscale
+/// (0.3236), raised to 0.025 above the best detection on the negatives (scikit-image's coffee
+/// cup at 0.375; its cat scores 0.345). At 0.40, 99.30% of celeba-dev's faces are found in
+/// colour and 99.23% in grayscale; DeepStack's strict 0.8 (the score 90% reach) refused one LFW
+/// pair in four.
+pub const MATCH_MIN_SCORE: f32 = 0.40;
 
 /// DeepStack's default detection threshold (recognize and detect).
 pub const DEFAULT_DETECTION_CONFIDENCE: f32 = 0.55;

@@ -560,9 +560,11 @@ fn print_match_detection(photos: &[Photo], negatives: &[f32]) -> f32 {
         v.sort_by(f32::total_cmp);
         v
     };
+    let worst_negative = negatives.iter().copied().fold(0.0f32, f32::max);
     let derived = quantile(&half(true, false), 0.005)
         .min(quantile(&half(true, true), 0.005))
-        .max(COLLECT_MIN_SCORE);
+        .max(COLLECT_MIN_SCORE)
+        .max(worst_negative + 0.025);
     let shipped = calibration::MATCH_MIN_SCORE;
     println!();
     println!("/match detection (largest face at YuNet score >= {shipped:.4}; photos with no face count as refused):");

@@ -127,6 +127,18 @@ impl<'a> People<'a> {
             .collect()
     }
 
+    /// `k` of `person`'s registrable faces, drawn at random: what registration would store.
+    fn registered(&self, person: usize, k: usize, rng: &mut Rng) -> Vec<&'a LabelledFace> {
+        let mut good: Vec<&LabelledFace> = self.faces[person]
+            .iter()
+            .copied()
+            .filter(|f| f.enrollable)
+            .collect();
+        rng.shuffle(&mut good);
+        good.truncate(k);
+        good
+    }
+
     /// All people of one half that have faces (strangers may be anyone).
     fn half(&self, calibration: bool) -> Vec<usize> {
         (0..self.faces.len())
@@ -149,13 +161,7 @@ impl<'a> Gallery<'a> {
         let users = enrolled
             .iter()
             .map(|&p| {
-                let mut good: Vec<&LabelledFace> = people.faces[p]
-                    .iter()
-                    .copied()
-                    .filter(|f| f.enrollable)
-                    .collect();
-                rng.shuffle(&mut good);
-                good.truncate(samples);
+                let good = people.registered(p, samples, rng);
                 let probes = people.faces[p]
                     .iter()
                     .copied()
@@ -432,13 +438,7 @@ pub fn derive(faces: &[LabelledFace]) -> Derived {
         let mut best: Vec<f32> = Vec::new();
         for _ in 0..8 {
             for &u in &users {
-                let mut good: Vec<&LabelledFace> = people.faces[u]
-                    .iter()
-                    .copied()
-                    .filter(|f| f.enrollable)
-                    .collect();
-                rng.shuffle(&mut good);
-                good.truncate(k);
+                let good = people.registered(u, k, &mut rng);
                 for &a in half.iter().filter(|&&a| a != u) {
                     for f in &people.faces[a] {
                         best.push(
