@@ -199,20 +199,25 @@ impl<'a> Gallery<'a> {
 /// Counts for one gallery size and probe kind.
 #[derive(Default, Clone)]
 pub struct Row {
+    /// People enrolled, and samples each.
     pub people: usize,
     pub samples: usize,
     /// People of the report half among the enrolled (the rest borrowed).
     pub reported_enrolled: usize,
+    /// Stranger probes, and how many were named at each of [`THRESHOLDS`].
     pub strangers: usize,
     pub stranger_named: [usize; 3],
+    /// Probes of enrolled report-half people, and how many got their own name at each.
     pub enrolled: usize,
     pub enrolled_correct: [usize; 3],
 }
 
 impl Row {
+    /// Share of the strangers named at threshold `i`.
     pub fn stranger_rate(&self, i: usize) -> f64 {
         self.stranger_named[i] as f64 / self.strangers.max(1) as f64
     }
+    /// Share of the enrolled probes named correctly at threshold `i`.
     pub fn enrolled_rate(&self, i: usize) -> f64 {
         self.enrolled_correct[i] as f64 / self.enrolled.max(1) as f64
     }
