@@ -5,7 +5,7 @@ mod common;
 use std::sync::OnceLock;
 
 use deepstackd::vision::calibration::{
-    detection_score_for, recognition_confidence, DEFAULT_DETECTION_CONFIDENCE,
+    detection_score_for, recognition_confidence, Enrolment, DEFAULT_DETECTION_CONFIDENCE,
     DEFAULT_RECOGNITION_CONFIDENCE,
 };
 use deepstackd::vision::{
@@ -47,7 +47,10 @@ fn only_face_of(photo: &Photo, name: &str) -> EmbeddedFace {
 
 fn same_person(a: &str, b: &str) -> f32 {
     // One photo against one: what /match answers (a gallery of one sample).
-    recognition_confidence(only_face(a).embedding.cosine(&only_face(b).embedding), 1.0)
+    recognition_confidence(
+        only_face(a).embedding.cosine(&only_face(b).embedding),
+        &Enrolment::ONE_SAMPLE,
+    )
 }
 
 #[test]
@@ -94,7 +97,9 @@ fn a_group_photo_gives_every_face_and_each_person_once() {
     let obama = only_face("obama.jpg").embedding;
     let matches = embedded
         .iter()
-        .filter(|f| recognition_confidence(f.embedding.cosine(&obama), 1.0) >= 0.67)
+        .filter(|f| {
+            recognition_confidence(f.embedding.cosine(&obama), &Enrolment::ONE_SAMPLE) >= 0.67
+        })
         .count();
     assert_eq!(matches, 2);
 }

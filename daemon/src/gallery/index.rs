@@ -1,41 +1,37 @@
-//! The in-memory matching index: every sample's embedding as int8, in one contiguous matrix.
+//! The in-memory matching index: one template per user, the sum of the user's sample
+//! embeddings, in one contiguous f32 matrix.
 //!
-//! One row per sample: 128 int8 codes with the row's scale (`x ≈ code * scale`, scale =
-//! max |x| / 127), rows packed back to back, so a query is one linear pass over memory the CPU
-//! prefetches and vectorises: 100,000 samples are 12.8 MB (a quarter of f32) and scan in about
-//! a millisecond. Users are small integer slots so "best score per user" is an array lookup.
-//!
-//! The int8 scores are approximate, with a known bound: for a row with scale `s` and a query
-//! `q`, `|q·x - s (q·code)| <= s/2 * |q|_1`, plus the query's own int16 rounding. [`Index::candidates`] therefore returns
-//! every sample that could be a user's best or could reach the caller's threshold, and the
-//! gallery rescores those few exactly from SQLite: answers are the f32 cosines, as before.
+//! A face is scored against each user's template normalised (the mean direction of the
+//! user's photos): it ranks the right person above strangers better than the best single
+//! sample does (README, "What a recognition confidence means"). A query is one linear pass
+//! over `users x 128` floats the CPU prefetches and vectorises, exact in f32: 1,000 users are
+//! 0.5 MB and scan in tens of microseconds. Users are small integer slots, so a change is an
+//! array update: adding a sample adds its embedding to the sum, removing one subtracts it.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::EMBEDDING_DIM;
+use crate::vision::calibration::Enrolment;
 
-/// All embeddings of the gallery plus which user and sample each row is.
+/// Every user's template plus which user each sample is.
 #[derive(Debug, Default)]
 pub struct Index {
-    /// Row-major, `EMBEDDING_DIM` codes per sample.
-    codes: Vec<i8>,
-    /// Scale of each row.
-    scales: Vec<f32>,
-    /// User slot of each row.
-    row_user: Vec<u32>,
-    /// Database id of each row's sample.
-    row_sample: Vec<i64>,
+    /// Slot-major, `EMBEDDING_DIM` floats per user: the sum of the user's sample embeddings.
+    sums: Vec<f32>,
+    /// 1 / |sum| of each slot (0 for a user without samples: it matches nobody).
+    inverse_norms: Vec<f32>,
+    /// Samples of each slot.
+    samples: Vec<u32>,
+    /// Database id -> slot of every sample.
+    sample_user: HashMap<i64, u32>,
     /// Slot -> userid. Includes users that have no samples.
     users: Vec<String>,
     /// Userid -> slot.
     slots: HashMap<String, u32>,
-    /// [`Index::comparisons`], computed on first use after a change.
-    comparisons: OnceLock<f64>,
+    /// [`Index::enrolment`], computed on first use after a change.
+    enrolment: OnceLock<Enrolment>,
 }
-
-/// Samples worth an exact score for one query: `(userid, sample ids)`, best users first.
-pub type Candidates = Vec<(String, Vec<i64>)>;
 
 impl Index {
     /// An empty index.
@@ -51,50 +47,80 @@ impl Index {
         let slot = self.users.len() as u32;
         self.users.push(userid.to_owned());
         self.slots.insert(userid.to_owned(), slot);
+        self.sums.extend([0f32; EMBEDDING_DIM]);
+        self.inverse_norms.push(0.0);
+        self.samples.push(0);
         slot
     }
 
-    /// Appends one sample row; the caller checked `embedding.len() == EMBEDDING_DIM`.
+    /// Adds one sample to its user's template; the caller checked
+    /// `embedding.len() == EMBEDDING_DIM`.
     pub fn add_sample(&mut self, userid: &str, sample_id: i64, embedding: &[f32]) {
-        self.comparisons.take();
         debug_assert_eq!(embedding.len(), EMBEDDING_DIM);
         let slot = self.add_user(userid);
-        let max = embedding.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-        self.codes.extend(
-            embedding
-                .iter()
-                .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
-        );
-        self.scales.push(scale);
-        self.row_user.push(slot);
-        self.row_sample.push(sample_id);
+        if self.sample_user.insert(sample_id, slot).is_some() {
+            debug_assert!(false, "sample {sample_id} added twice");
+        }
+        self.samples[slot as usize] += 1;
+        self.add_to_sum(slot, embedding, 1.0);
     }
 
-    /// Drops a user and all its rows; returns whether it existed.
-    ///
-    /// O(rows): rows after the removed ones shift down in place. Deletes are rare next to
-    /// queries, and keeping the matrix dense is what keeps queries fast.
+    /// `sum[slot] += sign * embedding`, then its norm.
+    fn add_to_sum(&mut self, slot: u32, embedding: &[f32], sign: f32) {
+        self.enrolment.take();
+        let sum = self.sum_mut(slot);
+        for (s, e) in sum.iter_mut().zip(embedding) {
+            *s += sign * e;
+        }
+        self.renormalise(slot);
+    }
+
+    fn sum_mut(&mut self, slot: u32) -> &mut [f32] {
+        let at = slot as usize * EMBEDDING_DIM;
+        &mut self.sums[at..at + EMBEDDING_DIM]
+    }
+
+    fn renormalise(&mut self, slot: u32) {
+        let at = slot as usize * EMBEDDING_DIM;
+        let norm = self.sums[at..at + EMBEDDING_DIM]
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt();
+        self.inverse_norms[slot as usize] = if self.samples[slot as usize] > 0 && norm > 0.0 {
+            1.0 / norm
+        } else {
+            // Exactly zero: no float residue of removed samples can match anybody.
+            self.sums[at..at + EMBEDDING_DIM].fill(0.0);
+            0.0
+        };
+    }
+
+    /// Drops a user and its samples; returns whether it existed.
     pub fn remove_user(&mut self, userid: &str) -> bool {
         let Some(slot) = self.slots.remove(userid) else {
             return false;
         };
-        self.retain_rows(|row_slot, _| row_slot != slot);
+        self.sample_user.retain(|_, s| *s != slot);
         self.free_slot(slot);
         true
     }
 
-    /// Drops one sample's row; returns whether it was there. Its user stays.
-    pub fn remove_sample(&mut self, sample_id: i64) -> bool {
-        let before = self.row_sample.len();
-        self.retain_rows(|_, id| id != sample_id);
-        self.row_sample.len() != before
+    /// Drops one sample (whose stored embedding is `embedding`) from its user's template;
+    /// returns whether it was there. Its user stays.
+    pub fn remove_sample(&mut self, sample_id: i64, embedding: &[f32]) -> bool {
+        let Some(slot) = self.sample_user.remove(&sample_id) else {
+            return false;
+        };
+        self.samples[slot as usize] -= 1;
+        self.add_to_sum(slot, embedding, -1.0);
+        true
     }
 
-    /// Gives `from`'s rows to `to`: a rename when `to` is new, a merge when it exists.
+    /// Gives `from`'s samples to `to`: a rename when `to` is new, a merge when it exists.
     /// Returns whether `from` existed.
     pub fn rename_user(&mut self, from: &str, to: &str) -> bool {
-        self.comparisons.take();
+        self.enrolment.take();
         if from == to {
             return self.slots.contains_key(from);
         }
@@ -107,50 +133,35 @@ impl Index {
                 self.slots.insert(to.to_owned(), slot);
             }
             Some(&target) => {
-                for user in &mut self.row_user {
+                for user in self.sample_user.values_mut() {
                     if *user == slot {
                         *user = target;
                     }
                 }
+                let at = slot as usize * EMBEDDING_DIM;
+                let moved: Vec<f32> = self.sums[at..at + EMBEDDING_DIM].to_vec();
+                self.samples[target as usize] += self.samples[slot as usize];
+                self.add_to_sum(target, &moved, 1.0);
                 self.free_slot(slot);
             }
         }
         true
     }
 
-    /// Keeps the rows for which `keep(user slot, sample id)` holds, in order, packed.
-    fn retain_rows(&mut self, keep: impl Fn(u32, i64) -> bool) {
-        self.comparisons.take();
-        let mut kept = 0;
-        for row in 0..self.row_user.len() {
-            if !keep(self.row_user[row], self.row_sample[row]) {
-                continue;
-            }
-            if kept != row {
-                self.codes.copy_within(
-                    row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM,
-                    kept * EMBEDDING_DIM,
-                );
-                self.scales[kept] = self.scales[row];
-                self.row_user[kept] = self.row_user[row];
-                self.row_sample[kept] = self.row_sample[row];
-            }
-            kept += 1;
-        }
-        self.codes.truncate(kept * EMBEDDING_DIM);
-        self.scales.truncate(kept);
-        self.row_user.truncate(kept);
-        self.row_sample.truncate(kept);
-    }
-
-    /// Removes slot `slot` (no row uses it any more, its name already left `slots`), keeping
-    /// slots dense: the last user takes the freed slot.
+    /// Removes slot `slot` (no sample uses it any more, its name already left `slots`),
+    /// keeping slots dense: the last user takes the freed slot.
     fn free_slot(&mut self, slot: u32) {
+        self.enrolment.take();
         let last = (self.users.len() - 1) as u32;
         self.users.swap_remove(slot as usize);
+        self.inverse_norms.swap_remove(slot as usize);
+        self.samples.swap_remove(slot as usize);
+        let (at, end) = (slot as usize * EMBEDDING_DIM, last as usize * EMBEDDING_DIM);
+        self.sums.copy_within(end..end + EMBEDDING_DIM, at);
+        self.sums.truncate(end);
         if slot != last {
             self.slots.insert(self.users[slot as usize].clone(), slot);
-            for user in &mut self.row_user {
+            for user in self.sample_user.values_mut() {
                 if *user == last {
                     *user = slot;
                 }
@@ -158,75 +169,30 @@ impl Index {
         }
     }
 
-    /// The samples to score exactly for `query` so that the exact answer is known for: every
-    /// user whose best cosine may reach `min_cosine`, at most the `top` best of them (and
-    /// any user tied with them within the int8 error). Each user's samples are those whose
-    /// approximate score is within twice the error of the user's best approximate score.
-    ///
-    /// A query of the wrong length matches nobody.
-    pub fn candidates(&self, query: &[f32], min_cosine: f32, top: usize) -> Candidates {
-        let Ok(query) = <&[f32; EMBEDDING_DIM]>::try_from(query) else {
-            return Vec::new();
-        };
-        if top == 0 || self.row_user.is_empty() {
+    /// The users whose template cosine with the unit-length `query` is at least
+    /// `min_cosine`, at most `top` of them, highest first (ties by userid, for stable
+    /// answers: the same photo registered under two names). A query of the wrong length
+    /// matches nobody.
+    pub fn best_users(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)> {
+        if query.len() != EMBEDDING_DIM || top == 0 {
             return Vec::new();
         }
-        // The query in int16: q ≈ qs * q16. Its own rounding adds at most qs/2 * |code|_1 * s
-        // per row, which the bound below covers with |code|_1 <= 127 * 128.
-        let q_max = query.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let q_scale = if q_max > 0.0 { q_max / 32767.0 } else { 1.0 };
-        let q16: Vec<i16> = query
-            .iter()
-            .map(|x| (x / q_scale).round().clamp(-32767.0, 32767.0) as i16)
-            .collect();
-        // The largest error of any row: s/2 * |q|_1 (the codes) + s * qs/2 * 127 * 128.
-        let l1: f32 = query.iter().map(|x| x.abs()).sum();
-        let max_scale = self.scales.iter().fold(0f32, |m, &s| m.max(s));
-        let error = max_scale * (l1 / 2.0 + q_scale / 2.0 * 127.0 * 128.0) * (1.0 + 1e-4) + 1e-6;
-
-        let mut approx = Vec::with_capacity(self.row_user.len());
-        let mut best = vec![f32::NEG_INFINITY; self.users.len()];
-        for ((codes, &scale), &slot) in self
-            .codes
+        let mut hits: Vec<(u32, f32)> = self
+            .sums
             .chunks_exact(EMBEDDING_DIM)
-            .zip(&self.scales)
-            .zip(&self.row_user)
-        {
-            let score = crate::dot::dot_i8_i16(codes, &q16) as f32 * (q_scale * scale);
-            approx.push(score);
-            let entry = &mut best[slot as usize];
-            if score > *entry {
-                *entry = score;
-            }
-        }
-
-        // Users that may reach the threshold, best first.
-        let mut users: Vec<u32> = (0..self.users.len() as u32)
-            .filter(|&slot| best[slot as usize] + error >= min_cosine)
+            .zip(&self.inverse_norms)
+            .enumerate()
+            .filter(|(_, (_, &inverse))| inverse > 0.0)
+            .map(|(slot, (sum, &inverse))| (slot as u32, crate::dot::dot(sum, query) * inverse))
+            .filter(|&(_, cosine)| cosine >= min_cosine)
             .collect();
-        users.sort_by(|&a, &b| best[b as usize].total_cmp(&best[a as usize]));
-        // Past the `top`-th, only users that could still overtake it.
-        if let Some(&nth) = users.get(top - 1) {
-            let floor = best[nth as usize] - 2.0 * error;
-            users.retain(|&slot| best[slot as usize] >= floor);
-        }
-
-        let mut wanted = vec![f32::INFINITY; self.users.len()];
-        for &slot in &users {
-            wanted[slot as usize] = best[slot as usize] - 2.0 * error;
-        }
-        let mut rows: HashMap<u32, Vec<i64>> = HashMap::with_capacity(users.len());
-        for (row, (&slot, &score)) in self.row_user.iter().zip(&approx).enumerate() {
-            if score >= wanted[slot as usize] {
-                rows.entry(slot).or_default().push(self.row_sample[row]);
-            }
-        }
-        users
-            .into_iter()
-            .map(|slot| {
-                let samples = rows.remove(&slot).unwrap_or_default();
-                (self.users[slot as usize].clone(), samples)
-            })
+        hits.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then_with(|| self.users[a.0 as usize].cmp(&self.users[b.0 as usize]))
+        });
+        hits.truncate(top);
+        hits.into_iter()
+            .map(|(slot, cosine)| (self.users[slot as usize].clone(), cosine.min(1.0)))
             .collect()
     }
 
@@ -238,17 +204,12 @@ impl Index {
         ids
     }
 
-    /// How many chances a stranger's face has to resemble someone here: the sum over users of
-    /// their sample count to the power `calibration::SAMPLES_EXPONENT`. What a best cosine's
-    /// confidence is measured against (see `vision::calibration`).
-    pub fn comparisons(&self) -> f64 {
-        *self.comparisons.get_or_init(|| {
-            let mut per_user = vec![0usize; self.users.len()];
-            for &slot in &self.row_user {
-                per_user[slot as usize] += 1;
-            }
-            crate::vision::calibration::comparisons(per_user)
-        })
+    /// How many users have 1, 2, 3, 4, 5 or more samples: what a best cosine's confidence is
+    /// measured against (see `vision::calibration`).
+    pub fn enrolment(&self) -> Enrolment {
+        *self
+            .enrolment
+            .get_or_init(|| Enrolment::of(self.samples.iter().map(|&k| k as usize)))
     }
 
     /// Number of users.
@@ -256,9 +217,9 @@ impl Index {
         self.users.len()
     }
 
-    /// Number of samples (rows).
+    /// Number of samples.
     pub fn sample_count(&self) -> usize {
-        self.row_user.len()
+        self.sample_user.len()
     }
 }
 
@@ -272,58 +233,76 @@ mod tests {
         v
     }
 
-    fn users_of(c: &Candidates) -> Vec<&str> {
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.iter().map(|a| a / n).collect()
+    }
+
+    fn users_of(c: &[(String, f32)]) -> Vec<&str> {
         c.iter().map(|(u, _)| u.as_str()).collect()
     }
 
     #[test]
-    fn candidates_per_user_and_removal_keeps_the_rest_intact() {
+    fn a_user_is_scored_by_the_mean_of_its_samples() {
+        let mut index = Index::new();
+        index.add_sample("a", 1, &axis(0));
+        index.add_sample("a", 3, &axis(2));
+        index.add_sample("b", 2, &axis(1));
+        index.add_user("empty");
+        // a's template is (e0 + e2) / sqrt(2).
+        let hits = index.best_users(&axis(2), 0.5, 10);
+        assert_eq!(users_of(&hits), ["a"]);
+        assert!((hits[0].1 - 0.5f32.sqrt()).abs() < 1e-6, "{hits:?}");
+        let mut between = axis(0);
+        between[2] = 1.0;
+        let middle = unit(&between);
+        assert!((index.best_users(&middle, 0.9, 10)[0].1 - 1.0).abs() < 1e-6);
+        let all = index.best_users(&axis(2), -1.0, 10);
+        assert_eq!(
+            users_of(&all),
+            ["a", "b"],
+            "a user without samples never matches"
+        );
+    }
+
+    #[test]
+    fn removal_keeps_the_rest_intact() {
         let mut index = Index::new();
         index.add_sample("a", 1, &axis(0));
         index.add_sample("b", 2, &axis(1));
         index.add_sample("a", 3, &axis(2));
         index.add_sample("c", 4, &axis(3));
         index.add_user("empty");
-
-        let hits = index.candidates(&axis(2), 0.5, 10);
-        assert_eq!(hits, vec![("a".to_owned(), vec![3])]);
-        let all = index.candidates(&axis(2), -1.0, 10);
-        assert_eq!(all.len(), 3, "a user without samples never matches");
-        assert_eq!(all[0], ("a".to_owned(), vec![3]));
-
         assert!(index.remove_user("a"));
         assert!(!index.remove_user("a"));
         assert_eq!(index.sample_count(), 2);
         assert_eq!(index.userids(), ["b", "c", "empty"]);
-        assert_eq!(
-            index.candidates(&axis(3), 0.5, 10),
-            vec![("c".to_owned(), vec![4])]
-        );
-        assert_eq!(
-            index.candidates(&axis(1), 0.5, 10),
-            vec![("b".to_owned(), vec![2])]
-        );
-        assert!(index.candidates(&axis(2), 0.5, 10).is_empty());
+        assert_eq!(users_of(&index.best_users(&axis(3), 0.5, 10)), ["c"]);
+        assert_eq!(users_of(&index.best_users(&axis(1), 0.5, 10)), ["b"]);
+        assert!(index.best_users(&axis(2), 0.5, 10).is_empty());
 
         // The user moved into the freed slot still receives its new samples.
         index.add_sample("empty", 5, &axis(4));
-        assert_eq!(users_of(&index.candidates(&axis(4), 0.5, 10)), ["empty"]);
+        assert_eq!(users_of(&index.best_users(&axis(4), 0.5, 10)), ["empty"]);
     }
 
     #[test]
-    fn top_limits_users_but_keeps_ties_within_the_error() {
+    fn top_limits_users_best_first() {
         let mut index = Index::new();
         let mut v = axis(0);
         for (i, user) in ["x", "y", "z"].iter().enumerate() {
             v[1] = 0.1 * i as f32; // x: 1.0, y: ~0.995, z: ~0.98 against axis 0
-            let n: f32 = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-            let unit: Vec<f32> = v.iter().map(|a| a / n).collect();
-            index.add_sample(user, i as i64, &unit);
+            index.add_sample(user, i as i64, &unit(&v));
         }
         index.add_sample("far", 9, &axis(5));
-        let one = index.candidates(&axis(0), -1.0, 1);
-        assert_eq!(one[0].0, "x");
-        assert!(!users_of(&one).contains(&"far"), "{one:?}");
+        assert_eq!(users_of(&index.best_users(&axis(0), -1.0, 1)), ["x"]);
+        assert_eq!(
+            users_of(&index.best_users(&axis(0), -1.0, 3)),
+            ["x", "y", "z"]
+        );
+        // The same photo under two names: the tie breaks by userid.
+        index.add_sample("w", 10, &axis(0));
+        assert_eq!(users_of(&index.best_users(&axis(0), -1.0, 2)), ["w", "x"]);
     }
 
     #[test]
@@ -332,52 +311,55 @@ mod tests {
         index.add_sample("a", 1, &axis(0));
         index.add_sample("b", 2, &axis(1));
         index.add_sample("a", 3, &axis(2));
-        assert!(index.remove_sample(1));
-        assert!(!index.remove_sample(1));
-        assert!(index.candidates(&axis(0), 0.5, 10).is_empty());
-        assert_eq!(users_of(&index.candidates(&axis(2), 0.5, 10)), ["a"]);
+        assert!(index.remove_sample(1, &axis(0)));
+        assert!(!index.remove_sample(1, &axis(0)));
+        assert!(index.best_users(&axis(0), 0.5, 10).is_empty());
+        let only = index.best_users(&axis(2), 0.5, 10);
+        assert_eq!(users_of(&only), ["a"]);
+        assert!(
+            (only[0].1 - 1.0).abs() < 1e-6,
+            "the template is the one sample left"
+        );
 
         assert!(index.rename_user("a", "c"));
         assert_eq!(index.userids(), ["b", "c"]);
-        assert_eq!(users_of(&index.candidates(&axis(2), 0.5, 10)), ["c"]);
+        assert_eq!(users_of(&index.best_users(&axis(2), 0.5, 10)), ["c"]);
 
         assert!(index.rename_user("b", "c"), "a merge");
         assert_eq!(index.userids(), ["c"]);
-        assert_eq!(
-            index.candidates(&axis(1), 0.5, 10),
-            vec![("c".to_owned(), vec![2])]
+        let merged = index.best_users(&axis(1), 0.5, 10);
+        assert_eq!(users_of(&merged), ["c"]);
+        assert!((merged[0].1 - 0.5f32.sqrt()).abs() < 1e-6, "{merged:?}");
+        assert!(index.remove_sample(2, &axis(1)));
+        assert!(index.remove_sample(3, &axis(2)));
+        assert!(
+            index.best_users(&axis(2), -1.0, 10).is_empty(),
+            "a user whose samples are all gone matches nobody"
         );
         assert!(!index.rename_user("gone", "x"));
     }
 
     #[test]
-    fn comparisons_follow_every_change() {
+    fn enrolment_follows_every_change() {
         let mut index = Index::new();
-        assert_eq!(index.comparisons(), 0.0);
+        assert_eq!(index.enrolment(), Enrolment::default());
         index.add_sample("a", 1, &axis(0));
         index.add_sample("b", 2, &axis(1));
-        assert_eq!(index.comparisons(), 2.0);
+        assert_eq!(index.enrolment(), Enrolment::of([1, 1]));
         index.add_sample("a", 3, &axis(2));
-        let two_and_one = crate::vision::calibration::comparisons([2, 1]);
-        assert_eq!(index.comparisons(), two_and_one);
+        assert_eq!(index.enrolment(), Enrolment::of([2, 1]));
         assert!(index.rename_user("b", "a"), "a merge");
-        assert_eq!(
-            index.comparisons(),
-            crate::vision::calibration::comparisons([3])
-        );
-        assert!(index.remove_sample(3));
-        assert_eq!(
-            index.comparisons(),
-            crate::vision::calibration::comparisons([2])
-        );
+        assert_eq!(index.enrolment(), Enrolment::of([3]));
+        assert!(index.remove_sample(3, &axis(2)));
+        assert_eq!(index.enrolment(), Enrolment::of([2]));
         assert!(index.remove_user("a"));
-        assert_eq!(index.comparisons(), 0.0);
+        assert_eq!(index.enrolment(), Enrolment::default());
     }
 
     #[test]
     fn wrong_query_length_matches_nobody() {
         let mut index = Index::new();
         index.add_sample("a", 1, &axis(0));
-        assert!(index.candidates(&[1.0; 3], -1.0, 5).is_empty());
+        assert!(index.best_users(&[1.0; 3], -1.0, 5).is_empty());
     }
 }

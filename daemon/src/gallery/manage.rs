@@ -8,7 +8,7 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::{Gallery, GalleryError};
+use super::{schema, Gallery, GalleryError};
 
 /// One user with its sample count and dates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,12 +75,23 @@ impl Gallery {
     pub fn delete_sample(&self, sample_id: i64) -> Result<bool, GalleryError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if tx.execute("DELETE FROM samples WHERE id = ?1", [sample_id])? == 0 {
+        // The embedding leaves its user's template too.
+        let Some(blob) = tx
+            .query_row(
+                "DELETE FROM samples WHERE id = ?1 RETURNING embedding",
+                [sample_id],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+        else {
             return Ok(false);
-        }
+        };
+        let embedding = schema::decode_embedding(&blob).ok_or_else(|| {
+            GalleryError::Corrupt(format!("sample {sample_id} has a malformed embedding"))
+        })?;
         tx.commit()?;
         // Still under the connection lock: the index changes in commit order.
-        self.index_mut().remove_sample(sample_id);
+        self.index_mut().remove_sample(sample_id, &embedding);
         Ok(true)
     }
 

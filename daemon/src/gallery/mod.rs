@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::vision::calibration::Enrolment;
 pub use error::GalleryError;
 use index::Index;
 pub use manage::{RenameOutcome, UserSummary};
@@ -94,14 +95,14 @@ pub trait FaceStore: Send + Sync {
     fn delete_user(&self, userid: &str) -> Result<bool, GalleryError>;
     /// All userids, sorted bytewise.
     fn list_users(&self) -> Vec<String>;
-    /// For one unit-length query embedding, the users whose best cosine over their samples is
-    /// at least `min_cosine`, at most `top` of them, highest first (exact f32 cosines).
+    /// For one unit-length query embedding, the users whose template cosine (with the mean of
+    /// their samples) is at least `min_cosine`, at most `top` of them, highest first.
     fn best_matches(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)>;
     /// (users, samples).
     fn stats(&self) -> (usize, usize);
-    /// How many chances a stranger has to resemble someone in the gallery (sum over users of
-    /// samples^`SAMPLES_EXPONENT`): what recognition confidences are calibrated against.
-    fn comparisons(&self) -> f64;
+    /// How many users have how many samples: what recognition confidences are calibrated
+    /// against.
+    fn enrolment(&self) -> Enrolment;
     /// A consistent snapshot of the whole gallery as a standalone SQLite file.
     fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError>;
     /// Replaces the gallery with a backup, or leaves it untouched if the backup is not valid.
@@ -112,10 +113,6 @@ pub trait FaceStore: Send + Sync {
 pub struct Gallery {
     data_dir: PathBuf,
     db_path: PathBuf,
-    /// Recognition's connection: reads the few embeddings the index picks for an exact score
-    /// (WAL: never waits for the writer's transaction). Declared before `conn` so that it is
-    /// closed first: the writer, closing last, checkpoints and removes the WAL file.
-    reader: Mutex<Connection>,
     /// The one writing connection. A mutex also serialises register/delete/restore, so the
     /// index is always updated in commit order.
     conn: Mutex<Connection>,
@@ -162,12 +159,7 @@ impl Gallery {
         // Migrate before switching to WAL: a file we refuse (newer, foreign) stays untouched.
         schema::migrate(&mut conn)?;
         schema::configure_live(&conn)?;
-        let reader = Connection::open_with_flags(
-            db_path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        schema::configure_common(&reader)?;
-        Gallery::with_connection(data_dir, db_path, conn, reader)
+        Gallery::with_connection(data_dir, db_path, conn)
     }
 
     /// After a clean stop the database is one file: it is opened `immutable=1`, since on
@@ -182,15 +174,11 @@ impl Gallery {
             uri_path(db_path)?,
             if has_wal { "" } else { "?immutable=1" }
         );
-        let open = || -> Result<Connection, GalleryError> {
-            let conn = Connection::open_with_flags(
-                &uri,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-            )?;
-            schema::configure_common(&conn)?;
-            Ok(conn)
-        };
-        let (conn, reader) = (open()?, open()?);
+        let conn = Connection::open_with_flags(
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        schema::configure_common(&conn)?;
         let version = schema::user_version(&conn)?;
         if version != schema::CURRENT_VERSION {
             return Err(GalleryError::Corrupt(format!(
@@ -198,14 +186,13 @@ impl Gallery {
                 schema::CURRENT_VERSION
             )));
         }
-        Gallery::with_connection(data_dir, db_path, conn, reader)
+        Gallery::with_connection(data_dir, db_path, conn)
     }
 
     fn with_connection(
         data_dir: &Path,
         db_path: &Path,
         conn: Connection,
-        reader: Connection,
     ) -> Result<Gallery, GalleryError> {
         if !schema::has_format_marker(&conn)? {
             return Err(GalleryError::Corrupt(format!(
@@ -226,7 +213,6 @@ impl Gallery {
             data_dir: data_dir.to_owned(),
             db_path: db_path.to_owned(),
             conn: Mutex::new(conn),
-            reader: Mutex::new(reader),
             index: RwLock::new(index),
             reembed: Mutex::new(reembed),
         })
@@ -323,66 +309,10 @@ impl Gallery {
         self.index().userids()
     }
 
-    /// For one unit-length embedding, the users whose best cosine over all their samples is
-    /// at least `min_cosine`, at most `top` of them, highest first.
-    ///
-    /// The int8 index picks the few samples that can matter (see `index`); their f32
-    /// embeddings are read from SQLite and scored exactly. A sample deleted or replaced (by a
-    /// restore) in between is skipped.
+    /// For one unit-length embedding, the users whose template cosine is at least
+    /// `min_cosine`, at most `top` of them, highest first (see `index`).
     pub fn best_matches(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)> {
-        let candidates = self.index().candidates(query, min_cosine, top);
-        if candidates.is_empty() {
-            return Vec::new();
-        }
-        let exact = match self.exact_best(query, &candidates) {
-            Ok(exact) => exact,
-            Err(e) => {
-                log::error!("gallery: reading embeddings for an exact score: {e}");
-                return Vec::new();
-            }
-        };
-        let mut out: Vec<(String, f32)> = exact
-            .into_iter()
-            .filter(|(_, cosine)| *cosine >= min_cosine)
-            .collect();
-        // Ties (the same photo registered under two names) break by userid for stable answers.
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        out.truncate(top);
-        out
-    }
-
-    /// Each candidate user's best exact cosine over the given samples.
-    fn exact_best(
-        &self,
-        query: &[f32],
-        candidates: &[(String, Vec<i64>)],
-    ) -> Result<Vec<(String, f32)>, GalleryError> {
-        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut stmt = reader.prepare_cached(
-            "SELECT s.embedding, u.userid FROM samples s JOIN users u ON u.id = s.user_id
-             WHERE s.id = ?1",
-        )?;
-        let mut out = Vec::with_capacity(candidates.len());
-        for (userid, samples) in candidates {
-            let mut best = f32::NEG_INFINITY;
-            for &id in samples {
-                let row: Option<(Vec<u8>, String)> = stmt
-                    .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()?;
-                let Some((blob, owner)) = row else { continue };
-                if owner != *userid {
-                    continue;
-                }
-                if let Some(embedding) = schema::decode_embedding(&blob) {
-                    let cosine: f32 = embedding.iter().zip(query).map(|(a, b)| a * b).sum();
-                    best = best.max(cosine);
-                }
-            }
-            if best.is_finite() {
-                out.push((userid.clone(), best));
-            }
-        }
-        Ok(out)
+        self.index().best_users(query, min_cosine, top)
     }
 
     /// (number of users, number of samples).
@@ -391,9 +321,9 @@ impl Gallery {
         (index.user_count(), index.sample_count())
     }
 
-    /// See [`Index::comparisons`].
-    pub fn comparisons(&self) -> f64 {
-        self.index().comparisons()
+    /// See [`Index::enrolment`].
+    pub fn enrolment(&self) -> Enrolment {
+        self.index().enrolment()
     }
 
     /// The stored samples of `userid`, oldest first (empty if unknown).
@@ -483,8 +413,8 @@ impl FaceStore for Gallery {
     fn stats(&self) -> (usize, usize) {
         Gallery::stats(self)
     }
-    fn comparisons(&self) -> f64 {
-        Gallery::comparisons(self)
+    fn enrolment(&self) -> Enrolment {
+        Gallery::enrolment(self)
     }
     fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError> {
         Gallery::backup_bytes(self)

@@ -14,7 +14,7 @@ use super::form::FilePart;
 use crate::gallery::{FaceStore, NewSample, RegisterOutcome};
 use crate::vision::calibration::{
     detection_confidence, detection_score_for, recognition_confidence, recognition_cosine_for,
-    DEFAULT_DETECTION_CONFIDENCE, MATCH_MIN_SCORE,
+    Enrolment, DEFAULT_DETECTION_CONFIDENCE, MATCH_MIN_SCORE,
 };
 use crate::vision::compare::assign_users;
 use crate::vision::quality::Quality;
@@ -195,8 +195,8 @@ pub fn recognize(
     }
     let embedded = p.embed(&img, &faces)?;
     // Confidences are measured against the gallery as it is now (see vision::calibration).
-    let comparisons = gallery.comparisons();
-    let min_cosine = recognition_cosine_for(threshold, comparisons);
+    let enrolment = gallery.enrolment();
+    let min_cosine = recognition_cosine_for(threshold, &enrolment);
     // Each face needs at most as many users as there are faces: the others may take theirs.
     let candidates: Vec<Vec<(String, f32)>> = embedded
         .iter()
@@ -204,7 +204,7 @@ pub fn recognize(
             gallery
                 .best_matches(&e.embedding.0, min_cosine, faces.len())
                 .into_iter()
-                .map(|(user, cosine)| (user, recognition_confidence(cosine, comparisons)))
+                .map(|(user, cosine)| (user, recognition_confidence(cosine, &enrolment)))
                 .collect()
         })
         .collect();
@@ -372,7 +372,7 @@ pub fn match_faces(
     // One photo against one: the gallery of a single sample.
     Ok(recognition_confidence(
         embeddings[0].cosine(&embeddings[1]),
-        1.0,
+        &Enrolment::ONE_SAMPLE,
     ))
 }
 

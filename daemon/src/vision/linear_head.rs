@@ -39,8 +39,7 @@ impl Int8Linear {
             .map(|j| {
                 let row = &self.q[j * self.inputs..(j + 1) * self.inputs];
                 // (q - z) . x = q . x - z * sum(x)
-                (crate::dot::dot_i8_f32(row, x) - self.zero[j] * sum_x) * self.scale[j]
-                    + self.bias[j]
+                (crate::dot::dot(row, x) - self.zero[j] * sum_x) * self.scale[j] + self.bias[j]
             })
             .collect()
     }

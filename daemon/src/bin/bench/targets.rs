@@ -550,7 +550,7 @@ fn in_process(
         .into());
     }
     // What recognize asks for each face of the 4-face photo at DeepStack's default 0.67.
-    let min_cosine = recognition_cosine_for(DEFAULT_RECOGNITION_CONFIDENCE, gallery.comparisons());
+    let min_cosine = recognition_cosine_for(DEFAULT_RECOGNITION_CONFIDENCE, &gallery.enrolment());
     let mut v = Vec::new();
     for _ in 0..200 {
         let q = rng.unit();

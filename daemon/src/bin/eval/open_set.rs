@@ -3,15 +3,18 @@
 //! correctly, at DeepStack's thresholds, for galleries of 1 to 100 people with 1 to 5
 //! samples each.
 //!
+//! Users are scored as the daemon scores them: by the cosine with their template, the
+//! normalised mean of their samples.
+//!
 //! The set's people are split in two by the order of their folders: the even ones calibrate
-//! ([`derive`]: the stranger tail and how a user's samples add up), the odd ones report
+//! ([`derive`]: the stranger tails of templates of 1 to 5 samples), the odd ones report
 //! ([`report`]). Every stranger of a reported figure is a person the calibration never saw; a
 //! gallery larger than the report half borrows enrolled people from the calibration half, and
 //! only the report half's probes are counted.
 
 use deepstackd::config::DEFAULT_MIN_FACE_QUALITY;
 use deepstackd::gallery::EMBEDDING_DIM;
-use deepstackd::vision::calibration::{self, recognition_confidence};
+use deepstackd::vision::calibration::{recognition_confidence, Enrolment, SAMPLE_TAILS};
 
 /// The thresholds reported: Home Assistant's, DeepStack's default, and a strict one.
 pub const THRESHOLDS: [f32; 3] = [0.45, 0.67, 0.8];
@@ -56,6 +59,20 @@ pub fn calibrates(person: usize) -> bool {
 
 fn dot(a: &[f32; EMBEDDING_DIM], b: &[f32; EMBEDDING_DIM]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// A user's template, as the daemon's index keeps it: the normalised mean of the samples.
+fn template<'a>(
+    samples: impl IntoIterator<Item = &'a [f32; EMBEDDING_DIM]>,
+) -> [f32; EMBEDDING_DIM] {
+    let mut sum = [0f32; EMBEDDING_DIM];
+    for s in samples {
+        for (a, b) in sum.iter_mut().zip(s) {
+            *a += b;
+        }
+    }
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    sum.map(|x| x / norm)
 }
 
 /// Which probe embedding a run uses: the colour photo or its grayscale copy.
@@ -147,9 +164,9 @@ impl<'a> People<'a> {
     }
 }
 
-/// One enrolled person of a drawn gallery: the person, the sample embeddings, the held-out
-/// faces (its probes).
-type Enrolled<'a> = (usize, Vec<&'a [f32; EMBEDDING_DIM]>, Vec<&'a LabelledFace>);
+/// One enrolled person of a drawn gallery: the person, its samples' template and count, the
+/// held-out faces (its probes).
+type Enrolled<'a> = (usize, [f32; EMBEDDING_DIM], usize, Vec<&'a LabelledFace>);
 
 /// One drawn gallery.
 struct Gallery<'a> {
@@ -167,29 +184,29 @@ impl<'a> Gallery<'a> {
                     .copied()
                     .filter(|f| !good.iter().any(|g| std::ptr::eq(*g, *f)))
                     .collect();
-                (p, good.iter().map(|f| &f.colour).collect(), probes)
+                (
+                    p,
+                    template(good.iter().map(|f| &f.colour)),
+                    good.len(),
+                    probes,
+                )
             })
             .collect();
         Self { users }
     }
 
-    /// The `comparisons` figure the daemon's index computes for this gallery.
-    fn comparisons(&self) -> f64 {
-        self.users
-            .iter()
-            .map(|(_, s, _)| (s.len() as f64).powf(calibration::SAMPLES_EXPONENT as f64))
-            .sum()
+    /// The enrolment the daemon's index computes for this gallery.
+    fn enrolment(&self) -> Enrolment {
+        Enrolment::of(self.users.iter().map(|u| u.2))
     }
 
-    /// The best user for `probe` and its best cosine.
+    /// The best user for `probe` and its template cosine.
     fn best(&self, probe: &[f32; EMBEDDING_DIM]) -> (usize, f32) {
         let mut best = (usize::MAX, f32::NEG_INFINITY);
-        for (person, samples, _) in &self.users {
-            for s in samples {
-                let c = dot(probe, s);
-                if c > best.1 {
-                    best = (*person, c);
-                }
+        for (person, template, _, _) in &self.users {
+            let c = dot(probe, template);
+            if c > best.1 {
+                best = (*person, c);
             }
         }
         best
@@ -257,9 +274,9 @@ pub fn report(faces: &[LabelledFace], probe: Probe) -> Vec<Row> {
                 lent.truncate(n - from_own);
                 let enrolled: Vec<usize> = mine.iter().chain(&lent).copied().collect();
                 let gallery = Gallery::draw(&people, &enrolled, samples, &mut rng);
-                let comparisons = gallery.comparisons();
+                let enrolment = gallery.enrolment();
                 let named = |cosine: f32| {
-                    let c = recognition_confidence(cosine, comparisons);
+                    let c = recognition_confidence(cosine, &enrolment);
                     THRESHOLDS.map(|t| c >= t)
                 };
                 for &p in report_half.iter().filter(|p| !enrolled.contains(p)) {
@@ -271,7 +288,7 @@ pub fn report(faces: &[LabelledFace], probe: Probe) -> Vec<Row> {
                         }
                     }
                 }
-                for (person, _, probes) in gallery.users.iter().filter(|u| mine.contains(&u.0)) {
+                for (person, _, _, probes) in gallery.users.iter().filter(|u| mine.contains(&u.0)) {
                     for f in probes {
                         let Some(e) = probe.of(f) else { continue };
                         row.enrolled += 1;
@@ -358,14 +375,18 @@ const TAIL_FIT_KNOTS: usize = 4;
 /// The share of the fitted slope the tail keeps past the data.
 const EXTRAPOLATION_SLOPE: f32 = 0.75;
 
+/// Random templates drawn per calibration user for 2 or more samples (one sample: every
+/// registrable face is one).
+const TEMPLATE_DRAWS: usize = 10;
+
+/// One stranger tail: (cosine, log10 rate) knots extrapolated to cosine 1, and how many
+/// (colour, grayscale) stranger scores they come from.
+pub type Tail = (Vec<(f32, f32)>, [usize; 2]);
+
 /// What [`derive`] measured: the constants for `calibration.rs` and the figures behind them.
 pub struct Derived {
-    /// (cosine, log10 rate) knots of the stranger tail, extrapolated to cosine 1.
-    pub tail: Vec<(f32, f32)>,
-    pub pairs: [usize; 2],
-    pub samples_exponent: f32,
-    /// (samples, log10 rate, measured exponent) behind `samples_exponent`.
-    pub exponent_figures: Vec<(usize, f32, f32)>,
+    /// One tail per sample count, 1..=SAMPLE_TAILS.
+    pub tails: Vec<Tail>,
 }
 
 /// The cosine above which a fraction `10^log_rate` of the (descending) `scores` lie.
@@ -374,18 +395,39 @@ fn cosine_at_rate(desc: &[f32], log_rate: f32) -> Option<f32> {
     (k >= TAIL_MIN_EVENTS && k < desc.len()).then(|| desc[k - 1])
 }
 
-/// The calibration half's stranger pairs: every face (colour, and grayscale copy) against
-/// every registrable colour face of another person.
-fn stranger_pairs(people: &People, probe: Probe) -> Vec<f32> {
-    let half = people.half(true);
+/// The calibration half's templates of `k` registrable colour samples of one person: every
+/// registrable face for one sample, [`TEMPLATE_DRAWS`] random draws a person for more.
+fn calibration_templates(people: &People, k: usize) -> Vec<(usize, [f32; EMBEDDING_DIM])> {
+    let mut rng = Rng(0xca11b ^ k as u64);
     let mut out = Vec::new();
-    for &a in &half {
+    for u in people.eligible(true, k) {
+        if k == 1 {
+            for f in people.faces[u].iter().filter(|f| f.enrollable) {
+                out.push((u, f.colour));
+            }
+        } else {
+            for _ in 0..TEMPLATE_DRAWS {
+                let good = people.registered(u, k, &mut rng);
+                out.push((u, template(good.iter().map(|f| &f.colour))));
+            }
+        }
+    }
+    out
+}
+
+/// Every calibration-half face (colour, or its grayscale copy) against every template of
+/// another person, best first.
+fn stranger_scores(
+    people: &People,
+    templates: &[(usize, [f32; EMBEDDING_DIM])],
+    probe: Probe,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    for a in people.half(true) {
         for f in &people.faces[a] {
             let Some(e) = probe.of(f) else { continue };
-            for &b in half.iter().filter(|&&b| b != a) {
-                for s in people.faces[b].iter().filter(|s| s.enrollable) {
-                    out.push(dot(e, &s.colour));
-                }
+            for (_, t) in templates.iter().filter(|(u, _)| *u != a) {
+                out.push(dot(e, t));
             }
         }
     }
@@ -393,15 +435,12 @@ fn stranger_pairs(people: &People, probe: Probe) -> Vec<f32> {
     out
 }
 
-/// Derives the stranger tail and the samples exponent from the calibration half.
-pub fn derive(faces: &[LabelledFace]) -> Derived {
-    let people = People::new(faces);
-    let colour = stranger_pairs(&people, Probe::Colour);
-    let gray = stranger_pairs(&people, Probe::Gray);
-    // The heavier of the two tails at every rate: the map must hold for night frames too.
+/// Knots of one stranger tail: at each rate the heavier of the colour and grayscale probes'
+/// (the map must hold for night frames too), extrapolated past the data.
+fn tail_knots(colour: &[f32], gray: &[f32]) -> Vec<(f32, f32)> {
     let mut tail: Vec<(f32, f32)> = vec![(-1.0, 0.0)];
     for &l in &TAIL_LOG_RATES {
-        let t = match (cosine_at_rate(&colour, l), cosine_at_rate(&gray, l)) {
+        let t = match (cosine_at_rate(colour, l), cosine_at_rate(gray, l)) {
             (Some(a), Some(b)) => a.max(b),
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => break,
@@ -430,51 +469,22 @@ pub fn derive(faces: &[LabelledFace]) -> Derived {
     if last.0 < 1.0 && slope < 0.0 {
         tail.push((1.0, last.1 + EXTRAPOLATION_SLOPE * slope * (1.0 - last.0)));
     }
+    tail
+}
 
-    // How k samples of one person add up: the rate at which a stranger's best over k
-    // samples of one user reaches t, against k single samples' rate.
-    let mut figures = Vec::new();
-    let single =
-        |t: f32| colour.iter().take_while(|&&c| c >= t).count() as f64 / colour.len() as f64;
-    let mut rng = Rng(0xca11b);
-    let half = people.half(true);
-    for k in 2..=5 {
-        let users = people.eligible(true, k);
-        let mut best: Vec<f32> = Vec::new();
-        for _ in 0..8 {
-            for &u in &users {
-                let good = people.registered(u, k, &mut rng);
-                for &a in half.iter().filter(|&&a| a != u) {
-                    for f in &people.faces[a] {
-                        best.push(
-                            good.iter()
-                                .map(|s| dot(&f.colour, &s.colour))
-                                .fold(f32::MIN, f32::max),
-                        );
-                    }
-                }
-            }
-        }
-        for l in [-2.0f32, -2.5, -3.0] {
-            let Some(t) = cosine_at_rate(&colour, l) else {
-                continue;
-            };
-            let rate = best.iter().filter(|&&c| c >= t).count() as f64 / best.len().max(1) as f64;
-            let exponent = ((rate / single(t)).ln() / (k as f64).ln()) as f32;
-            figures.push((k, l, exponent));
-        }
-    }
-    let samples_exponent = figures
-        .iter()
-        .map(|f| f.2)
-        .fold(0.0f32, f32::max)
-        .clamp(0.0, 1.0);
-    Derived {
-        tail,
-        pairs: [colour.len(), gray.len()],
-        samples_exponent,
-        exponent_figures: figures,
-    }
+/// Derives the stranger tails of templates of 1 to [`SAMPLE_TAILS`] samples from the
+/// calibration half.
+pub fn derive(faces: &[LabelledFace]) -> Derived {
+    let people = People::new(faces);
+    let tails = (1..=SAMPLE_TAILS)
+        .map(|k| {
+            let templates = calibration_templates(&people, k);
+            let colour = stranger_scores(&people, &templates, Probe::Colour);
+            let gray = stranger_scores(&people, &templates, Probe::Gray);
+            (tail_knots(&colour, &gray), [colour.len(), gray.len()])
+        })
+        .collect();
+    Derived { tails }
 }
 
 /// A face whose median cosine to another person's faces reaches this, and beats its median to
