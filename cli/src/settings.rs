@@ -195,6 +195,33 @@ pub const KEYS: &[Key] = &[
         daemon_default: "64",
     },
     Key {
+        name: "MEMORY_BUDGET_BYTES",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 1 << 20,
+            max: u64::MAX / 4,
+        },
+        help: "memory request bodies and decoding images may hold at once (1/8 of RAM, 32-128 MiB)",
+        daemon_default: "1/8 of RAM, 32-128 MiB",
+    },
+    Key {
+        name: "BODY_TIMEOUT",
+        aliases: &[],
+        kind: Kind::Seconds,
+        help: "seconds a request body may take to arrive; stalled uploads are cut (30)",
+        daemon_default: "30",
+    },
+    Key {
+        name: "MAX_CONNECTIONS",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 1,
+            max: 1_000_000,
+        },
+        help: "most open HTTP connections; more wait in the backlog (1024)",
+        daemon_default: "1024",
+    },
+    Key {
         name: "MIN_FACE_QUALITY",
         aliases: &[],
         kind: Kind::Fraction,

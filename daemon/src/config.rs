@@ -37,6 +37,11 @@ pub const DEFAULT_MAX_QUEUE: usize = 64;
 /// Default lowest face quality (0..1, `vision::quality`) a registration sample may have:
 /// refuses faces under about 30 pixels, strongly blurred ones and profiles.
 pub const DEFAULT_MIN_FACE_QUALITY: f32 = 0.3;
+/// Default deadline for a request body to arrive, in seconds: a photo from a camera on the
+/// LAN takes well under a second; a stalled upload is cut after this.
+pub const DEFAULT_BODY_TIMEOUT_SECS: f64 = 30.0;
+/// Default cap on open HTTP connections (more wait in the listen backlog).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Largest THREADCOUNT accepted: more threads than this only add memory and contention.
 pub const MAX_THREADCOUNT: usize = 256;
 /// The detector size used on ARM, where DeepStack had no speed modes: the Pi's budget.
@@ -170,6 +175,27 @@ const SETTINGS: &[Setting] = &[
         help: "most requests waiting for the inference threads; more are refused [default: 64]",
     },
     Setting {
+        name: "MEMORY_BUDGET_BYTES",
+        aliases: &[],
+        flag: "--memory-budget-bytes",
+        value: Some("N"),
+        help: "memory that request bodies and decoding images may hold at once; past it requests are refused [default: an eighth of the machine's memory, 32-128 MiB]",
+    },
+    Setting {
+        name: "BODY_TIMEOUT",
+        aliases: &[],
+        flag: "--body-timeout",
+        value: Some("SECONDS"),
+        help: "deadline for a request body to arrive; slower uploads are cut [default: 30]",
+    },
+    Setting {
+        name: "MAX_CONNECTIONS",
+        aliases: &[],
+        flag: "--max-connections",
+        value: Some("N"),
+        help: "most open HTTP connections; more wait in the listen backlog [default: 1024]",
+    },
+    Setting {
         name: "MIN_FACE_QUALITY",
         aliases: &[],
         flag: "--min-face-quality",
@@ -215,6 +241,12 @@ pub struct Config {
     pub max_queue: usize,
     /// Lowest face quality a registration sample may have.
     pub min_face_quality: f32,
+    /// Memory request bodies and decoding images may hold at once, in bytes.
+    pub memory_budget_bytes: u64,
+    /// Deadline for a request body to arrive.
+    pub body_timeout: Duration,
+    /// Most open HTTP connections.
+    pub max_connections: usize,
     /// Things worth a warning in the log once it is set up (unknown env file keys, ...).
     pub warnings: Vec<String>,
 }
@@ -241,6 +273,9 @@ impl fmt::Debug for Config {
             .field("max_userid_bytes", &self.max_userid_bytes)
             .field("max_queue", &self.max_queue)
             .field("min_face_quality", &self.min_face_quality)
+            .field("memory_budget_bytes", &self.memory_budget_bytes)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -581,16 +616,18 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         Some(n) => n as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let timeout = match get("TIMEOUT") {
-        None => Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS),
-        // Fractions are ours (DeepStack took whole seconds): they make the timeout testable.
+    let seconds = |name: &'static str, default: f64| match get(name) {
+        None => Ok(Duration::from_secs_f64(default)),
+        // Fractions are ours (DeepStack took whole seconds): they make the timeouts testable.
         Some((v, _)) => v
             .parse::<f64>()
             .ok()
             .filter(|s| *s > 0.0 && *s < MAX_TIMEOUT_SECS)
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .ok_or_else(|| invalid("TIMEOUT", "expected a positive number of seconds"))?,
+            .ok_or_else(|| invalid(name, "expected a positive number of seconds")),
     };
+    let timeout = seconds("TIMEOUT", DEFAULT_TIMEOUT_SECS)?;
+    let body_timeout = seconds("BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_SECS)?;
     let data_dir =
         get("DATA_DIR").map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |(v, _)| v.into());
     let models_dir = match get("MODELS_DIR") {
@@ -607,6 +644,10 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
     let max_userid_bytes =
         number("MAX_USERID_BYTES", 1, 16 << 20)?.map_or(DEFAULT_MAX_USERID_BYTES, |n| n as usize);
     let max_queue = number("MAX_QUEUE", 1, 1_000_000)?.map_or(DEFAULT_MAX_QUEUE, |n| n as usize);
+    let memory_budget_bytes = number("MEMORY_BUDGET_BYTES", 1 << 20, u64::MAX / 4)?
+        .unwrap_or_else(crate::budget::default_budget_bytes);
+    let max_connections =
+        number("MAX_CONNECTIONS", 1, 1_000_000)?.map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize);
     let min_face_quality = match get("MIN_FACE_QUALITY") {
         None => DEFAULT_MIN_FACE_QUALITY,
         Some((v, _)) => v
@@ -647,6 +688,9 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         max_userid_bytes,
         max_queue,
         min_face_quality,
+        memory_budget_bytes,
+        body_timeout,
+        max_connections,
         warnings,
     })
 }
@@ -740,8 +784,32 @@ mod tests {
             (32, 65536, 256, 64)
         );
         assert_eq!(c.min_face_quality, DEFAULT_MIN_FACE_QUALITY);
+        assert_eq!(c.memory_budget_bytes, crate::budget::default_budget_bytes());
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_connections, 1024);
         if !ON_ARM {
             assert_eq!(c.mode, Mode::Medium);
+        }
+    }
+
+    #[test]
+    fn memory_and_connection_limits_are_set_by_name_or_flag() {
+        let c = run(
+            &["--max-connections", "10"],
+            &[("MEMORY_BUDGET_BYTES", "16777216"), ("BODY_TIMEOUT", "2.5")],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.memory_budget_bytes, c.body_timeout, c.max_connections),
+            (16 << 20, Duration::from_millis(2500), 10)
+        );
+        for (name, value) in [
+            ("MEMORY_BUDGET_BYTES", "1000"),
+            ("BODY_TIMEOUT", "0"),
+            ("MAX_CONNECTIONS", "0"),
+        ] {
+            let e = run(&[], &[(name, value)]).unwrap_err().to_string();
+            assert!(e.contains(name), "{name}={value}: {e}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! A request's way through the crate: `http` (routes, forms, errors) -> `vision` (decode,
 //! detect, align, embed, compare) -> `gallery` (SQLite + in-memory index) -> JSON.
 
+pub mod budget;
 pub mod config;
 pub mod dot;
 pub mod gallery;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deepstackd::budget::MemoryBudget;
 use deepstackd::config::{self, Command, Config};
 use deepstackd::gallery::Gallery;
 use deepstackd::http::{self, Access, AppState, UploadLimits};
@@ -141,6 +142,8 @@ fn run(config: Config) -> Result<(), String> {
         pool,
         gallery: Arc::new(gallery),
         limits: UploadLimits {
+            budget: MemoryBudget::new(config.memory_budget_bytes),
+            body_timeout: config.body_timeout,
             max_pixels: config.max_pixels,
             max_upload_bytes: config.max_upload_bytes,
             max_userid_bytes: config.max_userid_bytes,
@@ -148,6 +151,7 @@ fn run(config: Config) -> Result<(), String> {
             max_field_bytes: config.max_field_bytes,
             min_face_quality: config.min_face_quality,
         },
+        max_connections: config.max_connections,
         started,
     };
     // The watchdog is fed only while every inference worker runs and none is stuck: a job

@@ -33,6 +33,22 @@ pub enum ApiError {
         /// The queue's size.
         queued: usize,
     },
+    /// Ours: the request body's share of MEMORY_BUDGET_BYTES was not free within the
+    /// admission wait (or is more than the whole budget); refused before reading it, with
+    /// DeepStack's timeout answer and a `reason`.
+    #[error("failed to process request before timeout")]
+    OverBudget {
+        /// Bytes the body asked for.
+        wanted: u64,
+        /// The budget's size.
+        budget: u64,
+    },
+    /// Ours: the request body did not arrive within BODY_TIMEOUT.
+    #[error("failed to process request before timeout")]
+    BodyTimeout {
+        /// BODY_TIMEOUT.
+        after: std::time::Duration,
+    },
     /// No usable file part (or a body that is not multipart).
     #[error("No valid image file found")]
     NoImage,
@@ -133,6 +149,8 @@ impl ResponseError for ApiError {
             ApiError::FacesDisabled => StatusCode::FORBIDDEN,
             ApiError::Timeout
             | ApiError::Overloaded { .. }
+            | ApiError::OverBudget { .. }
+            | ApiError::BodyTimeout { .. }
             | ApiError::StorageUnavailable { .. }
             | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound | ApiError::UnknownUserid | ApiError::UnknownSample => {
@@ -162,6 +180,14 @@ impl ResponseError for ApiError {
             ApiError::Overloaded { queued } => {
                 log::warn!("refused: {queued} requests already wait for inference (MAX_QUEUE)")
             }
+            ApiError::OverBudget { wanted, budget } => log::warn!(
+                "refused: a body of {wanted} bytes does not fit the memory budget of {budget} \
+                 bytes (MEMORY_BUDGET_BYTES)"
+            ),
+            ApiError::BodyTimeout { after } => log::warn!(
+                "cut: a request body did not arrive within {} s (BODY_TIMEOUT)",
+                after.as_secs_f64()
+            ),
             _ => {}
         }
         let overloaded;
@@ -173,6 +199,27 @@ impl ResponseError for ApiError {
             ApiError::Overloaded { queued } => {
                 overloaded = format!(
                     "server busy: {queued} requests already wait for inference (MAX_QUEUE)"
+                );
+                Some(overloaded.as_str())
+            }
+            ApiError::OverBudget { wanted, budget } => {
+                overloaded = if wanted > budget {
+                    format!(
+                        "request of {wanted} bytes is larger than the memory budget of \
+                         {budget} bytes (MEMORY_BUDGET_BYTES)"
+                    )
+                } else {
+                    format!(
+                        "server busy: the memory budget of {budget} bytes \
+                         (MEMORY_BUDGET_BYTES) is in use by other requests"
+                    )
+                };
+                Some(overloaded.as_str())
+            }
+            ApiError::BodyTimeout { after } => {
+                overloaded = format!(
+                    "request body not received within {} s (BODY_TIMEOUT)",
+                    after.as_secs_f64()
                 );
                 Some(overloaded.as_str())
             }

@@ -150,10 +150,10 @@ pub async fn detect(state: web::Data<AppState>, form: Form) -> Result<HttpRespon
     let file = image(&form)?;
     let min_confidence = min_confidence(&form, DEFAULT_DETECTION_CONFIDENCE)?;
     form.check_file_count()?;
-    let limits = state.limits;
+    let limits = state.limits.clone();
     let faces = state
         .pool
-        .run(move |p| jobs::detect(p, &file, limits, min_confidence))
+        .run(move |p| jobs::detect(p, &file, &limits, min_confidence))
         .await??;
     let predictions: Vec<Detection> = faces
         .into_iter()
@@ -172,10 +172,10 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
     let file = image(&form)?;
     let threshold = min_confidence(&form, DEFAULT_RECOGNITION_CONFIDENCE)?;
     form.check_file_count()?;
-    let (limits, gallery) = (state.limits, state.gallery.clone());
+    let (limits, gallery) = (state.limits.clone(), state.gallery.clone());
     let faces = state
         .pool
-        .run(move |p| jobs::recognize(p, &*gallery, &file, limits, threshold))
+        .run(move |p| jobs::recognize(p, &*gallery, &file, &limits, threshold))
         .await??;
     let predictions: Vec<Recognition> = faces
         .into_iter()
@@ -199,13 +199,13 @@ pub async fn register(state: web::Data<AppState>, form: Form) -> Result<HttpResp
     form.check_file_count()?;
     // Refuse a too-big part before decoding the others: all or nothing anyway.
     for file in form.files() {
-        jobs::check_upload(file, state.limits)?;
+        jobs::check_upload(file, &state.limits)?;
     }
     let files = form.files().to_vec();
-    let (limits, gallery) = (state.limits, state.gallery.clone());
+    let (limits, gallery) = (state.limits.clone(), state.gallery.clone());
     let done = state
         .pool
-        .run(move |p| jobs::register(p, &*gallery, &userid, &files, limits))
+        .run(move |p| jobs::register(p, &*gallery, &userid, &files, &limits))
         .await??;
     let message = match done.outcome {
         RegisterOutcome::Added => "face added",
@@ -236,10 +236,10 @@ pub async fn match_faces(state: web::Data<AppState>, form: Form) -> Result<HttpR
     };
     let (a, b) = a.zip(b).ok_or(ApiError::NoImage)?;
     form.check_file_count()?;
-    let limits = state.limits;
+    let limits = state.limits.clone();
     let similarity = state
         .pool
-        .run(move |p| jobs::match_faces(p, &a, &b, limits))
+        .run(move |p| jobs::match_faces(p, &a, &b, &limits))
         .await??;
     Ok(success(Similarity { similarity }, 2))
 }

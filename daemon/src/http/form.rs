@@ -17,20 +17,31 @@
 //! - text fields: a value over `max_field_bytes` is not kept, only marked too long; at most
 //!   [`MAX_TEXT_FIELDS`] fields are kept.
 //! - text that is not UTF-8 is marked as such, never silently replaced.
+//!
+//! Two limits refuse the request instead ([`BodyLimits`], the extractor's error): before a
+//! byte of the body is read, the bytes it may keep (its Content-Length, at most the upload
+//! limit) are drawn from the process's memory budget (`budget`), waiting at most
+//! [`ADMISSION_WAIT`]; and the whole body must arrive within BODY_TIMEOUT. Either answer is
+//! DeepStack's busy error with a `reason`. A refused body is read and dropped (within the
+//! deadline and the wire cap) so that the client gets to read the answer; the connection is
+//! closed after it.
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_multipart::Multipart;
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
-use actix_web::http::header::{HeaderMap, CONTENT_TYPE};
+use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::{Stream, StreamExt};
 
 use super::error::ApiError;
+use crate::budget::{MemoryBudget, Reservation};
 use crate::config::{DEFAULT_MAX_FIELD_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_BYTES};
 
 /// How much of a too-big request is still read, discarding files, to find its text fields.
@@ -58,6 +69,20 @@ impl Default for FormLimits {
             max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
         }
     }
+}
+
+/// How long a request may wait for its share of the memory budget before it is refused:
+/// long enough for a burst of refused or finished uploads to give theirs back.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(1);
+
+/// The memory budget bodies draw from and the deadline for a body to arrive; registered as
+/// app data.
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    /// MEMORY_BUDGET_BYTES.
+    pub budget: Arc<MemoryBudget>,
+    /// BODY_TIMEOUT.
+    pub timeout: Duration,
 }
 
 /// A route-level override of [`FormLimits::max_upload_bytes`] (restore reads large files).
@@ -95,6 +120,8 @@ pub struct Form {
     /// File parts past `max_files`, counted but not kept.
     extra_files: u64,
     max_files: usize,
+    /// The memory budget's bytes for what the form holds, given back when it is dropped.
+    held: Option<Reservation>,
 }
 
 impl Form {
@@ -157,7 +184,37 @@ impl FromRequest for Form {
         }
         let payload = payload.take();
         let headers = req.headers().clone();
-        Box::pin(async move { Ok(read_body(&headers, payload, limits).await) })
+        let body = req.app_data::<BodyLimits>().cloned();
+        Box::pin(async move {
+            let Some(body) = body else {
+                return Ok(read_body(&headers, payload, limits).await);
+            };
+            // The form keeps at most the upload limit, and never more than the body's length.
+            let declared = headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let wanted =
+                declared.map_or(limits.max_upload_bytes, |n| n.min(limits.max_upload_bytes));
+            let Some(held) = body.budget.reserve_within(wanted, ADMISSION_WAIT).await else {
+                // Read and drop what the client sends (within the deadline and the wire
+                // cap), so that it gets to read the answer instead of a reset.
+                let drain = discard(payload, wire_cap(&limits));
+                let _ = actix_web::rt::time::timeout(body.timeout, drain).await;
+                return Err(ApiError::OverBudget {
+                    wanted,
+                    budget: body.budget.limit(),
+                });
+            };
+            let read = read_body(&headers, payload, limits);
+            let mut form = actix_web::rt::time::timeout(body.timeout, read)
+                .await
+                .map_err(|_| ApiError::BodyTimeout {
+                    after: body.timeout,
+                })?;
+            form.held = Some(held);
+            Ok(form)
+        })
     }
 }
 
@@ -182,6 +239,20 @@ where
         }
         "application/x-www-form-urlencoded" => read_urlencoded(payload, limits).await,
         _ => Form::default(),
+    }
+}
+
+/// Reads and drops up to `cap` bytes of `payload`.
+async fn discard<S>(mut payload: S, cap: u64)
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    let mut read: u64 = 0;
+    while let Some(Ok(chunk)) = payload.next().await {
+        read += chunk.len() as u64;
+        if read > cap {
+            break;
+        }
     }
 }
 

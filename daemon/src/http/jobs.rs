@@ -4,6 +4,7 @@
 //! first, then hand one of these to the pool and turn its result into JSON.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::RgbImage;
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::form::FilePart;
+use crate::budget::{MemoryBudget, Reservation};
 use crate::gallery::{FaceStore, NewSample, RegisterOutcome};
 use crate::vision::calibration::{
     detection_confidence, detection_score_for, recognition_confidence, recognition_cosine_for,
@@ -35,8 +37,12 @@ pub const SKIP_NO_FACE: &str = "no face detected";
 pub const SKIP_AMBIGUOUS: &str = "several faces of similar size";
 
 /// Limits applied to one request (see SECURITY.md for the whole list).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UploadLimits {
+    /// What bodies and decoding draw from (MEMORY_BUDGET_BYTES).
+    pub budget: Arc<MemoryBudget>,
+    /// Deadline for a body to arrive (BODY_TIMEOUT).
+    pub body_timeout: std::time::Duration,
     /// Largest image, in pixels.
     pub max_pixels: u64,
     /// Largest upload, in bytes (only named in the error's reason).
@@ -127,7 +133,7 @@ pub struct Registered {
 }
 
 /// `invalid image` with a reason for a part whose bytes went over MAX_UPLOAD_BYTES.
-pub fn check_upload(file: &FilePart, limits: UploadLimits) -> Result<(), ApiError> {
+pub fn check_upload(file: &FilePart, limits: &UploadLimits) -> Result<(), ApiError> {
     if file.over_limit {
         return Err(ApiError::InvalidImage {
             reason: Some(format!(
@@ -139,12 +145,26 @@ pub fn check_upload(file: &FilePart, limits: UploadLimits) -> Result<(), ApiErro
     Ok(())
 }
 
-fn decode(p: &Pipeline, file: &FilePart, limits: UploadLimits) -> Result<Photo, ApiError> {
+/// The photo of `file`, and its share of the memory budget (held while the photo is).
+fn decode(
+    p: &Pipeline,
+    file: &FilePart,
+    limits: &UploadLimits,
+) -> Result<(Photo, Reservation), ApiError> {
     check_upload(file, limits)?;
     let decode_limits = DecodeLimits {
         max_pixels: limits.max_pixels,
     };
-    Ok(p.decode(&file.bytes, decode_limits)?)
+    // What the decode refuses from the header (over MAX_PIXELS, not an image) needs nothing.
+    let peak = p.decode_peak_bytes(&file.bytes, decode_limits).unwrap_or(0);
+    let held = limits
+        .budget
+        .try_reserve(peak)
+        .ok_or(ApiError::OverBudget {
+            wanted: peak,
+            budget: limits.budget.limit(),
+        })?;
+    Ok((p.decode(&file.bytes, decode_limits)?, held))
 }
 
 /// Lowest detection confidence ever reported, whatever `min_confidence` asks. Below it YuNet
@@ -161,10 +181,10 @@ fn min_score(confidence: f32) -> f32 {
 pub fn detect(
     p: &Pipeline,
     file: &FilePart,
-    limits: UploadLimits,
+    limits: &UploadLimits,
     min_confidence: f32,
 ) -> Result<Vec<DetectedFace>, ApiError> {
-    let img = decode(p, file, limits)?;
+    let (img, _held) = decode(p, file, limits)?;
     let (w, h) = img.dimensions();
     let mut faces: Vec<DetectedFace> = p
         .detect(&img, min_score(min_confidence))?
@@ -185,10 +205,10 @@ pub fn recognize(
     p: &Pipeline,
     gallery: &dyn FaceStore,
     file: &FilePart,
-    limits: UploadLimits,
+    limits: &UploadLimits,
     threshold: f32,
 ) -> Result<Vec<RecognizedFace>, ApiError> {
-    let img = decode(p, file, limits)?;
+    let (img, _held) = decode(p, file, limits)?;
     let faces = p.detect(&img, min_score(DEFAULT_DETECTION_CONFIDENCE))?;
     if faces.is_empty() {
         return Ok(Vec::new());
@@ -274,12 +294,12 @@ pub fn register(
     gallery: &dyn FaceStore,
     userid: &str,
     files: &[FilePart],
-    limits: UploadLimits,
+    limits: &UploadLimits,
 ) -> Result<Registered, ApiError> {
     let mut samples = Vec::new();
     let mut skipped = Vec::new();
     for file in files {
-        let img = decode(p, file, limits)?;
+        let (img, _held) = decode(p, file, limits)?;
         let faces = p.detect(&img, min_score(DEFAULT_DETECTION_CONFIDENCE))?;
         let face = match pick_registration_face(&faces) {
             Pick::One(face) => face,
@@ -360,11 +380,11 @@ pub fn match_faces(
     p: &Pipeline,
     a: &FilePart,
     b: &FilePart,
-    limits: UploadLimits,
+    limits: &UploadLimits,
 ) -> Result<f32, ApiError> {
     let images = [decode(p, a, limits)?, decode(p, b, limits)?];
     let mut embeddings = Vec::with_capacity(2);
-    for img in &images {
+    for (img, _held) in &images {
         let faces = p.detect(img, MATCH_MIN_SCORE)?;
         let face = largest_face(&faces).ok_or(ApiError::NoFaceFound)?;
         embeddings.push(p.embed(img, &[face])?.remove(0).embedding);

@@ -25,12 +25,17 @@ use actix_web::{middleware, web, App, HttpServer};
 
 pub use auth::Access;
 pub use error::ApiError;
-pub use form::{read_body, Form, FormLimits};
+pub use form::{read_body, BodyLimits, Form, FormLimits};
 pub use jobs::{UploadLimits, AMBIGUOUS_AREA_RATIO};
 pub use page::{OPENAPI_JSON, PAGE_HTML};
 
 use crate::gallery::Gallery;
 use crate::inference::InferencePool;
+
+/// Deadline for a request's head (request line and headers) to arrive.
+pub const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an idle keep-alive connection stays open.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every handler shares.
 pub struct AppState {
@@ -43,6 +48,8 @@ pub struct AppState {
     pub gallery: Arc<Gallery>,
     /// Limits applied to uploads.
     pub limits: UploadLimits,
+    /// Most open HTTP connections (MAX_CONNECTIONS).
+    pub max_connections: usize,
     /// When the server started (status page).
     pub started: Instant,
 }
@@ -120,14 +127,28 @@ pub async fn serve(
         max_files: state.limits.max_files,
         max_field_bytes: state.limits.max_field_bytes,
     };
+    let body = BodyLimits {
+        budget: state.limits.budget.clone(),
+        timeout: state.limits.body_timeout,
+    };
+    // actix counts connections per worker: MAX_CONNECTIONS shared among them.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_worker = state.max_connections.div_ceil(workers).max(1);
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(limits)
+            .app_data(body.clone())
             .wrap(middleware::from_fn(logging::log_request))
             .configure(routes)
     })
+    .workers(workers)
+    .max_connections(per_worker)
+    // The request head must arrive within this (actix answers 408 past it); an idle
+    // keep-alive connection is closed after KEEP_ALIVE.
+    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+    .keep_alive(KEEP_ALIVE)
     .disable_signals()
     .shutdown_timeout(drain.as_secs().max(1))
     .bind(addr)?

@@ -185,6 +185,27 @@ pub fn decode_photo(
     })
 }
 
+/// The most memory decoding `bytes` at `keep_long_side` (see [`decode_photo`]) holds at once,
+/// estimated from the header alone: the decoder's buffer in its own pixel format plus the RGB
+/// copy (a reduced-scale JPEG: its RGB output and one copy). `None` when the header cannot be
+/// read or the image is over `limits` (the decode then fails without allocating pixels).
+pub fn decode_peak_bytes(bytes: &[u8], limits: DecodeLimits, keep_long_side: u32) -> Option<u64> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?;
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
+    let decoder = reader.into_decoder().ok()?;
+    let (width, height) = decoder.dimensions();
+    let pixels = |w: u32, h: u32| u64::from(w) * u64::from(h);
+    if pixels(width, height) > limits.max_pixels {
+        return None;
+    }
+    Some(match reduced_scale(width, height, keep_long_side) {
+        Some(d) if is_jpeg => pixels(width.div_ceil(d), height.div_ceil(d)) * 6,
+        _ => pixels(width, height) * (u64::from(decoder.color_type().bytes_per_pixel()) + 3),
+    })
+}
+
 /// The largest inverse-DCT divisor (2, 4 or 8) that keeps the longer side at least
 /// `keep_long_side` pixels, if any.
 fn reduced_scale(width: u32, height: u32, keep_long_side: u32) -> Option<u32> {

@@ -160,8 +160,18 @@ impl Pipeline {
     /// least twice the detector's input size on its longer side: a face the detector can find
     /// keeps about as many pixels as the 112x112 crop needs.
     pub fn decode(&self, bytes: &[u8], limits: DecodeLimits) -> Result<Photo, VisionError> {
-        let keep_long_side = 2 * self.mode().input_size();
-        Ok(decode::decode_photo(bytes, limits, keep_long_side)?)
+        Ok(decode::decode_photo(bytes, limits, self.keep_long_side())?)
+    }
+
+    /// The longer side a reduced-scale decode keeps: twice the detector's input.
+    fn keep_long_side(&self) -> u32 {
+        2 * self.mode().input_size()
+    }
+
+    /// The most memory [`Pipeline::decode`] of `bytes` holds at once (see
+    /// [`decode::decode_peak_bytes`]); `None` for what the decode refuses from the header.
+    pub fn decode_peak_bytes(&self, bytes: &[u8], limits: DecodeLimits) -> Option<u64> {
+        decode::decode_peak_bytes(bytes, limits, self.keep_long_side())
     }
 
     /// Faces with a YuNet score of at least `min_score`, best first, in the uploaded photo's

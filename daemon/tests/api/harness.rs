@@ -418,6 +418,16 @@ fn exchange(mut stream: TcpStream, message: &[u8]) -> std::io::Result<Response> 
     }
 }
 
+/// Reads an answer from `stream` to the end (the server closes the connection).
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    let mut raw = Vec::new();
+    let read = stream.read_to_end(&mut raw);
+    match read {
+        Err(e) if raw.is_empty() => Err(e),
+        _ => parse_response(&raw),
+    }
+}
+
 fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let end = raw
