@@ -138,6 +138,13 @@ fn uploads_past_the_memory_budget_and_stalled_ones_are_refused_and_the_daemon_se
         recognize_took < Duration::from_secs(2),
         "{recognize_took:?}"
     );
+    // A request without a body (no Content-Length) needs nothing from the budget.
+    let res = harness::raw_request(
+        port,
+        b"GET /v1/gallery/users HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(res.status, 200, "{}", res.text());
     let res = server.post(
         "/v1/vision/face/register",
         &Multipart::new()

@@ -34,7 +34,7 @@ use std::time::Duration;
 use actix_multipart::Multipart;
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
-use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
@@ -189,11 +189,13 @@ impl FromRequest for Form {
             let Some(body) = body else {
                 return Ok(read_body(&headers, payload, limits).await);
             };
-            // The form keeps at most the upload limit, and never more than the body's length.
-            let declared = headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            // The form keeps at most the upload limit, and never more than the body's length:
+            // its Content-Length, none without one (HTTP/1.1: no body), the limit when chunked.
+            let declared = match headers.get(CONTENT_LENGTH) {
+                Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()),
+                None if headers.contains_key(TRANSFER_ENCODING) => None,
+                None => Some(0),
+            };
             let wanted =
                 declared.map_or(limits.max_upload_bytes, |n| n.min(limits.max_upload_bytes));
             let Some(held) = body.budget.reserve_within(wanted, ADMISSION_WAIT).await else {
