@@ -132,11 +132,6 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
-
-    /// The budget it draws from.
-    pub fn budget(&self) -> &Arc<MemoryBudget> {
-        &self.budget
-    }
 }
 
 impl Drop for Reservation {

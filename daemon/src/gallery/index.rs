@@ -58,9 +58,8 @@ impl Index {
     pub fn add_sample(&mut self, userid: &str, sample_id: i64, embedding: &[f32]) {
         debug_assert_eq!(embedding.len(), EMBEDDING_DIM);
         let slot = self.add_user(userid);
-        if self.sample_user.insert(sample_id, slot).is_some() {
-            debug_assert!(false, "sample {sample_id} added twice");
-        }
+        let previous = self.sample_user.insert(sample_id, slot);
+        debug_assert!(previous.is_none(), "sample {sample_id} added twice");
         self.samples[slot as usize] += 1;
         self.add_to_sum(slot, embedding, 1.0);
     }

@@ -208,9 +208,9 @@ impl Enrolment {
         };
         let share: f64 = users
             .iter()
-            .zip(IMPOSTOR_TAILS)
-            .filter(|(&n, _)| n > 0)
-            .map(|(&n, tail)| n as f64 * 10f64.powf(interpolate(tail, cosine) as f64))
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, &n)| n as f64 * 10f64.powf(log10_stranger_rate(cosine, k + 1) as f64))
             .sum();
         (share.log10() as f32).min(0.0)
     }

@@ -402,12 +402,14 @@ fn evaluate(
     }
     // Scored as the daemon scores: against each person's template (the normalised mean of
     // the enrolled photos); the best single photo for comparison.
-    let mut templates = vec![vec![0f32; deepstackd::gallery::EMBEDDING_DIM]; names.len()];
-    for (person, e) in &enrolled {
-        for (t, x) in templates[*person].iter_mut().zip(&e.0) {
-            *t += x;
-        }
-    }
+    let templates: Vec<[f32; deepstackd::gallery::EMBEDDING_DIM]> = (0..names.len())
+        .map(|p| {
+            open_set::template(enrolled.iter().filter(|(q, _)| *q == p).map(|(_, e)| {
+                <&[f32; deepstackd::gallery::EMBEDDING_DIM]>::try_from(&e.0[..])
+                    .expect("an SFace embedding")
+            }))
+        })
+        .collect();
     let rank1_of = |score: &dyn Fn(&Embedding, usize) -> f32| {
         probes
             .iter()
@@ -420,11 +422,7 @@ fn evaluate(
             .count() as f64
             / probes.len().max(1) as f64
     };
-    let rank1 = rank1_of(&|e, p| {
-        let t = &templates[p];
-        let norm = t.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        e.0.iter().zip(t).map(|(a, b)| a * b).sum::<f32>() / norm
-    });
+    let rank1 = rank1_of(&|e, p| e.0.iter().zip(&templates[p]).map(|(a, b)| a * b).sum());
     let rank1_single = rank1_of(&|e, p| {
         enrolled
             .iter()

@@ -62,7 +62,7 @@ fn dot(a: &[f32; EMBEDDING_DIM], b: &[f32; EMBEDDING_DIM]) -> f32 {
 }
 
 /// A user's template, as the daemon's index keeps it: the normalised mean of the samples.
-fn template<'a>(
+pub fn template<'a>(
     samples: impl IntoIterator<Item = &'a [f32; EMBEDDING_DIM]>,
 ) -> [f32; EMBEDDING_DIM] {
     let mut sum = [0f32; EMBEDDING_DIM];
