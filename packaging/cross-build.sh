@@ -7,7 +7,9 @@
 #   packaging/cross-build.sh x86_64-unknown-linux-gnu        # the host itself: a plain build
 #
 # Output: target/TARGET/release/{deepstackd,deepstack} (the host: target/release/).
-# Installs what is missing (as root): the rustup target, gcc-*-linux-gnu*, libc6-dev-*-cross.
+# Installs what is missing (as root): pkg-config and libsystemd-dev (deepstackd links
+# libsystemd: the systemd crate), and for an ARM target the rustup target, gcc-*-linux-gnu*,
+# libc6-dev-*-cross and Debian's multiarch libsystemd-dev:ARCH in place of libsystemd-dev.
 # Sets CARGO_TARGET_<T>_RUNNER to qemu-user, so `cargo run/test --target TARGET` also works
 # when qemu-user is installed. cross-rs users: see cross.toml instead.
 set -euo pipefail
@@ -17,7 +19,15 @@ target=${1:?usage: $0 TARGET (aarch64-unknown-linux-gnu | armv7-unknown-linux-gn
 host=$(rustc -vV | sed -n 's/^host: //p')
 bins=(-p deepstackd -p deepstack-cli --bin deepstackd --bin deepstack)
 
+apt_updated=
+apt_install() {
+	[ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+command -v pkg-config >/dev/null || apt_install pkg-config
+
 if [ "$target" = "$host" ]; then
+	pkg-config --exists libsystemd || apt_install libsystemd-dev
 	exec cargo build --release "${bins[@]}"
 fi
 
@@ -34,9 +44,18 @@ if ! rustup target list --installed | grep -qx "$target"; then
 	rustup target add "$target"
 fi
 if ! command -v "$gnu-gcc" >/dev/null || [ ! -d "/usr/$gnu/include" ]; then
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		"gcc-$gnu" "libc6-dev-$apt_arch-cross" >/dev/null
+	apt_install "gcc-$gnu" "libc6-dev-$apt_arch-cross"
+fi
+# libsystemd for the target, which libsystemd-sys finds through pkg-config: Debian's multiarch
+# libsystemd-dev:ARCH (/usr/lib/GNU/libsystemd.so and its .pc). It pulls in libsystemd0:ARCH
+# and libc6:ARCH, the runtime the RUNNER below and qemu-smoke.sh use. Multi-Arch: same, so apt
+# installs the version of the host's libsystemd0 (and upgrades both together).
+if [ ! -f "/usr/lib/$gnu/pkgconfig/libsystemd.pc" ]; then
+	if ! dpkg --print-foreign-architectures | grep -qx "$apt_arch"; then
+		dpkg --add-architecture "$apt_arch"
+		apt_updated=
+	fi
+	apt_install "libsystemd-dev:$apt_arch"
 fi
 
 upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
@@ -44,6 +63,18 @@ lower=${target//-/_}
 export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
 export "CC_${lower}=$gnu-gcc"
 export "AR_${lower}=$gnu-ar"
-export "CARGO_TARGET_${upper}_RUNNER=$qemu -L /usr/$gnu"
+# pkg-config for the target only (the pkg-config crate reads VAR_<target> before VAR, and host
+# build scripts keep the host's): the target's .pc files in place of the host's, and
+# ALLOW_CROSS because plain pkgconf is no cross wrapper. Debian's cross gcc and ld search
+# /usr/lib/GNU themselves (multiarch): libsystemd.so, and libsystemd.so.0's own NEEDED
+# libraries (libcap, libgcrypt, liblzma, libzstd, liblz4) that ld checks.
+export "PKG_CONFIG_ALLOW_CROSS_${lower}=1"
+export "PKG_CONFIG_LIBDIR_${lower}=/usr/lib/$gnu/pkgconfig:/usr/share/pkgconfig"
+export "PKG_CONFIG_PATH_${lower}="
+# qemu without a prefix (-L /): the binary's /lib/ld-linux-*.so and libraries are libc6:ARCH
+# and libsystemd0:ARCH in /usr/lib/GNU. -L /usr/GNU would pair the cross toolchain's ld.so
+# (libc6-*-cross, an older build of glibc) with libc6:ARCH's libc.so.6, which that ld.so
+# finds first, in /lib/GNU.
+export "CARGO_TARGET_${upper}_RUNNER=$qemu -L /"
 
 cargo build --release --target "$target" "${bins[@]}"

@@ -12,31 +12,49 @@
 # QEMU_TARGET=armv7-unknown-linux-gnueabihf checks the armhf build instead of aarch64.
 # Needs the binaries built: packaging/cross-build.sh TARGET (and, for --full, the x86
 # target/release/deepstackd: cargo build --release -p deepstackd). Photos: target/testdata,
-# made by daemon/tests/data/setup.py (run here if missing). Installs qemu-user and curl if
+# made by daemon/tests/data/setup.py (run here if missing). Installs qemu-user, curl and the
+# ARM binaries' run-time libraries (Debian's multiarch libsystemd0:ARCH, with libc6:ARCH) if
 # missing. Daemons listen on 127.0.0.1 only, with temporary data directories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=${QEMU_TARGET:-aarch64-unknown-linux-gnu}
 case "$target" in
-aarch64-unknown-linux-gnu) qemu=qemu-aarch64 cpu=cortex-a72 sysroot=/usr/aarch64-linux-gnu ;;
-armv7-unknown-linux-gnueabihf) qemu=qemu-arm cpu=cortex-a7 sysroot=/usr/arm-linux-gnueabihf ;;
+aarch64-unknown-linux-gnu) qemu=qemu-aarch64 cpu=cortex-a72 gnu=aarch64-linux-gnu apt_arch=arm64 ;;
+armv7-unknown-linux-gnueabihf) qemu=qemu-arm cpu=cortex-a7 gnu=arm-linux-gnueabihf apt_arch=armhf ;;
 *)
 	echo "qemu-smoke.sh: unsupported QEMU_TARGET $target" >&2
 	exit 2
 	;;
 esac
 bin=target/$target/release
+apt_updated=
+apt_install() {
+	[ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 for tool in "$qemu" curl; do
 	if ! command -v "$tool" >/dev/null; then
-		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user curl >/dev/null
+		apt_install qemu-user curl
 		break
 	fi
 done
+# deepstackd needs libsystemd.so.0 for ARCH: Debian's multiarch libsystemd0:ARCH, which brings
+# libc6:ARCH (/lib/ld-linux-*.so, /usr/lib/GNU/libc.so.6). cross-build.sh has installed them
+# with libsystemd-dev:ARCH; here only when missing (binaries built elsewhere).
+if [ ! -e "/usr/lib/$gnu/libsystemd.so.0" ]; then
+	if ! dpkg --print-foreign-architectures | grep -qx "$apt_arch"; then
+		dpkg --add-architecture "$apt_arch"
+		apt_updated=
+	fi
+	apt_install "libsystemd0:$apt_arch"
+fi
 # A Raspberry Pi's core (Pi 4: Cortex-A72, Pi 2: Cortex-A7). qemu's default "max" CPU
 # offers extensions a Pi lacks, and tract's kernels for them run ten times slower under qemu.
-emulator=("$qemu" -cpu "$cpu" -L "$sysroot")
+# -L /: no prefix, so the binaries run on the multiarch runtime, ld.so, libc and libsystemd of
+# one Debian build each, as on a Pi (the cross toolchain's /usr/GNU has an older ld.so, and
+# no libsystemd).
+emulator=("$qemu" -cpu "$cpu" -L /)
 run_arm() { "${emulator[@]}" "$@"; }
 
 for b in deepstackd deepstack; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Lists every crate linked into deepstackd and deepstack for one target, with its licence
-expression and the licence files it ships, for /usr/share/doc/deepstack-rs/.
+expression and the licence files it ships, for /usr/share/doc/deepstack-rs/, and the C
+libraries the binaries link dynamically from Debian's packages (named, not shipped).
 
 Usage: third-party-licenses.py TARGET_TRIPLE > third-party-licenses.txt
 Reads `cargo metadata` (the crates must be downloaded, as after a build). Build scripts,
@@ -13,6 +14,14 @@ import sys
 
 ROOTS = {"deepstackd", "deepstack-cli"}
 LICENCE_PREFIXES = ("license", "licence", "copying", "notice", "copyright", "unlicense")
+# Shared libraries the binaries load at run time from Debian's packages (the package Depends on
+# them, build-deb.sh): (soname, Debian package, licence, the crate that links it or None for
+# Rust's std). Their code is not in this package; their licences are in their own packages.
+SHARED_LIBRARIES = (
+    ("libsystemd.so.0", "libsystemd0", "LGPL-2.1-or-later", "libsystemd-sys"),
+    ("libc.so.6, libm.so.6", "libc6", "LGPL-2.1-or-later", None),
+    ("libgcc_s.so.1", "libgcc-s1", "GPL-3.0-or-later WITH GCC-exception-3.1", None),
+)
 
 
 def main() -> None:
@@ -52,6 +61,15 @@ def main() -> None:
     )
     for p in crates:
         out.write(f"  {p['name']} {p['version']}: {p['license'] or p.get('license_file')}\n")
+    names = {p["name"] for p in crates}
+    out.write(
+        "\nC libraries linked dynamically, from Debian's packages (not part of this package;"
+        "\ntheir licences are in /usr/share/doc/PACKAGE/copyright):\n\n"
+    )
+    for soname, package, licence, crate in SHARED_LIBRARIES:
+        if crate is None or crate in names:
+            through = f", through the crate {crate}" if crate else ""
+            out.write(f"  {soname} ({package}): {licence}{through}\n")
     for p in crates:
         out.write("\n" + "=" * 78 + f"\n{p['name']} {p['version']} ({p['license']})\n")
         if p.get("repository"):

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use deepstackd::budget::MemoryBudget;
 use deepstackd::config::{self, Command, Config};
 use deepstackd::gallery::Gallery;
-use deepstackd::http::{self, Access, AppState, UploadLimits};
+use deepstackd::http::{self, Access, AppState, Listen, UploadLimits};
 use deepstackd::inference::InferencePool;
 use deepstackd::memory;
 use deepstackd::service;
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logger();
+    service::init_logger();
     match run(*config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -75,21 +75,6 @@ fn spawn_idle_trimmer(pool: InferencePool) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// env_logger on stderr; under systemd, lines carry a journal priority instead of a timestamp
-/// (the journal stamps every line itself).
-fn init_logger() {
-    use std::io::Write;
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if service::stderr_is_journal() {
-        builder.format(|out, record| {
-            let priority = service::journal_priority(record.level());
-            writeln!(out, "<{priority}>{}: {}", record.target(), record.args())
-        });
-    }
-    builder.init();
-}
-
 fn run(config: Config) -> Result<(), String> {
     for warning in &config.warnings {
         log::warn!("{warning}");
@@ -98,6 +83,11 @@ fn run(config: Config) -> Result<(), String> {
     if !config.vision_face {
         log::warn!("face endpoints are off: set VISION-FACE=True to enable them");
     }
+    // Under systemd, deepstack.socket owns the port; otherwise the daemon binds it.
+    let listen = match service::inherited_listener()? {
+        Some(listener) => Listen::Socket(listener),
+        None => Listen::Bind((config.bind, config.port).into()),
+    };
     let gallery = Gallery::open(&config.data_dir).map_err(|e| {
         format!(
             "cannot open the gallery in {}: {e}",
@@ -164,28 +154,40 @@ fn run(config: Config) -> Result<(), String> {
         Ok(format!("serving: {users} users, {samples} samples"))
     };
     let gallery = Arc::clone(&state.gallery);
-    let on_ready = || {
-        log::info!("listening on {}:{}", config.bind, config.port);
+    let inherited = matches!(listen, Listen::Socket(_));
+    let listening_on = match &listen {
+        Listen::Socket(_) => "the socket from deepstack.socket".to_owned(),
+        Listen::Bind(addr) => addr.to_string(),
+    };
+    let on_ready = |addr: std::net::SocketAddr| {
+        if inherited {
+            log::info!("listening on {addr} (the socket from deepstack.socket)");
+            if addr.port() != config.port {
+                log::warn!(
+                    "PORT is {} but deepstack.socket listens on {addr}: `deepstack start` \
+                     writes both; the socket's port is the one served",
+                    config.port
+                );
+            }
+        } else {
+            log::info!("listening on {addr}");
+        }
         // Models loaded, port bound: systemd may route traffic to us now.
-        service::notify(&format!("READY=1\nSTATUS=serving on port {}", config.port));
+        let status = format!("serving on port {}", addr.port());
+        service::notify(&[("READY", "1"), ("STATUS", &status)]);
         if service::notifications_wanted() {
             if let Err(e) = service::spawn_keepalive(health) {
                 log::error!("cannot start the watchdog thread: {e}");
             }
         }
     };
-    let on_stop = || service::notify("STOPPING=1");
+    let on_stop = || service::notify(&[("STOPPING", "1")]);
     // Requests in flight get their whole deadline to finish.
     let drain = state.pool.timeout().min(MAX_DRAIN);
-    let served = actix_web::rt::System::new().block_on(http::serve(
-        (config.bind, config.port),
-        state,
-        drain,
-        on_ready,
-        on_stop,
-    ));
+    let served =
+        actix_web::rt::System::new().block_on(http::serve(listen, state, drain, on_ready, on_stop));
     close_gallery(gallery);
-    served.map_err(|e| format!("HTTP server on {}:{}: {e}", config.bind, config.port))
+    served.map_err(|e| format!("HTTP server on {listening_on}: {e}"))
 }
 
 /// Closes the database once the HTTP workers (whose threads end on their own after the

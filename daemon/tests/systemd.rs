@@ -1,19 +1,21 @@
-//! deepstackd under systemd's protocols, with the real binary: the notification socket
-//! (`$NOTIFY_SOCKET`, a socket this test owns, as systemd would) and the journal's stderr
-//! (`$JOURNAL_STREAM`).
+//! deepstackd under systemd's protocols, with the real binary and libsystemd, as systemd would
+//! run it but with sockets this test owns: the notification socket (`$NOTIFY_SOCKET`) and a
+//! listening socket passed in (`$LISTEN_FDS`, socket activation).
 //!
 //! - `READY=1` comes once, after the port accepts connections;
 //! - with `WATCHDOG_USEC` set, `WATCHDOG=1` keep-alives come with a `STATUS=` line;
 //! - SIGTERM sends `STOPPING=1` and the process exits 0;
-//! - every log line carries a `<N>` journal priority and no timestamp of its own;
+//! - a socket passed in is served, and the daemon binds none of its own;
 //! - a request in flight at SIGTERM is still answered, new connections are not accepted.
+//!
+//! The journal's native entries and their fields are checked under a real systemd and
+//! journald by packaging/systemd-check.sh.
 
 mod common;
 #[path = "api/harness.rs"]
 mod harness;
 
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +45,16 @@ fn receive_until(socket: &UnixDatagram, wanted: &str, within: Duration) -> Vec<S
     panic!("no {wanted:?} within {within:?}; got {seen:?}");
 }
 
+/// Sends SIGTERM to `pid`, as systemd does at a stop.
+fn sigterm(pid: u32) {
+    let pid = pid.to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
 /// Kills the daemon if the test fails half-way (a panic must not leave it running).
 struct KillOnDrop(std::process::Child);
 
@@ -54,7 +66,7 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
-fn ready_watchdog_status_and_stopping_reach_systemd_and_logs_suit_the_journal() {
+fn ready_watchdog_status_and_stopping_reach_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -63,7 +75,6 @@ fn ready_watchdog_status_and_stopping_reach_systemd_and_logs_suit_the_journal() 
         .unwrap();
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let meta = log.metadata().unwrap();
     let port = free_port();
 
     let mut child = KillOnDrop(
@@ -74,7 +85,6 @@ fn ready_watchdog_status_and_stopping_reach_systemd_and_logs_suit_the_journal() 
             .env("RUST_LOG", "info")
             .env("NOTIFY_SOCKET", &socket_path)
             .env("WATCHDOG_USEC", "1000000")
-            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
             .env("STATE_DIRECTORY", dir.path().join("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -103,31 +113,84 @@ fn ready_watchdog_status_and_stopping_reach_systemd_and_logs_suit_the_journal() 
     // STATE_DIRECTORY was the gallery's directory (no DATA_DIR given).
     assert!(dir.path().join("state/faces.sqlite3").is_file());
 
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(child.0.id());
     receive_until(&socket, "STOPPING=1", Duration::from_secs(30));
     let status = child.0.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}");
 
     let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains("listening on 127.0.0.1:"), "{text}");
+}
+
+#[test]
+fn a_listening_socket_passed_in_is_served_instead_of_one_of_its_own() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap().port();
+    let (socket_path, log_path) = (dir.path().join("notify.sock"), dir.path().join("log"));
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // systemd's protocol: the socket as fd 3, LISTEN_FDS=1 and LISTEN_PID=the daemon's pid,
+    // which `exec` keeps from the shell that knows it ($$).
+    let fd = listener.as_raw_fd();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#])
+        .arg(env!("CARGO_BIN_EXE_deepstackd"))
+        .args(["--vision-face", "--port"])
+        // Another port in the settings: the socket passed in wins, with a warning.
+        .arg(free_port().to_string())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("STATE_DIRECTORY", dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    // SAFETY: dup2 and fcntl are async-signal-safe. The new fd 3 is not close-on-exec; if the
+    // listener already is fd 3, dup2 does nothing and its close-on-exec flag is cleared.
+    unsafe {
+        command.pre_exec(move || {
+            let done = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            match done {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            }
+        });
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    drop(listener); // the daemon's copy is the only one left
+
+    let ready = receive_until(&socket, "READY=1", Duration::from_secs(120));
     assert!(
-        text.contains("<6>deepstackd: listening on 127.0.0.1:"),
+        ready
+            .last()
+            .unwrap()
+            .contains(&format!("STATUS=serving on port {passed}")),
+        "{ready:?}"
+    );
+    let answer = harness::request(passed, "GET", "/v1/status", &harness::Body::Empty).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    sigterm(child.0.id());
+    assert!(child.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains(&format!(
+            "listening on 127.0.0.1:{passed} (the socket from deepstack.socket)"
+        )),
         "{text}"
     );
-    for line in text.lines() {
-        let priority = line
-            .strip_prefix('<')
-            .and_then(|rest| rest.split_once('>'))
-            .map(|(n, _)| n);
-        assert!(
-            matches!(priority, Some("3" | "4" | "6" | "7")),
-            "a log line without a journal priority: {line:?}"
-        );
-    }
+    assert!(text.contains("but deepstack.socket listens on"), "{text}");
 }
 
 #[test]
@@ -153,12 +216,7 @@ fn a_request_in_flight_at_sigterm_is_answered_before_the_exit() {
     stream.write_all(first).unwrap();
     stream.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let pid = daemon.pid().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(daemon.pid());
     std::thread::sleep(Duration::from_millis(500));
     // New connections are refused while the old one is served.
     assert!(TcpStream::connect(("127.0.0.1", daemon.port())).is_err());

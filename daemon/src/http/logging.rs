@@ -1,4 +1,6 @@
-//! One log line per request: method, path, status, faces, milliseconds. Never a key: keys
+//! One log line per request: method, path, status, faces, milliseconds, in the text and as
+//! key-values (journal fields under systemd: ROUTE, METHOD, PATH, HTTP_STATUS, FACES,
+//! DURATION_MS; see `service`). Never a key: keys
 //! travel in the body or a header, and only the path (no query string) is logged. Never a
 //! userid: routes with parameters are logged by their pattern
 //! (`/v1/gallery/users/{userid}/samples`), not with the name in them.
@@ -22,16 +24,61 @@ pub async fn log_request(
     let method = req.method().clone();
     let raw_path = req.path().to_owned();
     let res = next.call(req).await?;
-    let path = res.request().match_pattern().unwrap_or(raw_path);
-    let faces = res
-        .response()
-        .extensions()
-        .get::<FaceCount>()
-        .map_or_else(|| "-".to_owned(), |f| f.0.to_string());
-    log::info!(
-        "{method} {path} {} faces={faces} {}ms",
-        res.status().as_u16(),
-        start.elapsed().as_millis()
+    let pattern = res.request().match_pattern();
+    let route = pattern
+        .as_deref()
+        .map_or("unmatched", route_name)
+        .to_owned();
+    let path = pattern.unwrap_or(raw_path);
+    let faces = res.response().extensions().get::<FaceCount>().map(|f| f.0);
+    let status = res.status().as_u16();
+    let ms = start.elapsed().as_millis() as u64;
+    let line = format!(
+        "{method} {path} {status} faces={} {ms}ms",
+        faces.map_or_else(|| "-".to_owned(), |n| n.to_string())
     );
+    let (route, method, path) = (route.as_str(), method.as_str(), path.as_str());
+    match faces {
+        Some(faces) => log::info!(
+            route, method, path, http_status = status, faces, duration_ms = ms; "{line}"
+        ),
+        None => log::info!(route, method, path, http_status = status, duration_ms = ms; "{line}"),
+    }
     Ok(res)
+}
+
+/// A short name for a route pattern, for filtering the journal (`ROUTE=recognize`):
+/// DeepStack's face routes by their last word (`/v1/vision/face` is `detect`), the others by
+/// their pattern without `/v1/` or `/` (the page is `page`).
+fn route_name(pattern: &str) -> &str {
+    match pattern {
+        "/v1/vision/face" | "/v1/vision/face/" => "detect",
+        "/" => "page",
+        p if p.starts_with("/v1/vision/face/") => &p["/v1/vision/face/".len()..],
+        p if p.starts_with("/v1/") => &p["/v1/".len()..],
+        p => p.strip_prefix('/').unwrap_or(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_name;
+
+    #[test]
+    fn route_names() {
+        for (pattern, name) in [
+            ("/v1/vision/face", "detect"),
+            ("/v1/vision/face/recognize", "recognize"),
+            ("/v1/vision/face/register", "register"),
+            (
+                "/v1/gallery/users/{userid}/samples",
+                "gallery/users/{userid}/samples",
+            ),
+            ("/v1/status", "status"),
+            ("/", "page"),
+            ("/openapi.json", "openapi.json"),
+        ] {
+            assert_eq!(route_name(pattern), name, "{pattern}");
+        }
+    }
 }

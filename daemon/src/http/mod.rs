@@ -109,16 +109,26 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-/// Serves the API on `addr` until SIGINT or SIGTERM.
+/// Where the server takes its connections from.
+pub enum Listen {
+    /// A socket bound by the server itself (`deepstackd --port`, outside systemd).
+    Bind(std::net::SocketAddr),
+    /// A listening socket bound by someone else: systemd's deepstack.socket, which keeps
+    /// queueing connections while the service restarts.
+    Socket(std::net::TcpListener),
+}
+
+/// Serves the API on `listen` until SIGINT or SIGTERM.
 ///
-/// `on_ready` runs once the port is bound, before the first request is accepted; `on_stop`
-/// runs as soon as a stop signal arrives, before actix stops accepting connections and lets
-/// the requests in flight finish (within `drain`).
+/// `on_ready` runs with the address served once the socket is bound (or taken over), before
+/// the first request is accepted; `on_stop` runs as soon as a stop signal arrives, before
+/// actix stops accepting connections and lets the requests in flight finish (within
+/// `drain`).
 pub async fn serve(
-    addr: (std::net::IpAddr, u16),
+    listen: Listen,
     state: AppState,
     drain: std::time::Duration,
-    on_ready: impl FnOnce(),
+    on_ready: impl FnOnce(std::net::SocketAddr),
     on_stop: impl FnOnce() + 'static,
 ) -> std::io::Result<()> {
     use actix_web::rt::signal::unix::{signal, SignalKind};
@@ -150,9 +160,13 @@ pub async fn serve(
     .client_request_timeout(REQUEST_HEAD_TIMEOUT)
     .keep_alive(KEEP_ALIVE)
     .disable_signals()
-    .shutdown_timeout(drain.as_secs().max(1))
-    .bind(addr)?
-    .run();
+    .shutdown_timeout(drain.as_secs().max(1));
+    let server = match listen {
+        Listen::Bind(addr) => server.bind(addr)?,
+        Listen::Socket(listener) => server.listen(listener)?,
+    };
+    let addr = server.addrs()[0];
+    let server = server.run();
     let (mut terminate, mut interrupt) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
@@ -166,6 +180,6 @@ pub async fn serve(
         on_stop();
         handle.stop(true).await;
     });
-    on_ready();
+    on_ready(addr);
     server.await
 }
