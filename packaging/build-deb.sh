@@ -4,10 +4,10 @@
 #   packaging/build-deb.sh amd64|arm64|armhf      # -> target/deb/deepstack-rs_VERSION_ARCH.deb
 #
 # Builds the release binaries first (packaging/cross-build.sh); DEEPSTACK_SKIP_BUILD=1 packages
-# the binaries already built. The package: /usr/bin/{deepstackd,deepstack}, the systemd unit,
+# the binaries already built. The package: /usr/bin/{deepstackd,deepstack}, the systemd units,
 # /etc/deepstack/deepstack.env (a conffile), the docs and licences, and the maintainer scripts
 # of packaging/debian/. Depends are read from the binaries (their NEEDED libraries and the
-# newest glibc symbol version they use).
+# newest glibc and libsystemd symbol versions they use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,7 @@ mkdir -p "$root/DEBIAN"
 install -D -m 0755 "$bindir/deepstackd" "$root/usr/bin/deepstackd"
 install -D -m 0755 "$bindir/deepstack" "$root/usr/bin/deepstack"
 install -D -m 0644 systemd/deepstack.service "$root/usr/lib/systemd/system/deepstack.service"
+install -D -m 0644 systemd/deepstack.socket "$root/usr/lib/systemd/system/deepstack.socket"
 install -D -m 0640 packaging/deepstack.env "$root/etc/deepstack/deepstack.env"
 doc=$root/usr/share/doc/deepstack-rs
 install -D -m 0644 packaging/debian/copyright "$doc/copyright"
@@ -60,6 +61,14 @@ for lib in $(readelf -d "$root/usr/bin/deepstackd" "$root/usr/bin/deepstack" |
 	case "$lib" in
 	libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | ld-linux*) ;;
 	libgcc_s.so.1) depends="$depends, libgcc-s1" ;;
+	libsystemd.so.0)
+		# Its symbols are versioned by the systemd release that added them (LIBSYSTEMD_219 for
+		# sd_pid_notify_with_fds), and libsystemd0's version is systemd's (252.39-1~deb12u2):
+		# the newest one used is the floor, as libsystemd0's symbols file (dpkg-shlibdeps) has it.
+		systemd=$(readelf --wide -V "$root/usr/bin/deepstackd" "$root/usr/bin/deepstack" |
+			grep -o 'LIBSYSTEMD_[0-9]*' | sed 's/LIBSYSTEMD_//' | sort -nu | tail -1)
+		depends="$depends, libsystemd0${systemd:+ (>= $systemd)}"
+		;;
 	*)
 		echo "build-deb.sh: unexpected library $lib: add its package to Depends" >&2
 		exit 1

@@ -18,6 +18,9 @@ pub struct Cli {
     /// The env file (tests and unusual set-ups; the service reads /etc/deepstack/deepstack.env).
     #[arg(long, global = true, hide = true, env = "DEEPSTACK_ENV_FILE", default_value = env_file::DEFAULT_PATH)]
     pub env_file: PathBuf,
+    /// The drop-in giving deepstack.socket its address.
+    #[arg(long, global = true, hide = true, env = "DEEPSTACK_SOCKET_DROPIN", default_value = crate::service::SOCKET_DROPIN)]
+    pub socket_dropin: PathBuf,
     /// The systemctl to run.
     #[arg(
         long,

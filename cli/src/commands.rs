@@ -42,7 +42,7 @@ fn dispatch(cli: &Cli) -> Result<Exit, Error> {
         Commands::Restart => {
             require_root(uid, "restart")?;
             let saved = load(&cli.env_file, &arch)?;
-            systemctl.restart()?;
+            restart(cli, &saved, &systemctl)?;
             println!("deepstack restarted: {}", url(&saved));
             Ok(Exit::Ok)
         }
@@ -90,12 +90,30 @@ fn start(
         },
     )?;
     println!("settings saved to {}", cli.env_file.display());
-    systemctl.enable_and_restart()?;
+    systemctl.enable()?;
+    restart(cli, &settings, systemctl)?;
     println!(
         "deepstack started: {} (`deepstack status`, `deepstack logs`)",
         url(&settings)
     );
     Ok(Exit::Ok)
+}
+
+/// Points deepstack.socket at the settings' address (its drop-in), then restarts the
+/// service: with its socket if the address changed, on the socket kept open otherwise.
+fn restart(cli: &Cli, settings: &Settings, systemctl: &Systemctl) -> Result<(), Error> {
+    let addr = std::net::SocketAddr::new(
+        bind_of(settings).unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        port_of(settings),
+    );
+    let moved =
+        service::write_socket_dropin(&cli.socket_dropin, addr).map_err(|source| Error::Io {
+            what: "cannot write",
+            path: cli.socket_dropin.clone(),
+            source,
+        })?;
+    systemctl.restart(moved)?;
+    Ok(())
 }
 
 fn pairs_text(pairs: &[(String, String)]) -> String {

@@ -90,6 +90,8 @@ pub enum Readers {
     Group(u32),
     /// Mode 0600: the owner alone.
     OwnerOnly,
+    /// Mode 0644: anyone (files that hold no secret, such as the socket's drop-in).
+    Everyone,
 }
 
 impl Readers {
@@ -98,6 +100,7 @@ impl Readers {
         match self {
             Readers::Group(_) => 0o640,
             Readers::OwnerOnly => 0o600,
+            Readers::Everyone => 0o644,
         }
     }
 }

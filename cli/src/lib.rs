@@ -3,7 +3,7 @@
 //!
 //! `main` only parses the command line and calls [`commands::run`]. For tests, hidden flags
 //! (or variables) replace what needs root or systemd: `--env-file` (DEEPSTACK_ENV_FILE),
-//! `--systemctl` (DEEPSTACK_SYSTEMCTL), `--journalctl` (DEEPSTACK_JOURNALCTL), `--arch`
+//! `--socket-dropin` (DEEPSTACK_SOCKET_DROPIN), `--systemctl` (DEEPSTACK_SYSTEMCTL), `--journalctl` (DEEPSTACK_JOURNALCTL), `--arch`
 //! (DEEPSTACK_ARCH), `--euid` (DEEPSTACK_EUID) and `--group` (DEEPSTACK_GROUP).
 
 pub mod cli;

@@ -1,14 +1,24 @@
-//! The systemd unit, through `systemctl` and `journalctl` (their paths are configurable, so
-//! tests put a recording stand-in in their place).
+//! The systemd units, through `systemctl` and `journalctl` (their paths are configurable, so
+//! tests put a recording stand-in in their place), and the drop-in that gives
+//! deepstack.socket its address.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::env_file::{self, Readers};
+
 /// The unit `deepstack` controls.
 pub const UNIT: &str = "deepstack.service";
+
+/// The socket unit that owns the port and passes it to [`UNIT`].
+pub const SOCKET: &str = "deepstack.socket";
+
+/// Where `deepstack start` writes the socket's address (PORT and BIND).
+pub const SOCKET_DROPIN: &str = "/etc/systemd/system/deepstack.socket.d/listen.conf";
 
 /// Properties `deepstack status` reads with `systemctl show`.
 const STATUS_PROPERTIES: &str =
@@ -81,22 +91,30 @@ impl Systemctl {
         })
     }
 
-    /// Enables the unit at boot and (re)starts it: a running instance is replaced.
-    pub fn enable_and_restart(&self) -> Result<(), ServiceError> {
-        self.run(&["enable", "--quiet", UNIT])?;
-        self.run(&["restart", UNIT])?;
+    /// Enables the socket and the service at boot.
+    pub fn enable(&self) -> Result<(), ServiceError> {
+        self.run(&["enable", "--quiet", SOCKET, UNIT]).map(drop)
+    }
+
+    /// (Re)starts the service, a running instance replaced. When the socket's address
+    /// changed (`socket_moved`), systemd rereads the drop-in and the socket restarts with the
+    /// service, in one transaction; otherwise the socket stays up (started if it was not) and
+    /// connections arriving during the restart wait in its queue.
+    pub fn restart(&self, socket_moved: bool) -> Result<(), ServiceError> {
+        if socket_moved {
+            self.run(&["daemon-reload"])?;
+            self.run(&["restart", SOCKET, UNIT])?;
+        } else {
+            self.run(&["start", SOCKET])?;
+            self.run(&["restart", UNIT])?;
+        }
         Ok(())
     }
 
-    /// Restarts the unit.
-    pub fn restart(&self) -> Result<(), ServiceError> {
-        self.run(&["restart", UNIT]).map(drop)
-    }
-
-    /// Stops the unit and keeps it from starting at boot.
+    /// Stops the service and its socket, and keeps both from starting at boot.
     pub fn stop_and_disable(&self) -> Result<(), ServiceError> {
-        self.run(&["stop", UNIT])?;
-        self.run(&["disable", "--quiet", UNIT])?;
+        self.run(&["stop", SOCKET, UNIT])?;
+        self.run(&["disable", "--quiet", SOCKET, UNIT])?;
         Ok(())
     }
 
@@ -156,6 +174,29 @@ impl UnitState {
     }
 }
 
+/// The drop-in that makes deepstack.socket listen on `addr` (and nowhere else).
+pub fn socket_dropin(addr: SocketAddr) -> String {
+    format!(
+        "# Written by `deepstack start` from PORT and BIND in {}: do not edit,\n\
+         # run `sudo deepstack start \"PORT=...\"` instead.\n\
+         [Socket]\n\
+         ListenStream=\n\
+         ListenStream={addr}\n",
+        env_file::DEFAULT_PATH
+    )
+}
+
+/// Writes the socket's drop-in at `path` for `addr`, unless it already says exactly that;
+/// whether it changed.
+pub fn write_socket_dropin(path: &Path, addr: SocketAddr) -> io::Result<bool> {
+    let text = socket_dropin(addr);
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    env_file::write_atomic(path, &text, Readers::Everyone)?;
+    Ok(true)
+}
+
 /// Whether systemd manages this machine (not so in most containers and chroots).
 pub fn systemd_is_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
@@ -181,6 +222,27 @@ pub fn journal_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_dropin_replaces_the_default_address() {
+        let v4 = socket_dropin("0.0.0.0:8080".parse().unwrap());
+        assert!(
+            v4.contains("[Socket]\nListenStream=\nListenStream=0.0.0.0:8080\n"),
+            "{v4}"
+        );
+        let v6 = socket_dropin("[::1]:80".parse().unwrap());
+        assert!(v6.ends_with("ListenStream=[::1]:80\n"), "{v6}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deepstack.socket.d/listen.conf");
+        let addr = "127.0.0.1:5000".parse().unwrap();
+        assert!(write_socket_dropin(&path, addr).unwrap(), "created");
+        assert!(!write_socket_dropin(&path, addr).unwrap(), "unchanged");
+        assert!(write_socket_dropin(&path, "127.0.0.1:5001".parse().unwrap()).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
 
     #[test]
     fn unit_state_summary() {

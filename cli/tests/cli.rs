@@ -34,6 +34,29 @@ impl Machine {
         self.etc().join("deepstack.env")
     }
 
+    /// The drop-in giving deepstack.socket its address.
+    fn socket_dropin(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("systemd/deepstack.socket.d/listen.conf")
+    }
+
+    /// The address the socket's drop-in sets.
+    fn socket_address(&self) -> String {
+        let text = fs::read_to_string(self.socket_dropin()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.contains(&"ListenStream="),
+            "the default is reset: {text}"
+        );
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("ListenStream="))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     fn record(&self, tool: &str) -> PathBuf {
         self.dir.path().join(format!("{tool}.calls"))
     }
@@ -72,6 +95,7 @@ impl Machine {
         let mut c = Command::new(env!("CARGO_BIN_EXE_deepstack"));
         c.args(args)
             .env("DEEPSTACK_ENV_FILE", self.env_file())
+            .env("DEEPSTACK_SOCKET_DROPIN", self.socket_dropin())
             .env("DEEPSTACK_SYSTEMCTL", self.dir.path().join("systemctl"))
             .env("DEEPSTACK_JOURNALCTL", self.dir.path().join("journalctl"))
             .env("DEEPSTACK_ARCH", "x86_64")
@@ -139,9 +163,12 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-const SYSTEMCTL_START: [&str; 2] = [
-    "enable --quiet deepstack.service",
-    "restart deepstack.service",
+/// A start that moves the socket: systemd rereads the drop-in, socket and service restart in
+/// one transaction.
+const SYSTEMCTL_START: [&str; 3] = [
+    "enable --quiet deepstack.socket deepstack.service",
+    "daemon-reload",
+    "restart deepstack.socket deepstack.service",
 ];
 
 #[test]
@@ -159,6 +186,7 @@ fn start_takes_deepstacks_quoted_argument() {
         ])
     );
     assert_eq!(m.calls("systemctl"), SYSTEMCTL_START);
+    assert_eq!(m.socket_address(), "0.0.0.0:8080");
     assert!(run.stdout().contains("port 8080"), "{}", run.stdout());
     assert!(!run.stdout().contains("mysecretkey") && !run.stderr().contains("mysecretkey"));
 }
@@ -197,7 +225,23 @@ fn starting_again_replaces_the_settings() {
     let written = m.written();
     assert!(!written.iter().any(|(k, _)| k == "API-KEY"), "{written:?}");
     assert!(written.contains(&("PORT".into(), "80".into())));
-    assert_eq!(m.calls("systemctl").len(), 4);
+    assert_eq!(m.calls("systemctl")[3..], SYSTEMCTL_START, "the port moved");
+    assert_eq!(m.socket_address(), "0.0.0.0:80");
+
+    // The same address again: the socket stays open, only the service restarts.
+    m.run(&["start", "VISION-FACE=True API-KEY=new BIND=127.0.0.1"])
+        .expect(0);
+    m.run(&["start", "VISION-FACE=True API-KEY=newer BIND=127.0.0.1"])
+        .expect(0);
+    assert_eq!(m.socket_address(), "127.0.0.1:80");
+    assert_eq!(
+        m.calls("systemctl")[9..],
+        [
+            "enable --quiet deepstack.socket deepstack.service",
+            "start deepstack.socket",
+            "restart deepstack.service"
+        ]
+    );
 }
 
 #[test]
@@ -467,7 +511,25 @@ fn restart_checks_the_saved_settings_first() {
     assert!(m.calls("systemctl").is_empty());
 
     m.run(&["restart"]).expect(0);
-    assert_eq!(m.calls("systemctl"), ["restart deepstack.service"]);
+    assert_eq!(
+        m.calls("systemctl"),
+        [
+            "daemon-reload",
+            "restart deepstack.socket deepstack.service"
+        ],
+        "no drop-in yet (an upgrade from a version without the socket): written, socket moved"
+    );
+    assert_eq!(
+        m.socket_address(),
+        "0.0.0.0:5000",
+        "deepstackd's own default port"
+    );
+    m.run(&["restart"]).expect(0);
+    assert_eq!(
+        m.calls("systemctl")[2..],
+        ["start deepstack.socket", "restart deepstack.service"],
+        "the socket stays open: connections wait in its queue during the restart"
+    );
 }
 
 #[test]
@@ -477,8 +539,8 @@ fn stop_stops_and_disables() {
     assert_eq!(
         m.calls("systemctl"),
         [
-            "stop deepstack.service",
-            "disable --quiet deepstack.service"
+            "stop deepstack.socket deepstack.service",
+            "disable --quiet deepstack.socket deepstack.service"
         ]
     );
 }
