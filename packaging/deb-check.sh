@@ -6,8 +6,8 @@
 #   packaging/deb-check.sh target/deb/deepstack-rs_0.1.0-1_amd64.deb
 #
 # Works with or without a running systemd: without it (a container, CI), deepstackd is started
-# as the unit would (user deepstack, CAP_NET_BIND_SERVICE only, the packaged env file), and
-# systemd-check.sh boots a real systemd in a namespace to run the packaged unit itself
+# as a user without systemd would (user deepstack, CAP_NET_BIND_SERVICE only to bind port 80
+# itself, the packaged env file), and systemd-check.sh boots a real systemd in a namespace to run the packaged unit itself
 # (DEEPSTACK_CHECK_PHOTO=PATH.jpg adds a face detection inside its sandbox).
 set -euo pipefail
 deb=$(realpath "${1:?usage: $0 PATH.deb}")
