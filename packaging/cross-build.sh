@@ -19,11 +19,8 @@ target=${1:?usage: $0 TARGET (aarch64-unknown-linux-gnu | armv7-unknown-linux-gn
 host=$(rustc -vV | sed -n 's/^host: //p')
 bins=(-p deepstackd -p deepstack-cli --bin deepstackd --bin deepstack)
 
-apt_updated=
-apt_install() {
-	[ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+# shellcheck source=packaging/apt.sh
+. packaging/apt.sh
 command -v pkg-config >/dev/null || apt_install pkg-config
 
 if [ "$target" = "$host" ]; then
@@ -51,11 +48,7 @@ fi
 # and libc6:ARCH, the runtime the RUNNER below and qemu-smoke.sh use. Multi-Arch: same, so apt
 # installs the version of the host's libsystemd0 (and upgrades both together).
 if [ ! -f "/usr/lib/$gnu/pkgconfig/libsystemd.pc" ]; then
-	if ! dpkg --print-foreign-architectures | grep -qx "$apt_arch"; then
-		dpkg --add-architecture "$apt_arch"
-		apt_updated=
-	fi
-	apt_install "libsystemd-dev:$apt_arch"
+	apt_install_foreign "$apt_arch" libsystemd-dev
 fi
 
 upper=$(echo "$target" | tr 'a-z-' 'A-Z_')

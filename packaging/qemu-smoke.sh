@@ -28,11 +28,8 @@ armv7-unknown-linux-gnueabihf) qemu=qemu-arm cpu=cortex-a7 gnu=arm-linux-gnueabi
 	;;
 esac
 bin=target/$target/release
-apt_updated=
-apt_install() {
-	[ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+# shellcheck source=packaging/apt.sh
+. packaging/apt.sh
 for tool in "$qemu" curl; do
 	if ! command -v "$tool" >/dev/null; then
 		apt_install qemu-user curl
@@ -43,11 +40,7 @@ done
 # libc6:ARCH (/lib/ld-linux-*.so, /usr/lib/GNU/libc.so.6). cross-build.sh has installed them
 # with libsystemd-dev:ARCH; here only when missing (binaries built elsewhere).
 if [ ! -e "/usr/lib/$gnu/libsystemd.so.0" ]; then
-	if ! dpkg --print-foreign-architectures | grep -qx "$apt_arch"; then
-		dpkg --add-architecture "$apt_arch"
-		apt_updated=
-	fi
-	apt_install "libsystemd0:$apt_arch"
+	apt_install_foreign "$apt_arch" libsystemd0
 fi
 # A Raspberry Pi's core (Pi 4: Cortex-A72, Pi 2: Cortex-A7). qemu's default "max" CPU
 # offers extensions a Pi lacks, and tract's kernels for them run ten times slower under qemu.

@@ -102,10 +102,11 @@ fn start(
 /// Points deepstack.socket at the settings' address (its drop-in), then restarts the
 /// service: with its socket if the address changed, on the socket kept open otherwise.
 fn restart(cli: &Cli, settings: &Settings, systemctl: &Systemctl) -> Result<(), Error> {
-    let addr = std::net::SocketAddr::new(
-        bind_of(settings).unwrap_or(IpAddr::from([0, 0, 0, 0])),
-        port_of(settings),
-    );
+    let bind = bind_of(settings).unwrap_or_else(|| {
+        let default = settings::key("BIND").expect("a known key").daemon_default;
+        default.parse().expect("BIND's default is an address")
+    });
+    let addr = std::net::SocketAddr::new(bind, port_of(settings));
     let moved =
         service::write_socket_dropin(&cli.socket_dropin, addr).map_err(|source| Error::Io {
             what: "cannot write",

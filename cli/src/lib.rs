@@ -3,8 +3,9 @@
 //!
 //! `main` only parses the command line and calls [`commands::run`]. For tests, hidden flags
 //! (or variables) replace what needs root or systemd: `--env-file` (DEEPSTACK_ENV_FILE),
-//! `--socket-dropin` (DEEPSTACK_SOCKET_DROPIN), `--systemctl` (DEEPSTACK_SYSTEMCTL), `--journalctl` (DEEPSTACK_JOURNALCTL), `--arch`
-//! (DEEPSTACK_ARCH), `--euid` (DEEPSTACK_EUID) and `--group` (DEEPSTACK_GROUP).
+//! `--socket-dropin` (DEEPSTACK_SOCKET_DROPIN), `--systemctl` (DEEPSTACK_SYSTEMCTL),
+//! `--journalctl` (DEEPSTACK_JOURNALCTL), `--arch` (DEEPSTACK_ARCH), `--euid` (DEEPSTACK_EUID)
+//! and `--group` (DEEPSTACK_GROUP).
 
 pub mod cli;
 pub mod commands;

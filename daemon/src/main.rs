@@ -154,14 +154,10 @@ fn run(config: Config) -> Result<(), String> {
         Ok(format!("serving: {users} users, {samples} samples"))
     };
     let gallery = Arc::clone(&state.gallery);
-    let inherited = matches!(listen, Listen::Socket(_));
-    let listening_on = match &listen {
-        Listen::Socket(_) => "the socket from deepstack.socket".to_owned(),
-        Listen::Bind(addr) => addr.to_string(),
-    };
+    let (inherited, listening_on) = (matches!(listen, Listen::Socket(_)), listen.to_string());
     let on_ready = |addr: std::net::SocketAddr| {
         if inherited {
-            log::info!("listening on {addr} (the socket from deepstack.socket)");
+            log::info!("listening on {addr} ({listening_on})");
             if addr.port() != config.port {
                 log::warn!(
                     "PORT is {} but deepstack.socket listens on {addr}: `deepstack start` \

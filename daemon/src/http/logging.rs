@@ -25,11 +25,13 @@ pub async fn log_request(
     let raw_path = req.path().to_owned();
     let res = next.call(req).await?;
     let pattern = res.request().match_pattern();
-    let route = pattern
-        .as_deref()
-        .map_or("unmatched", route_name)
-        .to_owned();
+    let matched = pattern.is_some();
     let path = pattern.unwrap_or(raw_path);
+    let route = if matched {
+        route_name(&path)
+    } else {
+        "unmatched"
+    };
     let faces = res.response().extensions().get::<FaceCount>().map(|f| f.0);
     let status = res.status().as_u16();
     let ms = start.elapsed().as_millis() as u64;
@@ -37,7 +39,7 @@ pub async fn log_request(
         "{method} {path} {status} faces={} {ms}ms",
         faces.map_or_else(|| "-".to_owned(), |n| n.to_string())
     );
-    let (route, method, path) = (route.as_str(), method.as_str(), path.as_str());
+    let (method, path) = (method.as_str(), path.as_str());
     match faces {
         Some(faces) => log::info!(
             route, method, path, http_status = status, faces, duration_ms = ms; "{line}"

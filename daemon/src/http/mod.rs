@@ -118,6 +118,15 @@ pub enum Listen {
     Socket(std::net::TcpListener),
 }
 
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Bind(addr) => write!(f, "{addr}"),
+            Listen::Socket(_) => f.write_str("the socket from deepstack.socket"),
+        }
+    }
+}
+
 /// Serves the API on `listen` until SIGINT or SIGTERM.
 ///
 /// `on_ready` runs with the address served once the socket is bound (or taken over), before
