@@ -163,6 +163,67 @@ fn graph_rewrites_at_load_keep_the_embedding() {
     assert!(c > 0.9999, "cosine {c}");
 }
 
+/// YuNet's depthwise, pointwise and max pool layers run by our kernels (`conv_ops`): the
+/// rewrite takes every one of them, and on a real photo each of the twelve heads equals what
+/// tract computes for the same graph.
+#[test]
+fn the_detectors_own_kernels_give_tracts_outputs() {
+    use deepstackd::vision::onnx_rewrite;
+    use tract_onnx::prelude::*;
+    let (h, w) = (480usize, 640usize);
+    let plan = |model: InferenceModel| {
+        model
+            .with_input_fact(0, f32::fact([1, 3, h, w]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+    };
+    let bytes = ModelFiles::embedded().detector.bytes;
+    let tract_only = plan(onnx_rewrite::load(&bytes).unwrap());
+    let ours = plan(onnx_rewrite::load_with_kernels(&bytes).unwrap());
+    let count = |name: &str| {
+        ours.model()
+            .nodes()
+            .iter()
+            .filter(|n| n.op().name() == name)
+            .count()
+    };
+    // 53 convolutions: the stem, 26 pointwise, 26 depthwise (the heads' 3x3 too); the stem's
+    // ReLU is the only one left to tract.
+    assert_eq!(count("DeepstackdPointwise"), 26);
+    assert_eq!(count("DeepstackdDepthwise3x3"), 26);
+    assert_eq!(count("DeepstackdMaxPool2x2"), 4);
+    let photo = image::imageops::resize(
+        decode("group_1280x720.jpg").pixels(),
+        w as u32,
+        h as u32,
+        image::imageops::FilterType::Triangle,
+    );
+    let input: Vec<f32> = (0..3)
+        .rev()
+        .flat_map(|c| photo.pixels().map(move |p| p.0[c] as f32))
+        .collect();
+    let input = Tensor::from_shape(&[1, 3, h, w], &input).unwrap();
+    let expected = tract_only.run(tvec!(input.clone().into())).unwrap();
+    let got = ours.run(tvec!(input.into())).unwrap();
+    assert_eq!(got.len(), 12);
+    for (k, (a, b)) in got.iter().zip(expected.iter()).enumerate() {
+        let (a, b) = (
+            a.to_plain_array_view::<f32>().unwrap(),
+            b.to_plain_array_view::<f32>().unwrap(),
+        );
+        assert_eq!(a.shape(), b.shape(), "head {k}");
+        let worst = a
+            .iter()
+            .zip(b.iter())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "head {k}: differs by up to {worst}");
+    }
+}
+
 /// Another encoding of obama.jpg must give the same face: box and embedding.
 fn assert_same_face_as_obama(name: &str) {
     let reference = only_face("obama.jpg");

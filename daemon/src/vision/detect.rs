@@ -2,8 +2,10 @@
 //!
 //! The photo is scaled (never up) so that its long side fits the speed mode's size, placed at
 //! the top-left of the smallest of a few fixed input shapes that holds it (padding right and
-//! bottom), and run through a tract plan built for that shape at start-up. Decoding and NMS
-//! follow OpenCV's `FaceDetectorYN` (see shared/models.md).
+//! bottom), and run through a tract plan built for that shape at start-up. The plan runs
+//! YuNet's depthwise, pointwise and max pool layers with our own kernels (`conv_ops`), the
+//! rest with tract's. Decoding and NMS follow OpenCV's `FaceDetectorYN` (see
+//! shared/models.md).
 
 use std::sync::Arc;
 
@@ -184,7 +186,7 @@ fn shapes_for(l: u32) -> Vec<(u32, u32)> {
 impl Detector {
     /// Load YuNet from ONNX bytes and build the plans for `mode`.
     pub fn load(onnx: &[u8], mode: Mode) -> TractResult<Detector> {
-        let model = onnx_rewrite::load(onnx)?;
+        let model = onnx_rewrite::load_with_kernels(onnx)?;
         let shapes = shapes_for(mode.input_size())
             .into_iter()
             .map(|(width, height)| {

@@ -8,6 +8,8 @@
 pub mod align;
 pub mod calibration;
 pub mod compare;
+pub mod conv_kernels;
+pub mod conv_ops;
 pub mod decode;
 pub mod detect;
 pub mod embed;

@@ -27,21 +27,32 @@ use std::io::Cursor;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 
+use super::conv_ops;
 use super::linear_head::{floats, Int8Linear};
 
 /// Parse ONNX bytes into a tract model, with both rewrites applied.
 pub fn load(onnx: &[u8]) -> TractResult<InferenceModel> {
-    Ok(load_parts(onnx, false)?.0)
+    Ok(load_parts(onnx, false, false)?.0)
+}
+
+/// Like [`load`], and the layers `conv_kernels` computes exactly run as its ops (see
+/// `conv_ops`): YuNet's depthwise, pointwise and max pool layers.
+pub fn load_with_kernels(onnx: &[u8]) -> TractResult<InferenceModel> {
+    Ok(load_parts(onnx, false, true)?.0)
 }
 
 /// Like [`load`], but a final int8 linear layer is split off and returned, to run outside
 /// tract (see `linear_head`); the model then outputs that layer's input.
 pub fn load_with_int8_head(onnx: &[u8]) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
-    load_parts(onnx, true)
+    load_parts(onnx, true, false)
 }
 
-fn load_parts(onnx: &[u8], split_head: bool) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
-    let framework = tract_onnx::onnx();
+fn load_parts(
+    onnx: &[u8],
+    split_head: bool,
+    own_kernels: bool,
+) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
+    let mut framework = tract_onnx::onnx();
     let mut proto = framework.proto_model_for_read(&mut Cursor::new(onnx))?;
     let head = if split_head {
         Int8Linear::split_off(&mut proto)
@@ -50,6 +61,10 @@ fn load_parts(onnx: &[u8], split_head: bool) -> TractResult<(InferenceModel, Opt
     };
     dequantize_constants(&mut proto);
     expand_prelu(&mut proto);
+    if own_kernels {
+        conv_ops::rewrite(&mut proto);
+        conv_ops::register(&mut framework.op_register);
+    }
     Ok((framework.model_for_proto_model(&proto)?, head))
 }
 

@@ -1,0 +1,574 @@
+//! Our own kernels for the three layer kinds that make up YuNet, on NCHW planes: the 3x3
+//! depthwise convolution (stride 1, padding 1) with an optional ReLU, the 1x1 (pointwise)
+//! convolution and the 2x2 max pool (stride 2). `conv_ops` runs them as tract ops.
+//!
+//! Why: tract 0.23.9 runs these layers at a quarter of onnxruntime's pace on the same fp32
+//! weights (shared/models.md: its depthwise kernel falls back to scalar code, every 1x1
+//! convolution first packs its activations, and its max pool walks a generic patch). In
+//! NCHW with batch 1, a pointwise convolution is a matrix product whose activation rows are
+//! already contiguous, so it needs no packing: each step broadcasts one weight per output
+//! channel and multiplies a run of pixels of one input channel. The depthwise convolution is
+//! nine shifted multiply-adds over three input rows.
+//!
+//! Every kernel is written once as plain Rust that the compiler vectorises, and compiled
+//! several times: with AVX-512 or AVX2+FMA when the x86 CPU has them (chosen at run time),
+//! and for the build's baseline otherwise (NEON with fused multiply-add on aarch64). Results
+//! equal a straightforward loop up to float rounding (the tests compare them).
+
+use std::sync::OnceLock;
+
+/// Multiply-add, fused where the target has it.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `a * b + c` in one rounding: for code compiled with FMA (x86 with `fma`, aarch64).
+struct Fused;
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// `a * b + c` in two roundings: where FMA is not known to exist (it would be a libm call).
+#[allow(dead_code)] // unused on aarch64, whose baseline has FMA
+struct Separate;
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
+/// The instruction set the kernels run with on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX-512F (and FMA).
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2Fma,
+    /// The build's baseline (SSE2 on x86-64; NEON with FMA on aarch64; VFP on armv7).
+    Baseline,
+}
+
+impl Isa {
+    /// Detected once per process.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return Isa::Avx512;
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return Isa::Avx2Fma;
+                }
+            }
+            Isa::Baseline
+        })
+    }
+
+    /// Its name, for the logs and the bench.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Baseline if cfg!(target_arch = "aarch64") => "neon",
+            Isa::Baseline => "baseline",
+        }
+    }
+}
+
+/// Defines `$name(args)` that runs `$body::<M>(args)` compiled for the detected [`Isa`].
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body::<Fused>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body::<Fused>($($arg),*)
+                }
+                match Isa::detect() {
+                    // SAFETY: Isa::detect found these features on this CPU.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2Fma => return unsafe { avx2($($arg),*) },
+                    Isa::Baseline => return $body::<Separate>($($arg),*),
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            return $body::<Fused>($($arg),*);
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+            return $body::<Separate>($($arg),*);
+        }
+    };
+}
+
+/// A 3x3 depthwise convolution, stride 1, zero padding 1, with bias and optional ReLU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Depthwise3x3 {
+    /// Per channel, the 3x3 taps row-major.
+    pub taps: Vec<[f32; 9]>,
+    /// Per channel.
+    pub bias: Vec<f32>,
+    /// ReLU applied to the output.
+    pub relu: bool,
+}
+
+impl Depthwise3x3 {
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// `input` and `output` are `channels` planes of `h` x `w`.
+    pub fn run(&self, input: &[f32], output: &mut [f32], h: usize, w: usize) {
+        let plane = h * w;
+        assert_eq!(input.len(), self.channels() * plane, "depthwise input size");
+        assert_eq!(output.len(), input.len(), "depthwise output size");
+        if plane == 0 {
+            return;
+        }
+        for (c, (x, y)) in input
+            .chunks_exact(plane)
+            .zip(output.chunks_exact_mut(plane))
+            .enumerate()
+        {
+            depthwise_plane(x, y, w, &self.taps[c], self.bias[c], self.relu);
+        }
+    }
+}
+
+dispatch! {
+    fn depthwise_plane(x: &[f32], y: &mut [f32], w: usize, k: &[f32; 9], bias: f32, relu: bool) => depthwise_plane_body
+}
+
+/// One plane. The pixels off the border are one run of the flattened plane, where every
+/// tap is the same offset away: nine shifted slices of one length, one vectorised loop
+/// (the first and last columns come out wrong there, taking taps from the neighbouring
+/// rows, and are redone). The border pixels are then computed with the padding.
+#[inline(always)]
+fn depthwise_plane_body<M: MulAdd>(
+    x: &[f32],
+    y: &mut [f32],
+    w: usize,
+    k: &[f32; 9],
+    bias: f32,
+    apply_relu: bool,
+) {
+    let h = x.len() / w;
+    let activate = |v: f32| if apply_relu { relu(v) } else { v };
+    if h >= 3 && w >= 3 {
+        let (lo, hi) = (w + 1, h * w - w - 1);
+        let n = hi - lo;
+        // Tap (dy, dx) of output pixel i is x[i + (dy - 1) * w + dx - 1].
+        let tap = |dy: usize, dx: usize| &x[lo - w - 1 + dy * w + dx..][..n];
+        let [a0, a1, a2] = [tap(0, 0), tap(0, 1), tap(0, 2)];
+        let [b0, b1, b2] = [tap(1, 0), tap(1, 1), tap(1, 2)];
+        let [c0, c1, c2] = [tap(2, 0), tap(2, 1), tap(2, 2)];
+        let out = &mut y[lo..hi];
+        for i in 0..n {
+            let mut acc = M::mul_add(k[0], a0[i], bias);
+            acc = M::mul_add(k[1], a1[i], acc);
+            acc = M::mul_add(k[2], a2[i], acc);
+            acc = M::mul_add(k[3], b0[i], acc);
+            acc = M::mul_add(k[4], b1[i], acc);
+            acc = M::mul_add(k[5], b2[i], acc);
+            acc = M::mul_add(k[6], c0[i], acc);
+            acc = M::mul_add(k[7], c1[i], acc);
+            acc = M::mul_add(k[8], c2[i], acc);
+            out[i] = activate(acc);
+        }
+    }
+    let h_last = h - 1;
+    let border = |r: usize, c: usize| -> f32 {
+        let mut acc = bias;
+        for dy in 0..3 {
+            let Some(yy) = (r + dy).checked_sub(1).filter(|&yy| yy < h) else {
+                continue;
+            };
+            for dx in 0..3 {
+                let Some(xx) = (c + dx).checked_sub(1).filter(|&xx| xx < w) else {
+                    continue;
+                };
+                acc = M::mul_add(k[dy * 3 + dx], x[yy * w + xx], acc);
+            }
+        }
+        activate(acc)
+    };
+    if h < 3 || w < 3 {
+        for r in 0..h {
+            for c in 0..w {
+                y[r * w + c] = border(r, c);
+            }
+        }
+        return;
+    }
+    for c in 0..w {
+        y[c] = border(0, c);
+        y[h_last * w + c] = border(h_last, c);
+    }
+    for r in 1..h_last {
+        y[r * w] = border(r, 0);
+        y[r * w + w - 1] = border(r, w - 1);
+    }
+}
+
+/// Output channels computed together by the pointwise kernel: each input pixel run loaded
+/// is used this many times.
+const POINTWISE_CHANNELS: usize = 6;
+/// Pixels per step of the pointwise kernel: with [`POINTWISE_CHANNELS`], 12 accumulators of
+/// 256 bits (of AVX2's 16 registers) or 24 of 128 (of NEON's 32).
+const POINTWISE_PIXELS: usize = 16;
+
+/// A 1x1 convolution with bias and optional ReLU: `y[o] = b[o] + sum_i W[o][i] x[i]` per
+/// pixel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pointwise {
+    inputs: usize,
+    outputs: usize,
+    /// The weights in blocks of [`POINTWISE_CHANNELS`] outputs, each block input-major
+    /// (`[input][output in block]`), the last block zero-filled.
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+impl Pointwise {
+    /// `weights` row-major `[outputs][inputs]`.
+    pub fn new(weights: &[f32], bias: Vec<f32>, inputs: usize, relu: bool) -> Pointwise {
+        let outputs = bias.len();
+        assert_eq!(weights.len(), outputs * inputs, "pointwise weights size");
+        let blocks = outputs.div_ceil(POINTWISE_CHANNELS);
+        let mut packed = vec![0f32; blocks * inputs * POINTWISE_CHANNELS];
+        for o in 0..outputs {
+            let (block, k) = (o / POINTWISE_CHANNELS, o % POINTWISE_CHANNELS);
+            for i in 0..inputs {
+                packed[(block * inputs + i) * POINTWISE_CHANNELS + k] = weights[o * inputs + i];
+            }
+        }
+        Pointwise {
+            inputs,
+            outputs,
+            packed,
+            bias,
+            relu,
+        }
+    }
+
+    /// Number of input channels.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Number of output channels.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// `input`: `inputs` planes of `plane` pixels; `output`: `outputs` planes.
+    ///
+    /// The plane is taken in chunks whose pixels of every input channel fit in the L1
+    /// cache together, and every output is computed for a chunk before the next: the input
+    /// streams from memory once, not once per block of outputs. Each chunk is first copied
+    /// tile by tile (`[tile][input][pixel]`): read in place, the input rows of a tile lie a
+    /// plane apart, and planes of a multiple of 4 KiB (320x240) map every row to the same
+    /// L1 cache set, which made the kernel several times slower.
+    pub fn run(&self, input: &[f32], output: &mut [f32], plane: usize) {
+        const P: usize = POINTWISE_PIXELS;
+        assert_eq!(input.len(), self.inputs * plane, "pointwise input size");
+        assert_eq!(output.len(), self.outputs * plane, "pointwise output size");
+        let chunk = (L1_FLOATS / self.inputs.max(1)).max(P) / P * P;
+        let mut tiles = vec![0f32; chunk * self.inputs];
+        for start in (0..plane).step_by(chunk) {
+            let pixels = start..(start + chunk).min(plane);
+            let full = (pixels.len() / P) * P;
+            for (t, tile) in tiles
+                .chunks_exact_mut(P * self.inputs)
+                .take(full / P)
+                .enumerate()
+            {
+                for (i, row) in tile.chunks_exact_mut(P).enumerate() {
+                    row.copy_from_slice(&input[i * plane + start + t * P..][..P]);
+                }
+            }
+            for block in 0..self.outputs.div_ceil(POINTWISE_CHANNELS) {
+                let first = block * POINTWISE_CHANNELS;
+                let count = POINTWISE_CHANNELS.min(self.outputs - first);
+                let weights = &self.packed[block * self.inputs * POINTWISE_CHANNELS..]
+                    [..self.inputs * POINTWISE_CHANNELS];
+                let out = &mut output[first * plane..(first + count) * plane];
+                let bias = &self.bias[first..first + count];
+                let tiled = &tiles[..full * self.inputs];
+                pointwise_block(tiled, out, plane, start, weights, bias, self.relu);
+                if full < pixels.len() {
+                    let tail = start + full..pixels.end;
+                    pointwise_tail(input, out, plane, tail, weights, bias, self.relu);
+                }
+            }
+        }
+    }
+}
+
+/// Input floats a pointwise chunk may keep in the L1 data cache (16 KiB of the 32-48 KiB
+/// of current x86 and ARM cores, the rest for outputs and weights).
+const L1_FLOATS: usize = 4096;
+
+dispatch! {
+    fn pointwise_block(tiles: &[f32], y: &mut [f32], plane: usize, start: usize, weights: &[f32], bias: &[f32], relu: bool) => pointwise_block_body
+}
+
+/// Up to [`POINTWISE_CHANNELS`] output planes (`bias.len()`) of a pointwise convolution,
+/// for the whole tiles of a chunk (`tiles`, as [`Pointwise::run`] lays them out) starting at
+/// pixel `start` of the plane.
+#[inline(always)]
+fn pointwise_block_body<M: MulAdd>(
+    tiles: &[f32],
+    y: &mut [f32],
+    plane: usize,
+    start: usize,
+    weights: &[f32],
+    bias: &[f32],
+    apply_relu: bool,
+) {
+    const K: usize = POINTWISE_CHANNELS;
+    const P: usize = POINTWISE_PIXELS;
+    let inputs = weights.len() / K;
+    let count = bias.len();
+    let mut b = [0f32; K];
+    b[..count].copy_from_slice(bias);
+    if inputs == 0 {
+        return;
+    }
+    for (t, tile) in tiles.chunks_exact(P * inputs).enumerate() {
+        let acc = pointwise_tile::<M>(tile, weights, &b);
+        let p = start + t * P;
+        for (k, a) in acc.iter().enumerate().take(count) {
+            let out: &mut [f32; P] = (&mut y[k * plane + p..][..P]).try_into().expect("P");
+            *out = if apply_relu { a.map(relu) } else { *a };
+        }
+    }
+}
+
+/// One tile of [`POINTWISE_PIXELS`] pixels (`[input][pixel]`) for [`POINTWISE_CHANNELS`]
+/// outputs. The accumulators are indexed by constants only, so they stay in registers.
+#[inline(always)]
+fn pointwise_tile<M: MulAdd>(
+    tile: &[f32],
+    weights: &[f32],
+    bias: &[f32; POINTWISE_CHANNELS],
+) -> [[f32; POINTWISE_PIXELS]; POINTWISE_CHANNELS] {
+    const K: usize = POINTWISE_CHANNELS;
+    const P: usize = POINTWISE_PIXELS;
+    let mut acc = bias.map(|b| [b; P]);
+    for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact(K)) {
+        let xs: &[f32; P] = xs.try_into().expect("P pixels");
+        let wk: &[f32; K] = wk.try_into().expect("K weights");
+        for k in 0..K {
+            for j in 0..P {
+                acc[k][j] = M::mul_add(wk[k], xs[j], acc[k][j]);
+            }
+        }
+    }
+    acc
+}
+
+/// The pixels `pixels` (fewer than a tile, at the end of the plane) of up to
+/// [`POINTWISE_CHANNELS`] outputs, plainly.
+fn pointwise_tail(
+    x: &[f32],
+    y: &mut [f32],
+    plane: usize,
+    pixels: std::ops::Range<usize>,
+    weights: &[f32],
+    bias: &[f32],
+    apply_relu: bool,
+) {
+    for (k, &b) in bias.iter().enumerate() {
+        let out = &mut y[k * plane + pixels.start..k * plane + pixels.end];
+        out.fill(b);
+        for (i, wk) in weights.chunks_exact(POINTWISE_CHANNELS).enumerate() {
+            let xs = &x[i * plane + pixels.start..i * plane + pixels.end];
+            for (o, &xv) in out.iter_mut().zip(xs) {
+                *o += wk[k] * xv;
+            }
+        }
+        if apply_relu {
+            out.iter_mut().for_each(|v| *v = relu(*v));
+        }
+    }
+}
+
+/// 2x2 max pooling, stride 2, no padding, rounding down (ONNX's `MaxPool` with
+/// `ceil_mode=0`): `channels` planes of `h` x `w` into planes of `h/2` x `w/2`.
+pub fn max_pool_2x2(input: &[f32], output: &mut [f32], channels: usize, h: usize, w: usize) {
+    let (oh, ow) = (h / 2, w / 2);
+    assert_eq!(input.len(), channels * h * w, "max pool input size");
+    assert_eq!(output.len(), channels * oh * ow, "max pool output size");
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    let mut pairs = vec![0f32; 2 * ow];
+    for (x, y) in input
+        .chunks_exact(h * w)
+        .zip(output.chunks_exact_mut(oh * ow))
+    {
+        max_pool_plane(x, y, w, &mut pairs);
+    }
+}
+
+dispatch! {
+    fn max_pool_plane(x: &[f32], y: &mut [f32], w: usize, pairs: &mut [f32]) => max_pool_plane_body
+}
+
+#[inline(always)]
+/// (`M` unused: the dispatch compiles every body once per instruction set.)
+fn max_pool_plane_body<M: MulAdd>(x: &[f32], y: &mut [f32], w: usize, pairs: &mut [f32]) {
+    let ow = pairs.len() / 2;
+    for (r, out) in y.chunks_exact_mut(ow).enumerate() {
+        let top = &x[2 * r * w..][..2 * ow];
+        let bottom = &x[(2 * r + 1) * w..][..2 * ow];
+        for ((m, &a), &b) in pairs.iter_mut().zip(top).zip(bottom) {
+            *m = if a > b { a } else { b };
+        }
+        for (o, pair) in out.iter_mut().zip(pairs.chunks_exact(2)) {
+            *o = if pair[0] > pair[1] { pair[0] } else { pair[1] };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in -1..1.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_a_direct_loop() {
+        for (c, h, w, relu) in [
+            (3, 5, 7, true),
+            (2, 1, 1, false),
+            (4, 6, 2, true),
+            (16, 9, 40, false),
+        ] {
+            let x = values(c * h * w, 1);
+            let taps: Vec<[f32; 9]> = (0..c)
+                .map(|i| values(9, 10 + i as u32).try_into().unwrap())
+                .collect();
+            let op = Depthwise3x3 {
+                taps: taps.clone(),
+                bias: values(c, 3),
+                relu,
+            };
+            let mut y = vec![0f32; x.len()];
+            op.run(&x, &mut y, h, w);
+            let mut expected = vec![0f32; x.len()];
+            for ch in 0..c {
+                for r in 0..h {
+                    for col in 0..w {
+                        let mut acc = op.bias[ch];
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                let (yy, xx) = (r as isize + dy - 1, col as isize + dx - 1);
+                                if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
+                                    acc += taps[ch][(dy * 3 + dx) as usize]
+                                        * x[ch * h * w + yy as usize * w + xx as usize];
+                                }
+                            }
+                        }
+                        expected[ch * h * w + r * w + col] = if relu { acc.max(0.0) } else { acc };
+                    }
+                }
+            }
+            close(&y, &expected);
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_a_direct_loop() {
+        // Output counts below, at and above a block; planes shorter and longer than a step.
+        for (inputs, outputs, plane, relu) in
+            [(3, 1, 5, false), (16, 6, 64, true), (7, 13, 100, false)]
+        {
+            let x = values(inputs * plane, 4);
+            let weights = values(inputs * outputs, 5);
+            let bias = values(outputs, 6);
+            let op = Pointwise::new(&weights, bias.clone(), inputs, relu);
+            let mut y = vec![0f32; outputs * plane];
+            op.run(&x, &mut y, plane);
+            let expected: Vec<f32> = (0..outputs * plane)
+                .map(|idx| {
+                    let (o, p) = (idx / plane, idx % plane);
+                    let v = bias[o]
+                        + (0..inputs)
+                            .map(|i| weights[o * inputs + i] * x[i * plane + p])
+                            .sum::<f32>();
+                    if relu {
+                        v.max(0.0)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            close(&y, &expected);
+        }
+    }
+
+    #[test]
+    fn max_pool_takes_the_largest_of_each_square_and_drops_an_odd_edge() {
+        let (c, h, w) = (2, 5, 7);
+        let x = values(c * h * w, 7);
+        let mut y = vec![0f32; c * 2 * 3];
+        max_pool_2x2(&x, &mut y, c, h, w);
+        for ch in 0..c {
+            for r in 0..2 {
+                for col in 0..3 {
+                    let at = |yy: usize, xx: usize| x[ch * h * w + yy * w + xx];
+                    let m = at(2 * r, 2 * col)
+                        .max(at(2 * r, 2 * col + 1))
+                        .max(at(2 * r + 1, 2 * col))
+                        .max(at(2 * r + 1, 2 * col + 1));
+                    assert_eq!(y[ch * 6 + r * 3 + col], m);
+                }
+            }
+        }
+    }
+}

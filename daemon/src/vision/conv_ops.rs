@@ -1,0 +1,398 @@
+//! `conv_kernels` as tract ops: which ONNX nodes they replace, and how tract runs them.
+//!
+//! Before tract parses the graph, [`rewrite`] renames the nodes the kernels handle exactly
+//! (after `onnx_rewrite` has turned the weights into f32 constants):
+//! - `Conv` 3x3, stride 1, padding 1, one group per channel -> `DeepstackdDepthwise3x3`;
+//! - `Conv` 1x1, stride 1, no padding, one group -> `DeepstackdPointwise`;
+//! - either of those followed by its only consumer `Relu` -> the same with `relu=1`, and the
+//!   `Relu` goes;
+//! - `MaxPool` 2x2, stride 2, no padding, `ceil_mode=0` -> `DeepstackdMaxPool2x2`.
+//!
+//! [`register`] teaches tract's ONNX parser those names; at typing, each becomes one
+//! [`KernelOp`] holding its weights, with the activation as its only input. Any other node
+//! (YuNet's stem convolution, SFace's layers) is left to tract.
+
+use std::sync::Arc;
+
+use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto};
+use tract_onnx::tract_hir::internal::*;
+
+use super::conv_kernels::{max_pool_2x2, Depthwise3x3, Pointwise};
+use super::linear_head::floats;
+
+const DEPTHWISE: &str = "DeepstackdDepthwise3x3";
+const POINTWISE: &str = "DeepstackdPointwise";
+const MAX_POOL: &str = "DeepstackdMaxPool2x2";
+
+/// Adds the kernels' node types to tract's ONNX parser.
+pub fn register(ops: &mut OnnxOpRegister) {
+    ops.insert(DEPTHWISE, |_, node| {
+        Ok((expand(KernelNode::Depthwise { relu: relu(node)? }), vec![]))
+    });
+    ops.insert(POINTWISE, |_, node| {
+        Ok((expand(KernelNode::Pointwise { relu: relu(node)? }), vec![]))
+    });
+    ops.insert(MAX_POOL, |_: &ParsingContext, _| {
+        Ok((expand(KernelNode::MaxPool), vec![]))
+    });
+}
+
+fn relu(node: &NodeProto) -> TractResult<bool> {
+    Ok(node.get_attr_opt::<i64>("relu")?.unwrap_or(0) != 0)
+}
+
+/// Renames the nodes the kernels run (see the module docs); returns how many.
+pub fn rewrite(proto: &mut ModelProto) -> usize {
+    let Some(graph) = proto.graph.as_mut() else {
+        return 0;
+    };
+    let mut readers: std::collections::HashMap<String, usize> = Default::default();
+    for name in graph.node.iter().flat_map(|n| &n.input) {
+        *readers.entry(name.clone()).or_default() += 1;
+    }
+    for out in &graph.output {
+        *readers.entry(out.name.clone()).or_default() += 1;
+    }
+    let weight_dims = |name: &str| {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name && floats(t).is_some())
+            .map(|t| t.dims.clone())
+    };
+    let mut renamed = 0;
+    let mut fused_relus = Vec::new();
+    for at in 0..graph.node.len() {
+        let n = &graph.node[at];
+        let kind = match n.op_type.as_str() {
+            "Conv" => conv_kind(n, |name| weight_dims(name)),
+            "MaxPool" if is_max_pool_2x2(n) => Some(MAX_POOL),
+            _ => None,
+        };
+        let Some(kind) = kind else { continue };
+        let mut relu = None;
+        if kind != MAX_POOL && readers.get(&n.output[0]) == Some(&1) {
+            relu = graph.node.iter().position(|r| {
+                r.op_type == "Relu" && r.input.len() == 1 && r.input[0] == n.output[0]
+            });
+        }
+        let relu_output = relu.map(|r| graph.node[r].output[0].clone());
+        let n = &mut graph.node[at];
+        n.op_type = kind.into();
+        n.attribute.clear();
+        if let Some(output) = relu_output {
+            n.output = vec![output];
+            n.attribute.push(AttributeProto {
+                name: "relu".into(),
+                r#type: AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            });
+            fused_relus.extend(relu);
+        }
+        renamed += 1;
+    }
+    let mut at = 0;
+    graph.node.retain(|_| {
+        at += 1;
+        !fused_relus.contains(&(at - 1))
+    });
+    renamed
+}
+
+fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.clone())
+}
+
+fn int(n: &NodeProto, name: &str) -> Option<i64> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+/// Whether no attribute other than `known` is set, and `auto_pad` (if any) is `NOTSET`.
+fn only_attributes(n: &NodeProto, known: &[&str]) -> bool {
+    n.attribute
+        .iter()
+        .all(|a| known.contains(&a.name.as_str()) || (a.name == "auto_pad" && a.s == b"NOTSET"))
+}
+
+/// `DEPTHWISE` or `POINTWISE` for a convolution those kernels compute exactly.
+fn conv_kind(
+    n: &NodeProto,
+    weight_dims: impl Fn(&str) -> Option<Vec<i64>>,
+) -> Option<&'static str> {
+    if !(2..=3).contains(&n.input.len()) || n.output.len() != 1 {
+        return None;
+    }
+    if !only_attributes(
+        n,
+        &["kernel_shape", "strides", "pads", "dilations", "group"],
+    ) {
+        return None;
+    }
+    let dims = weight_dims(&n.input[1])?;
+    if n.input.len() == 3 && weight_dims(&n.input[2]).is_none() {
+        return None;
+    }
+    let ones = Some(vec![1, 1]);
+    let strides = ints(n, "strides").or(ones.clone());
+    let dilations = ints(n, "dilations").or(ones.clone());
+    let pads = ints(n, "pads").unwrap_or(vec![0; 4]);
+    let group = int(n, "group").unwrap_or(1);
+    if strides != ones || dilations != ones {
+        return None;
+    }
+    match dims[..] {
+        [c, 1, 3, 3] if group == c && pads == [1, 1, 1, 1] => Some(DEPTHWISE),
+        [_, _, 1, 1] if group == 1 && pads == [0; 4] => Some(POINTWISE),
+        _ => None,
+    }
+}
+
+fn is_max_pool_2x2(n: &NodeProto) -> bool {
+    n.input.len() == 1
+        && n.output.len() == 1
+        && only_attributes(
+            n,
+            &[
+                "kernel_shape",
+                "strides",
+                "pads",
+                "ceil_mode",
+                "dilations",
+                "storage_order",
+            ],
+        )
+        && ints(n, "kernel_shape") == Some(vec![2, 2])
+        && ints(n, "strides") == Some(vec![2, 2])
+        && ints(n, "pads").is_none_or(|p| p == [0; 4])
+        && ints(n, "dilations").is_none_or(|d| d == [1, 1])
+        && int(n, "ceil_mode").unwrap_or(0) == 0
+        && int(n, "storage_order").unwrap_or(0) == 0
+}
+
+/// A renamed node, before typing: its weights are still inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KernelNode {
+    Depthwise { relu: bool },
+    Pointwise { relu: bool },
+    MaxPool,
+}
+
+impl Expansion for KernelNode {
+    fn name(&self) -> StaticName {
+        match self {
+            KernelNode::Depthwise { .. } => DEPTHWISE.into(),
+            KernelNode::Pointwise { .. } => POINTWISE.into(),
+            KernelNode::MaxPool => MAX_POOL.into(),
+        }
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_output_arity(outputs, 1)?;
+        let arity = if *self == KernelNode::MaxPool {
+            1..=1
+        } else {
+            2..=3
+        };
+        if !arity.contains(&inputs.len()) {
+            bail!(
+                "{} takes {arity:?} inputs, got {}",
+                self.name(),
+                inputs.len()
+            );
+        }
+        s.equals(&inputs[0].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].rank, 4)?;
+        s.equals(&outputs[0].rank, 4)?;
+        match self {
+            KernelNode::Depthwise { .. } => s.equals(&outputs[0].shape, &inputs[0].shape),
+            KernelNode::Pointwise { .. } => {
+                s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+                s.equals(&outputs[0].shape[1], &inputs[1].shape[0])?;
+                s.equals(&outputs[0].shape[2], &inputs[0].shape[2])?;
+                s.equals(&outputs[0].shape[3], &inputs[0].shape[3])
+            }
+            KernelNode::MaxPool => s.given(&inputs[0].shape, move |s, shape| {
+                let mut out = shape.clone();
+                out[2] = shape[2].clone() / 2;
+                out[3] = shape[3].clone() / 2;
+                s.equals(&outputs[0].shape, ShapeFactoid::from(out))
+            }),
+        }
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let constant = |i: usize| -> TractResult<Arc<Tensor>> {
+            model
+                .outlet_fact(inputs[i])?
+                .konst
+                .clone()
+                .with_context(|| format!("{prefix}: input {i} is not a constant"))
+        };
+        let channels_in = model.outlet_fact(inputs[0])?.shape[1].to_usize()?;
+        let weights_and_bias = || -> TractResult<(Vec<f32>, Vec<f32>)> {
+            let w = constant(1)?;
+            let outputs = w.shape()[0];
+            let w = w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+            let b = if inputs.len() == 3 {
+                let b = constant(2)?;
+                ensure!(
+                    b.len() == outputs,
+                    "{prefix}: {} biases for {outputs} outputs",
+                    b.len()
+                );
+                b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()
+            } else {
+                vec![0.0; outputs]
+            };
+            Ok((w, b))
+        };
+        let layer = match *self {
+            KernelNode::Depthwise { relu } => {
+                let (w, bias) = weights_and_bias()?;
+                ensure!(
+                    bias.len() == channels_in && w.len() == 9 * channels_in,
+                    "{prefix}: depthwise weights for {} channels, input has {channels_in}",
+                    bias.len()
+                );
+                let taps = w
+                    .chunks_exact(9)
+                    .map(|k| k.try_into().expect("9 taps"))
+                    .collect();
+                Layer::Depthwise(Depthwise3x3 { taps, bias, relu })
+            }
+            KernelNode::Pointwise { relu } => {
+                let (w, bias) = weights_and_bias()?;
+                ensure!(
+                    w.len() == bias.len() * channels_in,
+                    "{prefix}: pointwise weights for {} inputs, input has {channels_in}",
+                    w.len() / bias.len().max(1)
+                );
+                Layer::Pointwise(Pointwise::new(&w, bias, channels_in, relu))
+            }
+            KernelNode::MaxPool => Layer::MaxPool,
+        };
+        model.wire_node(prefix, KernelOp(Arc::new(layer)), &inputs[..1])
+    }
+}
+
+/// What a [`KernelOp`] computes.
+#[derive(Debug, Clone, PartialEq)]
+enum Layer {
+    Depthwise(Depthwise3x3),
+    Pointwise(Pointwise),
+    MaxPool,
+}
+
+impl Layer {
+    /// Output `[n, c, h, w]` for input `[n, c, h, w]`.
+    fn output_shape<D: DimLike>(&self, shape: &[D]) -> TVec<D> {
+        let mut out: TVec<D> = shape.iter().cloned().collect();
+        match self {
+            Layer::Depthwise(_) => {}
+            Layer::Pointwise(p) => out[1] = D::from(p.outputs()),
+            Layer::MaxPool => {
+                out[2] = shape[2].clone() / 2;
+                out[3] = shape[3].clone() / 2;
+            }
+        }
+        out
+    }
+}
+
+/// One layer run by `conv_kernels`: NCHW f32 in, NCHW f32 out.
+#[derive(Debug, Clone)]
+pub struct KernelOp(Arc<Layer>);
+
+/// The same layer, not merely equal weights: tract merges equal ops with equal inputs, and
+/// comparing weights would cost more than it could save.
+impl PartialEq for KernelOp {
+    fn eq(&self, other: &KernelOp) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for KernelOp {}
+
+impl Op for KernelOp {
+    fn name(&self) -> StaticName {
+        match &*self.0 {
+            Layer::Depthwise(_) => DEPTHWISE.into(),
+            Layer::Pointwise(_) => POINTWISE.into(),
+            Layer::MaxPool => MAX_POOL.into(),
+        }
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for KernelOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let shape = input.shape();
+        ensure!(
+            shape.len() == 4,
+            "{}: input of rank {}",
+            self.name(),
+            shape.len()
+        );
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+        let out_shape = self.0.output_shape(shape);
+        // SAFETY: every kernel writes each element of its output (the tests check them all
+        // against direct loops); nothing reads the tensor before.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut view = output.try_as_plain_ram_mut()?;
+        let y = view.as_slice_mut::<f32>()?;
+        let (in_len, out_len) = (c * h * w, out_shape[1..].iter().product::<usize>());
+        for b in 0..n {
+            let (x, y) = (
+                &x[b * in_len..(b + 1) * in_len],
+                &mut y[b * out_len..(b + 1) * out_len],
+            );
+            match &*self.0 {
+                Layer::Depthwise(d) => {
+                    ensure!(d.channels() == c, "depthwise: {c} channels in");
+                    d.run(x, y, h, w)
+                }
+                Layer::Pointwise(p) => {
+                    ensure!(p.inputs() == c, "pointwise: {c} channels in");
+                    p.run(x, y, h * w)
+                }
+                Layer::MaxPool => max_pool_2x2(x, y, c, h, w),
+            }
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for KernelOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs[0].rank() == 4,
+            "{}: input of rank {}",
+            self.name(),
+            inputs[0].rank()
+        );
+        let shape = self.0.output_shape(&inputs[0].shape.to_tvec());
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
