@@ -12,12 +12,17 @@
 //!   to embed its faces) allocates from the main heap, so free space left by one thread is
 //!   reused by the next instead of each arena keeping its own high-water mark (peak 179 vs
 //!   215 MiB alone);
-//! - a fixed 4 MiB mmap threshold: the large buffers (decoded photos, the detector's biggest
-//!   activations, 6.5 MB at 640x640) are mapped per use and unmapped when freed, instead of
+//! - a fixed 8 MiB mmap threshold: the large buffers (decoded photos, the High mode's detector
+//!   activations, 26 MB at 1280x1280) are mapped per use and unmapped when freed, instead of
 //!   glibc's adaptive threshold moving them onto the heap, where they fragment it. Smaller
 //!   tensors stay on the heap, whose pages the next request reuses. A 256 KiB threshold cost
 //!   63,000 page faults and +70-110 ms per 4-face 720p recognize; 1-2 MiB cost +17-60% in
-//!   time; 4 MiB stayed within this machine's noise.
+//!   time. 4 MiB, the value until the detector got its own kernels, mapped the Medium mode's
+//!   largest activations (4.9 MB at 640x480, 6.5 MB at 640x640) on every run: about 3,000
+//!   page faults per detection, which doubled the time of YuNet at 640x480 once its layers
+//!   took 20 ms instead of 30 (YuNet in a loop under these settings, 160 runs: 0.6-1.1 M page
+//!   faults and 47-63 ms a run at 4 MiB, 17 k and 28-32 ms at 8 MiB). Peak under the two-client
+//!   load with 8 MiB: 136 MiB (`deepstack-bench targets`).
 //!
 //! Together: peak under load 147-200 MiB instead of 209-223, idle 71 instead of 75-78 MiB,
 //! request times and throughput within the noise.
@@ -49,7 +54,7 @@ pub const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 
 /// Allocations of at least this many bytes get their own mapping, returned when freed.
 #[cfg(target_env = "gnu")]
-const MMAP_THRESHOLD: libc::c_int = 4 << 20;
+const MMAP_THRESHOLD: libc::c_int = 8 << 20;
 
 /// free() gives the top of the heap back to the kernel only past this much free space.
 #[cfg(target_env = "gnu")]
