@@ -43,9 +43,105 @@ pub fn run_script(
         .collect()
 }
 
-/// onnxruntime + OpenCV, for ort_pipeline.py.
+/// One reference's timings of one photo: a line of `ort_pipeline.py`.
+pub struct RefTimes {
+    /// `onnxruntime` or `opencv`.
+    pub reference: String,
+    /// Name, version and settings, as the script reports them.
+    pub engine: String,
+    /// The photo path as passed to the script.
+    pub path: String,
+    pub faces: usize,
+    /// Median milliseconds: decode, detect, align (all faces), embed (all faces), total.
+    pub ms: [f64; 5],
+    pub embed_per_face: f64,
+}
+
+/// The rows of `deepstack-bench stages`, as [`RefTimes::stages`] gives them.
+pub const STAGES: [&str; 5] = ["decode", "detect", "align (all)", "embed per face", "total"];
+
+impl RefTimes {
+    /// Decode, detect, align (all faces), embed per face and total, median ms.
+    pub fn stages(&self) -> [f64; 5] {
+        [
+            self.ms[0],
+            self.ms[1],
+            self.ms[2],
+            self.embed_per_face,
+            self.ms[4],
+        ]
+    }
+}
+
+/// The references' names in `ort_pipeline.py`, in the order they run and are printed.
+pub const REFERENCES: [&str; 2] = ["onnxruntime", "opencv"];
+
+/// Runs `ort_pipeline.py` (both references, FP32 files built once into target/bench-fp32/)
+/// on `photos` in one invocation, detector long side `size`, `repeat` timed runs each.
+pub fn references(size: u32, repeat: usize, photos: &[&Path]) -> Result<Vec<RefTimes>, Error> {
+    let pylib = install(ORT_REQS, ORT_DIR, &[])?;
+    let mut args = vec![
+        "--size".to_owned(),
+        size.to_string(),
+        "--repeat".to_owned(),
+        repeat.to_string(),
+        "--references".to_owned(),
+        REFERENCES.join(","),
+        "--models".to_owned(),
+        workspace().join(FP32_DIR).display().to_string(),
+    ];
+    args.extend(photos.iter().map(|p| p.display().to_string()));
+    let lines = run_script("ort_pipeline.py", &pylib, &args)?;
+    lines.iter().map(parse_ref).collect()
+}
+
+fn parse_ref(line: &serde_json::Value) -> Result<RefTimes, Error> {
+    let text = |k: &str| {
+        line[k]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no {k} in {line}"))
+    };
+    let ms = |k: &str| {
+        line["ms"][k]
+            .as_f64()
+            .ok_or_else(|| format!("no ms.{k} in {line}"))
+    };
+    Ok(RefTimes {
+        reference: text("reference")?,
+        engine: text("engine")?,
+        path: text("path")?,
+        faces: line["faces"].as_u64().ok_or("no faces")? as usize,
+        ms: [
+            ms("decode")?,
+            ms("detect")?,
+            ms("align")?,
+            ms("embed")?,
+            ms("total")?,
+        ],
+        embed_per_face: ms("embed_per_face")?,
+    })
+}
+
+/// The timings of `reference` on `photo` (the path as passed to [`references`]).
+pub fn find<'a>(all: &'a [RefTimes], reference: &str, photo: &Path) -> Option<&'a RefTimes> {
+    let photo = photo.display().to_string();
+    all.iter()
+        .find(|r| r.reference == reference && r.path == photo)
+}
+
+/// The engine description of `reference`, from any of its lines.
+pub fn engine<'a>(all: &'a [RefTimes], reference: &'a str) -> &'a str {
+    all.iter()
+        .find(|r| r.reference == reference)
+        .map_or(reference, |r| r.engine.as_str())
+}
+
+/// onnxruntime + OpenCV (+ onnx for the FP32 files), for ort_pipeline.py.
 pub const ORT_REQS: &str = "requirements.txt";
 pub const ORT_DIR: &str = "bench-pylib";
+/// Where `daemon/benches/fp32_models.py` writes the FP32 ONNX files, under the workspace.
+pub const FP32_DIR: &str = "target/bench-fp32";
 /// face_recognition + a prebuilt dlib, for dlib_pipeline.py; complete pins, so `--no-deps`.
 pub const DLIB_REQS: &str = "requirements-dlib.txt";
 pub const DLIB_DIR: &str = "bench-pylib-dlib";

@@ -1,14 +1,17 @@
 //! `deepstack-bench stages` (the default): per-stage latency of the vision pipeline, in-process,
-//! against onnxruntime.
+//! against the two references of `daemon/benches/ort_pipeline.py`.
 //!
 //! ```text
 //! cargo run --release -p deepstackd --bin deepstack-bench [-- stages] [--repeat 10] [PHOTO...]
 //! ```
-//! Default photos: `target/testdata/group_1280x720.jpg` (4 faces) and `obama_12mp.jpg`
-//! (4000x3000), made by `daemon/tests/data/setup.py`. For each photo it prints the median
+//! Default photos: the per-photo set of the targets (`rocket.jpg`, no face; `obama.jpg`, one
+//! face, 910x1137; `group_1280x720.jpg`, 4 faces) and `obama_12mp.jpg` (4000x3000), made in
+//! `target/testdata` by `daemon/tests/data/setup.py`. For each photo it prints the median
 //! milliseconds of decode, detect (every mode), align and embed (per face), then runs
-//! `daemon/benches/ort_pipeline.py` (onnxruntime, 1 thread, same ONNX files, OpenCV for
-//! decode/resize/warp) on the same photos in the same run and prints tract/ORT per stage.
+//! `ort_pipeline.py` on the same photos in the same run: onnxruntime (newest, FP32 files
+//! folded from our int8 ones, 1 thread, ORT_ENABLE_ALL, OpenCV for decode/resize/warp) and
+//! OpenCV's own FaceDetectorYN + FaceRecognizerSF (same FP32 files, 1 thread), and prints
+//! ours next to each per stage, with ours / reference.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +19,7 @@ use std::time::Instant;
 use deepstackd::vision::calibration::{detection_score_for, DEFAULT_DETECTION_CONFIDENCE};
 use deepstackd::vision::{align, DecodeLimits, Mode, ModelFiles, Photo, Pipeline};
 
-use crate::{pylib, testdata, time, Error};
+use crate::{pylib, testdata, time, Error, BIG_PHOTO, PHOTO_SET};
 
 #[derive(Default)]
 struct Stages {
@@ -34,13 +37,21 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let mut args = args.iter();
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--repeat" => repeat = args.next().ok_or("--repeat takes a number")?.parse()?,
+            "--repeat" => {
+                repeat = args
+                    .next()
+                    .ok_or("--repeat takes a number")?
+                    .parse::<usize>()?
+                    .max(1)
+            }
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}").into()),
             _ => photos.push(PathBuf::from(a)),
         }
     }
     if photos.is_empty() {
         let dir = testdata()?;
-        photos = vec![dir.join("group_1280x720.jpg"), dir.join("obama_12mp.jpg")];
+        photos = PHOTO_SET.iter().map(|p| dir.join(p.file)).collect();
+        photos.push(dir.join(BIG_PHOTO));
     }
     println!(
         "deepstack-bench: median of {repeat} runs, 1 thread, {}",
@@ -88,7 +99,11 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                         .map(|f| align::align(img.pixels(), &f.scaled(1.0 / img.scale())))
                         .collect::<Vec<_>>()
                 });
-                let (embed_ms, _) = time(repeat, || p.embed_crops(&crops));
+                let embed_ms = if crops.is_empty() {
+                    0.0
+                } else {
+                    time(repeat, || p.embed_crops(&crops)).0
+                };
                 let n = faces.len().max(1) as f64;
                 stages.align = align_ms;
                 stages.embed = embed_ms;
@@ -104,8 +119,15 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         println!("  total (Medium)      {total:8.1} ms");
         medium.push((path.clone(), stages));
     }
-    small_faces(&pipelines, &photos[0])?;
-    compare_with_onnxruntime(&medium, repeat)
+    // The photo with the most faces shows how small a face each mode still finds.
+    if let Some((path, _)) = medium
+        .iter()
+        .filter(|(_, s)| s.faces > 0)
+        .max_by_key(|(_, s)| s.faces)
+    {
+        small_faces(&pipelines, path)?;
+    }
+    compare_with_references(&medium, repeat)
 }
 
 /// How small a face each mode still finds in a 1920x1080 frame: the faces of `group` are
@@ -162,62 +184,66 @@ small faces: found / placed in a 1920x1080 frame, by face box height"
     Ok(())
 }
 
-fn compare_with_onnxruntime(ours: &[(PathBuf, Stages)], repeat: usize) -> Result<(), Error> {
-    let pylib = pylib::install(pylib::ORT_REQS, pylib::ORT_DIR, &[])?;
-    let mut args = vec![
-        "--size".to_owned(),
-        Mode::Medium.input_size().to_string(),
-        "--repeat".to_owned(),
-        repeat.to_string(),
-    ];
-    args.extend(ours.iter().map(|(p, _)| p.display().to_string()));
-    let lines = pylib::run_script("ort_pipeline.py", &pylib, &args)?;
-    println!("\ntract / onnxruntime (Medium, 1 thread; ratio < 1 means tract is faster)");
-    println!(
-        "  {:<22} {:>16} {:>16} {:>16} {:>16} {:>16}",
-        "photo", "decode", "detect", "align", "embed", "total"
-    );
-    for (line, (path, s)) in lines.iter().zip(ours) {
-        let reference = parse_ms(line)?;
-        let ours = [
+/// Ours next to each reference of `ort_pipeline.py`, per photo and stage.
+fn compare_with_references(ours: &[(PathBuf, Stages)], repeat: usize) -> Result<(), Error> {
+    let paths: Vec<&Path> = ours.iter().map(|(p, _)| p.as_path()).collect();
+    let refs = pylib::references(Mode::Medium.input_size(), repeat, &paths)?;
+    println!("\nours / references (Medium, 1 thread each; ratio = ours / reference, < 1 means ours is faster)");
+    for name in pylib::REFERENCES {
+        println!("  {name:<12} {}", pylib::engine(&refs, name));
+    }
+    for (path, s) in ours {
+        let found: Vec<Option<&pylib::RefTimes>> = pylib::REFERENCES
+            .iter()
+            .map(|r| pylib::find(&refs, r, path))
+            .collect();
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let faces: Vec<String> = pylib::REFERENCES
+            .iter()
+            .zip(&found)
+            .map(|(name, r)| match r {
+                Some(r) => format!("{name} {}", r.faces),
+                None => format!("{name} -"),
+            })
+            .collect();
+        println!("\n  {file}: faces ours {}, {}", s.faces, faces.join(", "));
+        print!("    {:<16} {:>9}", "ms", "ours");
+        for name in pylib::REFERENCES {
+            print!("  {name:>18}");
+        }
+        println!();
+        let per_face = if s.faces == 0 {
+            0.0
+        } else {
+            s.embed / s.faces as f64
+        };
+        let mine = [
             s.decode,
             s.detect,
             s.align,
-            s.embed,
+            per_face,
             s.decode + s.detect + s.align + s.embed,
         ];
-        let cells: Vec<String> = ours
-            .iter()
-            .zip(reference)
-            .map(|(a, b)| format!("{a:.1}/{b:.1}={:.2}", a / b.max(1e-6)))
-            .collect();
-        let name = Path::new(path)
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy();
-        println!(
-            "  {name:<22} {:>16} {:>16} {:>16} {:>16} {:>16}",
-            cells[0], cells[1], cells[2], cells[3], cells[4]
-        );
-        if line["faces"].as_u64() != Some(s.faces as u64) {
-            println!(
-                "  (onnxruntime found {} faces, tract {})",
-                line["faces"], s.faces
-            );
+        for (k, stage) in pylib::STAGES.iter().enumerate() {
+            let mine = mine[k];
+            print!("    {stage:<16} {mine:>9.1}");
+            for r in &found {
+                let cell = match r {
+                    Some(r) => {
+                        let t = r.stages()[k];
+                        // No ratio for a stage that did nothing (no face to align or embed).
+                        if t >= 0.05 {
+                            format!("{t:.1} ({:.2}x)", mine / t)
+                        } else {
+                            format!("{t:.1} (-)")
+                        }
+                    }
+                    None => "not run".to_owned(),
+                };
+                print!("  {cell:>18}");
+            }
+            println!();
         }
     }
     Ok(())
-}
-
-/// The five stage timings of one `ort_pipeline.py` JSON line, in our order.
-fn parse_ms(line: &serde_json::Value) -> Result<[f64; 5], Error> {
-    let ms = &line["ms"];
-    let get = |k: &str| ms[k].as_f64().ok_or_else(|| format!("no {k} in {line}"));
-    Ok([
-        get("decode")?,
-        get("detect")?,
-        get("align")?,
-        get("embed")?,
-        get("total")?,
-    ])
 }

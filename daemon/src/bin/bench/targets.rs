@@ -4,9 +4,11 @@
 //! cargo run --release -p deepstackd --bin deepstack-bench -- targets [--repeat 20] [--duration 10] [--load 20]
 //! ```
 //! Runs the release `deepstackd` next to this executable on 127.0.0.1 (`--vision-face`,
-//! Medium, THREADCOUNT=2, and once with THREADCOUNT=1 for the per-core rows) and talks HTTP
-//! to it; runs the onnxruntime (`ort_pipeline.py`) and face_recognition/dlib
-//! (`dlib_pipeline.py`) references on the same photo in the same run;
+//! Medium, THREADCOUNT = the machine's cores as shipped, and once with THREADCOUNT=1 for the
+//! per-core rows) and talks HTTP to it; runs the references on the same photos in the same
+//! run: `ort_pipeline.py` (onnxruntime and OpenCV's FaceDetectorYN + FaceRecognizerSF, FP32,
+//! one thread each) on the per-photo set (`PHOTO_SET`: 0, 1 and 4 faces) and face_recognition/
+//! dlib (`dlib_pipeline.py`) on the 720p group photo;
 //! builds (once, cached in `target/bench-gallery-100k/`) a gallery of 1,000 users x 100
 //! samples through the public `Gallery` API. Prints measured / target / ratio / pass for each
 //! target and exits 0 whatever the results: it is a report (BENCHMARKS.md keeps the last one).
@@ -24,14 +26,16 @@ use deepstackd::vision::{decode, DecodeLimits, Mode, ModelFiles, Photo, Pipeline
 use image::codecs::jpeg::JpegEncoder;
 
 use crate::http::{self, Daemon, DELETE, RECOGNIZE, REGISTER};
-use crate::{median, pylib, rss, testdata, workspace, Error};
+use crate::{median, pylib, rss, testdata, workspace, Error, BIG_PHOTO, PHOTO_SET};
 
 const USERS: usize = 1_000;
 const SAMPLES_PER_USER: usize = 100;
 /// Register "stays O(1)": the 100k gallery's register median at most this times the empty one's.
 const O1_THRESHOLD: f64 = 1.2;
-/// Daemon inference threads: the machine's two cores.
-const THREADS: usize = 2;
+/// The per-photo targets of issue 14, as ours / the FP32 onnxruntime pipeline: one
+/// inference thread (the per-core speed) and THREADCOUNT = cores (as shipped).
+const PER_CORE_VS_ORT: f64 = 1.0;
+const SHIPPED_VS_ORT: f64 = 0.75;
 
 struct Opts {
     repeat: usize,
@@ -41,12 +45,36 @@ struct Opts {
 
 /// One line of the final table.
 struct Row {
-    target: &'static str,
+    target: String,
     measured: f64,
     limit: f64,
     unit: &'static str,
     /// true: pass when measured <= limit; false: when measured >= limit.
     at_most: bool,
+    /// The references' milliseconds for the same photo, in `pylib::REFERENCES` order, printed
+    /// next to ours (empty for the rows that have none).
+    references: Vec<f64>,
+}
+
+impl Row {
+    fn new(target: impl Into<String>, measured: f64, limit: f64, unit: &'static str) -> Row {
+        Row {
+            target: target.into(),
+            measured,
+            limit,
+            unit,
+            at_most: true,
+            references: Vec::new(),
+        }
+    }
+}
+
+/// A photo of `PHOTO_SET`, loaded.
+struct SetPhoto {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    faces: usize,
+    label: String,
 }
 
 pub fn run(args: &[String]) -> Result<(), Error> {
@@ -71,10 +99,35 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let bin = http::daemon_binary()?;
     let data = testdata()?;
     let group_path = data.join("group_1280x720.jpg");
-    let big_path = data.join("obama_12mp.jpg");
+    let big_path = data.join(BIG_PHOTO);
     let group = std::fs::read(&group_path)?;
     let big = std::fs::read(&big_path)?;
     let one = std::fs::read(data.join("obama.jpg"))?;
+    let set: Vec<SetPhoto> = PHOTO_SET
+        .iter()
+        .map(|p| -> Result<SetPhoto, Error> {
+            let path = data.join(p.file);
+            let (w, h) = image::image_dimensions(&path)?;
+            Ok(SetPhoto {
+                bytes: std::fs::read(&path)?,
+                path,
+                faces: p.faces,
+                label: format!(
+                    "{} ({} face{}, {w}x{h}, {:.1} MP)",
+                    p.file,
+                    p.faces,
+                    if p.faces == 1 { "" } else { "s" },
+                    f64::from(w) * f64::from(h) / 1e6
+                ),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let group_in_set = set
+        .iter()
+        .position(|p| p.path == group_path)
+        .ok_or("the photo set has no group photo")?;
+    // As shipped: THREADCOUNT defaults to the cores the daemon may use.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let work = workspace().join("target/bench-targets");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -85,33 +138,43 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         std::env::consts::ARCH
     );
     println!(
-        "daemon: {} (Medium, THREADCOUNT={THREADS}), repeat {}",
+        "daemon: {} (Medium, THREADCOUNT={threads} as shipped, and 1), repeat {}",
         bin.display(),
         opts.repeat
     );
     let mut rows = Vec::new();
 
     // The references first, with no daemon running.
-    let repeat = opts.repeat.to_string();
-    let ort_dir = pylib::install(pylib::ORT_REQS, pylib::ORT_DIR, &[])?;
-    let ort = pylib::run_script(
-        "ort_pipeline.py",
-        &ort_dir,
-        &[
-            "--size".into(),
-            Mode::Medium.input_size().to_string(),
-            "--repeat".into(),
-            repeat.clone(),
-            group_path.display().to_string(),
-        ],
-    )?;
-    let ort_ms = ort[0]["ms"]["total"]
-        .as_f64()
-        .ok_or("no total from ort_pipeline.py")?;
-    println!(
-        "onnxruntime 1.20 (1 thread), 720p, decode to embeddings: {ort_ms:.1} ms, {} faces",
-        ort[0]["faces"]
-    );
+    let paths: Vec<&Path> = set.iter().map(|p| p.path.as_path()).collect();
+    let refs = pylib::references(Mode::Medium.input_size(), opts.repeat, &paths)?;
+    // reference_ms[photo][reference]: decode to embeddings, median ms.
+    let mut reference_ms = Vec::new();
+    for p in &set {
+        let mut row = Vec::new();
+        for name in pylib::REFERENCES {
+            let r = pylib::find(&refs, name, &p.path)
+                .ok_or_else(|| format!("ort_pipeline.py did not report {name} on {}", p.label))?;
+            if r.faces != p.faces {
+                println!(
+                    "(!) {name} found {} faces in {}, expected {}",
+                    r.faces, p.label, p.faces
+                );
+            }
+            row.push(r.ms[4]);
+        }
+        reference_ms.push(row);
+    }
+    for name in pylib::REFERENCES {
+        println!("{}, decode to embeddings:", pylib::engine(&refs, name));
+        for p in &set {
+            if let Some(r) = pylib::find(&refs, name, &p.path) {
+                println!(
+                    "  {}: total {:.1} ms (decode {:.1}, detect {:.1}, align {:.1}, embed {:.1} per face), {} faces",
+                    p.label, r.ms[4], r.ms[0], r.ms[1], r.ms[2], r.embed_per_face, r.faces
+                );
+            }
+        }
+    }
     let dlib = pylib::install(
         pylib::DLIB_REQS,
         pylib::DLIB_DIR,
@@ -148,42 +211,41 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let daemon = Daemon::start(
         &bin,
         &work.join("gallery-small"),
-        THREADS,
+        threads,
         &work.join("small.log"),
     )?;
     let small_ready = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
     let register_empty = register_ms(&daemon, &one, opts.repeat)?;
     println!("register over HTTP, empty gallery: {register_empty:.1} ms (median)");
     register_people(&daemon, &pipeline, &group)?;
-    let r720 = recognize_ms(&daemon, &group, opts.repeat, 4)?;
+    let shipped: Vec<f64> = set
+        .iter()
+        .map(|p| recognize_ms(&daemon, &p.bytes, opts.repeat, p.faces))
+        .collect::<Result<_, _>>()?;
+    let r720 = shipped[group_in_set];
     let r12 = recognize_ms(&daemon, &big, opts.repeat, 1)?;
     println!(
-        "recognize over HTTP, 1 client: 720p {r720:.1} ms, 12 MP {r12:.1} ms (median of {})",
+        "recognize over HTTP, 1 client, THREADCOUNT={threads} (median of {}):",
         opts.repeat
     );
-    rows.push(Row {
-        target: "recognize 720p vs onnxruntime (<= 1.0x; faces on both threads)",
-        measured: r720,
-        limit: ort_ms,
-        unit: "ms",
-        at_most: true,
-    });
-    if let Some(dlib_ms) = dlib_ms {
-        rows.push(Row {
-            target: "recognize 720p vs dlib (<= 0.1x)",
-            measured: r720,
-            limit: 0.1 * dlib_ms,
-            unit: "ms",
-            at_most: true,
-        });
+    for (p, ms) in set.iter().zip(&shipped) {
+        println!("  {}: {ms:.1} ms", p.label);
     }
-    rows.push(Row {
-        target: "recognize 12 MP vs 720p (<= 2x)",
-        measured: r12,
-        limit: 2.0 * r720,
-        unit: "ms",
-        at_most: true,
-    });
+    println!("  {BIG_PHOTO} (12 MP): {r12:.1} ms");
+    if let Some(dlib_ms) = dlib_ms {
+        rows.push(Row::new(
+            "recognize 720p vs dlib (<= 0.1x)",
+            r720,
+            0.1 * dlib_ms,
+            "ms",
+        ));
+    }
+    rows.push(Row::new(
+        "recognize 12 MP vs 720p (<= 2x)",
+        r12,
+        2.0 * r720,
+        "ms",
+    ));
     let small_idle = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
     println!("resident after those, 4-user gallery: {small_idle:.1} MiB");
     let request = http::request(daemon.port, RECOGNIZE, &[], Some(&group));
@@ -204,30 +266,62 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         1,
         &work.join("small-1-thread.log"),
     )?;
-    let r720_one_core = recognize_ms(&daemon, &group, opts.repeat, 4)?;
+    let per_core: Vec<f64> = set
+        .iter()
+        .map(|p| recognize_ms(&daemon, &p.bytes, opts.repeat, p.faces))
+        .collect::<Result<_, _>>()?;
     let request = http::request(daemon.port, RECOGNIZE, &[], Some(&group));
     let one_core = throughput(daemon.port, &[request], 1, opts.duration)?;
     drop(daemon);
     println!(
-        "THREADCOUNT=1: recognize 720p {r720_one_core:.1} ms (median of {}), 1 client {one_core:.2} req/s",
+        "recognize over HTTP, 1 client, THREADCOUNT=1 (median of {}):",
         opts.repeat
     );
+    for (p, ms) in set.iter().zip(&per_core) {
+        println!("  {}: {ms:.1} ms", p.label);
+    }
     println!(
-        "throughput 720p, THREADCOUNT={THREADS}: 1 client {one_client:.2} req/s, 2 clients {two_clients:.2} req/s"
+        "throughput 720p: THREADCOUNT=1, 1 client {one_core:.2} req/s; THREADCOUNT={threads}, 1 client {one_client:.2} req/s, 2 clients {two_clients:.2} req/s"
     );
+    // Per photo, ours / the FP32 onnxruntime pipeline: per core, then as shipped.
+    for (i, p) in set.iter().enumerate() {
+        let ort_ms = reference_ms[i][0];
+        rows.push(Row {
+            references: reference_ms[i].clone(),
+            ..Row::new(
+                format!(
+                    "recognize {}, per core (THREADCOUNT=1) vs onnxruntime (<= {PER_CORE_VS_ORT}x)",
+                    p.label
+                ),
+                per_core[i],
+                PER_CORE_VS_ORT * ort_ms,
+                "ms",
+            )
+        });
+    }
+    for (i, p) in set.iter().enumerate() {
+        let ort_ms = reference_ms[i][0];
+        rows.push(Row {
+            references: reference_ms[i].clone(),
+            ..Row::new(
+                format!(
+                    "recognize {}, as shipped (THREADCOUNT={threads}) vs onnxruntime (<= {SHIPPED_VS_ORT}x)",
+                    p.label
+                ),
+                shipped[i],
+                SHIPPED_VS_ORT * ort_ms,
+                "ms",
+            )
+        });
+    }
     rows.push(Row {
-        target: "recognize 720p vs onnxruntime, one core (THREADCOUNT=1)",
-        measured: r720_one_core,
-        limit: ort_ms,
-        unit: "ms",
-        at_most: true,
-    });
-    rows.push(Row {
-        target: "2 clients on 2 threads / 1 client on 1 (>= 1.8x)",
-        measured: two_clients / one_core,
-        limit: 1.8,
-        unit: "x",
         at_most: false,
+        ..Row::new(
+            format!("2 clients on THREADCOUNT={threads} / 1 client on 1 (>= 1.8x)"),
+            two_clients / one_core,
+            1.8,
+            "x",
+        )
     });
 
     // The 100k gallery.
@@ -238,34 +332,32 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         "Gallery::register in-process (1 sample): empty {:.2} ms, 100k {:.2} ms",
         reg_inproc.0, reg_inproc.1
     );
-    rows.push(Row {
-        target: "matching per face, 100k samples (<= 2 ms)",
-        measured: matching,
-        limit: 2.0,
-        unit: "ms",
-        at_most: true,
-    });
+    rows.push(Row::new(
+        "matching per face, 100k samples (<= 2 ms)",
+        matching,
+        2.0,
+        "ms",
+    ));
     let mut ready = Vec::new();
     for i in 0..3 {
         let d = Daemon::start(
             &bin,
             &big_gallery,
-            THREADS,
+            threads,
             &work.join(format!("start-{i}.log")),
         )?;
         ready.push(d.ready_after.as_secs_f64());
     }
     let ready_s = median(ready.clone());
     println!("start-up to READY, 100k samples: {ready:.2?} s, median {ready_s:.2} s");
-    rows.push(Row {
-        target: "start-up to READY, 100k samples (<= 1.5 s)",
-        measured: ready_s,
-        limit: 1.5,
-        unit: "s",
-        at_most: true,
-    });
+    rows.push(Row::new(
+        "start-up to READY, 100k samples (<= 1.5 s)",
+        ready_s,
+        1.5,
+        "s",
+    ));
 
-    let daemon = Daemon::start(&bin, &big_gallery, THREADS, &work.join("big.log"))?;
+    let daemon = Daemon::start(&bin, &big_gallery, threads, &work.join("big.log"))?;
     let big_ready = rss::status_mb(daemon.pid(), "VmRSS").ok_or("no VmRSS")?;
     println!(
         "resident at READY (models loaded, no request yet): 4-user gallery {small_ready:.1} MiB, 100k gallery {big_ready:.1} MiB"
@@ -280,22 +372,20 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     println!(
         "resident right after 3 recognize {busy:.1} MiB; idle (5 s later), 100k samples: {idle:.1} MiB"
     );
-    rows.push(Row {
-        target: "idle RSS, 100k samples (<= 80 MB)",
-        measured: idle,
-        limit: 80.0,
-        unit: "MiB",
-        at_most: true,
-    });
+    rows.push(Row::new(
+        "idle RSS, 100k samples (<= 80 MB)",
+        idle,
+        80.0,
+        "MiB",
+    ));
     let register_big = register_ms(&daemon, &one, opts.repeat)?;
     println!("register over HTTP, 100k gallery: {register_big:.1} ms (median)");
-    rows.push(Row {
-        target: "register 100k / empty gallery (O(1): <= 1.2x)",
-        measured: register_big / register_empty,
-        limit: O1_THRESHOLD,
-        unit: "x",
-        at_most: true,
-    });
+    rows.push(Row::new(
+        "register 100k / empty gallery (O(1): <= 1.2x)",
+        register_big / register_empty,
+        O1_THRESHOLD,
+        "x",
+    ));
     let reset = rss::reset_peak(daemon.pid());
     let mixed = [
         http::request(daemon.port, RECOGNIZE, &[], Some(&group)),
@@ -309,13 +399,12 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         opts.load.as_secs(),
         if reset { " (VmHWM reset before the load)" } else { " (VmHWM since start: clear_refs refused)" }
     );
-    rows.push(Row {
-        target: "peak RSS under load, 100k samples (<= 150 MB)",
-        measured: peak,
-        limit: 150.0,
-        unit: "MiB",
-        at_most: true,
-    });
+    rows.push(Row::new(
+        "peak RSS under load, 100k samples (<= 150 MB)",
+        peak,
+        150.0,
+        "MiB",
+    ));
     drop(daemon);
 
     println!(
@@ -323,8 +412,21 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         load_average(),
         started.elapsed().as_secs_f64()
     );
-    println!("| target | measured | target value | ratio | result |");
-    println!("| --- | --- | --- | --- | --- |");
+    for name in pylib::REFERENCES {
+        println!("{name}: {}", pylib::engine(&refs, name));
+    }
+    println!(
+        "(ratio: measured / target value, <= 1 passes an at-most target; the reference columns: their decode-to-embeddings median and ours / theirs)\n"
+    );
+    print!("| target | measured | target value | ratio | result |");
+    for name in pylib::REFERENCES {
+        print!(" {name} |");
+    }
+    println!();
+    println!(
+        "| --- | --- | --- | --- | --- |{}",
+        " --- |".repeat(pylib::REFERENCES.len())
+    );
     for r in &rows {
         let pass = if r.at_most {
             r.measured <= r.limit
@@ -338,7 +440,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                 format!("{v:.2} {}", r.unit)
             }
         };
-        println!(
+        print!(
             "| {} | {} | {}{} | {:.2} | {} |",
             r.target,
             fmt(r.measured),
@@ -347,9 +449,19 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             r.measured / r.limit,
             if pass { "pass" } else { "FAIL" }
         );
+        for k in 0..pylib::REFERENCES.len() {
+            match r.references.get(k) {
+                Some(&ms) => print!(" {} ({:.2}x) |", fmt(ms), r.measured / ms),
+                None => print!(" |"),
+            }
+        }
+        println!();
     }
     if dlib_ms.is_none() {
-        println!("| recognize 720p vs dlib (<= 0.1x) | not measured | | | FAIL |");
+        println!(
+            "| recognize 720p vs dlib (<= 0.1x) | not measured | | | FAIL |{}",
+            " |".repeat(pylib::REFERENCES.len())
+        );
     }
     Ok(())
 }

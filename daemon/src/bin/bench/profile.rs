@@ -1,0 +1,110 @@
+//! `deepstack-bench profile`: where YuNet's time goes, op by op, with tract's kernels only
+//! and with ours (`conv_ops`), in one process on one thread.
+//!
+//! ```text
+//! cargo run --release -p deepstackd --bin deepstack-bench -- profile [--repeat 20] [--size 640x480]
+//! ```
+//! Both plans run the same input (`group_1280x720.jpg` scaled to the size, BGR planes as the
+//! detector feeds them); the largest difference between their twelve outputs is printed, then
+//! each plan's median total and its time by op kind (the sum of per-node times, measured
+//! around each node's evaluation).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use deepstackd::vision::conv_kernels::Isa;
+use deepstackd::vision::{onnx_rewrite, ModelFiles};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::eval;
+
+use crate::{median, testdata, Error};
+
+/// `deepstack-bench profile [--repeat N] [--size WxH]`.
+pub fn run(args: &[String]) -> Result<(), Error> {
+    let (mut repeat, mut w, mut h) = (20usize, 640usize, 480usize);
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--repeat" => repeat = args.next().ok_or("--repeat takes a number")?.parse()?,
+            "--size" => {
+                let s = args.next().ok_or("--size takes WxH")?;
+                let (sw, sh) = s.split_once('x').ok_or("--size takes WxH")?;
+                (w, h) = (sw.parse()?, sh.parse()?);
+                if w % 32 != 0 || h % 32 != 0 {
+                    return Err("--size: both sides must be multiples of 32".into());
+                }
+            }
+            other => return Err(format!("profile: unknown option {other}").into()),
+        }
+    }
+    let repeat = repeat.max(1);
+    let bytes = ModelFiles::embedded().detector.bytes;
+    let build = |model: InferenceModel| -> TractResult<Arc<TypedRunnableModel>> {
+        model
+            .with_input_fact(0, f32::fact([1, 3, h, w]).into())?
+            .into_optimized()?
+            .into_runnable()
+    };
+    let plans = [
+        ("tract only", build(onnx_rewrite::load(&bytes)?)?),
+        ("our kernels", build(onnx_rewrite::load_with_kernels(&bytes)?)?),
+    ];
+    let photo = image::open(testdata()?.join("group_1280x720.jpg"))?.to_rgb8();
+    let photo = image::imageops::resize(
+        &photo,
+        w as u32,
+        h as u32,
+        image::imageops::FilterType::Triangle,
+    );
+    let planes: Vec<f32> = (0..3)
+        .rev()
+        .flat_map(|c| photo.pixels().map(move |p| p.0[c] as f32))
+        .collect();
+    let input = Tensor::from_shape(&[1, 3, h, w], &planes)?;
+    let outputs: Vec<TVec<TValue>> = plans
+        .iter()
+        .map(|(_, p)| p.run(tvec!(input.clone().into())))
+        .collect::<TractResult<_>>()?;
+    let mut worst = 0f32;
+    for (a, b) in outputs[0].iter().zip(outputs[1].iter()) {
+        let (a, b) = (a.to_plain_array_view::<f32>()?, b.to_plain_array_view::<f32>()?);
+        for (x, y) in a.iter().zip(b.iter()) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    println!(
+        "deepstack-bench profile: YuNet {w}x{h}, 1 thread, {repeat} runs, {} kernels ({})",
+        Isa::detect().name(),
+        std::env::consts::ARCH
+    );
+    println!("largest difference between the two plans' outputs: {worst:.2e}");
+    for (name, plan) in &plans {
+        let mut state = plan.spawn()?;
+        let mut totals = Vec::with_capacity(repeat);
+        let mut by_kind: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+        state.run(tvec!(input.clone().into()))?; // warm-up
+        for _ in 0..repeat {
+            let started = Instant::now();
+            state.run_plan_with_eval(tvec!(input.clone().into()), |ctx, st, node, inputs| {
+                let t = Instant::now();
+                let out = eval(ctx, st, node, inputs);
+                let kind = by_kind.entry(node.op().name().to_string()).or_default();
+                kind.0 += 1;
+                kind.1 += t.elapsed().as_secs_f64() * 1000.0;
+                out
+            })?;
+            totals.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!("\n{name}: median {:.1} ms per run", median(totals));
+        let mut kinds: Vec<_> = by_kind.into_iter().collect();
+        kinds.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        for (kind, (count, ms)) in kinds.iter().filter(|k| k.1 .1 / repeat as f64 >= 0.05) {
+            println!(
+                "  {kind:<26} {:>3} nodes {:>7.2} ms",
+                count / repeat,
+                ms / repeat as f64
+            );
+        }
+    }
+    Ok(())
+}
