@@ -167,8 +167,8 @@ fn round_up_32(v: u32) -> u32 {
 
 /// The input shapes (width, height) built for a mode's long side `l`: square, 5:4, 4:3 and
 /// 16:9 in both orientations, and the same at half size for small photos. Smallest area
-/// first, so the first that holds a photo is the cheapest. (5:4 since the detector got its
-/// own kernels: a 4:5 portrait, 910x1137, had to take the square shape, 25% more pixels.)
+/// first, so the first that holds a photo is the cheapest. (5:4: without it, a 4:5 portrait,
+/// 910x1137, took the square shape, 25% more pixels.)
 fn shapes_for(l: u32) -> Vec<(u32, u32)> {
     let mut v = Vec::new();
     for side in [l, round_up_32(l / 2)] {

@@ -47,7 +47,10 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     };
     let plans = [
         ("tract only", build(onnx_rewrite::load(&bytes)?)?),
-        ("our kernels", build(onnx_rewrite::load_with_kernels(&bytes)?)?),
+        (
+            "our kernels",
+            build(onnx_rewrite::load_with_kernels(&bytes)?)?,
+        ),
     ];
     let photo = image::open(testdata()?.join("group_1280x720.jpg"))?.to_rgb8();
     let photo = image::imageops::resize(
@@ -67,7 +70,10 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         .collect::<TractResult<_>>()?;
     let mut worst = 0f32;
     for (a, b) in outputs[0].iter().zip(outputs[1].iter()) {
-        let (a, b) = (a.to_plain_array_view::<f32>()?, b.to_plain_array_view::<f32>()?);
+        let (a, b) = (
+            a.to_plain_array_view::<f32>()?,
+            b.to_plain_array_view::<f32>()?,
+        );
         for (x, y) in a.iter().zip(b.iter()) {
             worst = worst.max((x - y).abs());
         }
