@@ -195,17 +195,9 @@ fn the_detectors_own_kernels_give_tracts_outputs() {
     assert_eq!(count("DeepstackdPointwise"), 26);
     assert_eq!(count("DeepstackdDepthwise3x3"), 26);
     assert_eq!(count("DeepstackdMaxPool2x2"), 4);
-    let photo = image::imageops::resize(
-        decode("group_1280x720.jpg").pixels(),
-        w as u32,
-        h as u32,
-        image::imageops::FilterType::Triangle,
-    );
-    let input: Vec<f32> = (0..3)
-        .rev()
-        .flat_map(|c| photo.pixels().map(move |p| p.0[c] as f32))
-        .collect();
-    let input = Tensor::from_shape(&[1, 3, h, w], &input).unwrap();
+    let (w32, h32) = (w as u32, h as u32);
+    let photo = decode("group_1280x720.jpg");
+    let input = deepstackd::vision::detect::letterbox_bgr(photo.pixels(), w32, h32, w32, h32);
     let expected = tract_only.run(tvec!(input.clone().into())).unwrap();
     let got = ours.run(tvec!(input.into())).unwrap();
     assert_eq!(got.len(), 12);

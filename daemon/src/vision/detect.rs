@@ -248,8 +248,9 @@ impl Detector {
 }
 
 /// Scale `img` to `sw` x `sh` (bilinear, as OpenCV's INTER_LINEAR with half-pixel centres)
-/// into the top-left of a zeroed `pw` x `ph` BGR planar tensor with raw 0..255 values.
-fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tensor {
+/// into the top-left of a zeroed `pw` x `ph` BGR planar tensor with raw 0..255 values: YuNet's
+/// input.
+pub fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tensor {
     let (w, h) = img.dimensions();
     let plane = (pw * ph) as usize;
     let mut data = vec![0f32; 3 * plane];

@@ -4,8 +4,8 @@
 //! ```text
 //! cargo run --release -p deepstackd --bin deepstack-bench -- profile [--repeat 20] [--size 640x480]
 //! ```
-//! Both plans run the same input (`group_1280x720.jpg` scaled to the size, BGR planes as the
-//! detector feeds them); the largest difference between their twelve outputs is printed, then
+//! Both plans run the same input (`group_1280x720.jpg` scaled to the size by the detector's own
+//! `letterbox_bgr`); the largest difference between their twelve outputs is printed, then
 //! each plan's median total and its time by op kind (the sum of per-node times, measured
 //! around each node's evaluation).
 
@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use deepstackd::vision::conv_kernels::Isa;
+use deepstackd::vision::detect::letterbox_bgr;
 use deepstackd::vision::{onnx_rewrite, ModelFiles};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
@@ -53,17 +54,8 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         ),
     ];
     let photo = image::open(testdata()?.join("group_1280x720.jpg"))?.to_rgb8();
-    let photo = image::imageops::resize(
-        &photo,
-        w as u32,
-        h as u32,
-        image::imageops::FilterType::Triangle,
-    );
-    let planes: Vec<f32> = (0..3)
-        .rev()
-        .flat_map(|c| photo.pixels().map(move |p| p.0[c] as f32))
-        .collect();
-    let input = Tensor::from_shape(&[1, 3, h, w], &planes)?;
+    let (w32, h32) = (w as u32, h as u32);
+    let input = letterbox_bgr(&photo, w32, h32, w32, h32);
     let outputs: Vec<TVec<TValue>> = plans
         .iter()
         .map(|(_, p)| p.run(tvec!(input.clone().into())))
