@@ -39,6 +39,8 @@ enum Kind {
     Address,
     /// An absolute path; `must_exist` for directories that are read, not created.
     Dir { must_exist: bool },
+    /// A `postgresql://user@host/db` URL, which may hold a password; empty means unset.
+    PostgresUrl,
 }
 
 /// One setting of the env file.
@@ -58,7 +60,7 @@ pub struct Key {
 impl Key {
     /// Whether the value is a key that must never be shown.
     pub fn is_secret(&self) -> bool {
-        self.kind == Kind::Secret
+        matches!(self.kind, Kind::Secret | Kind::PostgresUrl)
     }
 }
 
@@ -126,6 +128,13 @@ pub const KEYS: &[Key] = &[
         kind: Kind::Dir { must_exist: false },
         help: "where the gallery lives (deepstack start: /var/lib/deepstack)",
         daemon_default: "/datastore",
+    },
+    Key {
+        name: "GALLERY_URL",
+        aliases: &[],
+        kind: Kind::PostgresUrl,
+        help: "postgresql://user@host:port/db: one gallery shared by several boards (password in it or in PGPASSFILE)",
+        daemon_default: "none: SQLite in DATA_DIR",
     },
     Key {
         name: "MODELS_DIR",
@@ -504,6 +513,18 @@ fn check(key: &'static Key, value: &str, arch: &str) -> Result<String, Problem> 
             .parse::<IpAddr>()
             .map(|a| a.to_string())
             .map_err(|_| bad("an IP address such as 0.0.0.0 or 127.0.0.1")),
+        Kind::PostgresUrl => {
+            let rest = value
+                .strip_prefix("postgresql://")
+                .or_else(|| value.strip_prefix("postgres://"));
+            match rest {
+                _ if value.is_empty() => Ok(String::new()),
+                Some(rest) if rest.contains('@') && !rest.contains(char::is_whitespace) => {
+                    Ok(value.to_owned())
+                }
+                _ => Err(bad("a postgresql://user@host:port/database URL")),
+            }
+        }
         Kind::Dir { must_exist } => {
             let path = Path::new(value);
             if !path.is_absolute() {

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::gallery::postgres::GalleryUrl;
 use crate::vision::decode::DEFAULT_MAX_PIXELS;
 use crate::vision::Mode;
 
@@ -126,6 +127,13 @@ const SETTINGS: &[Setting] = &[
         help: "where the gallery lives [default: $STATE_DIRECTORY under systemd, else /datastore]",
     },
     Setting {
+        name: "GALLERY_URL",
+        aliases: &[],
+        flag: "--gallery-url",
+        value: Some("URL"),
+        help: "postgresql://user@host:port/db: a gallery shared by several daemons (password in the URL or PGPASSFILE) [default: SQLite in DATA_DIR]",
+    },
+    Setting {
         name: "MODELS_DIR",
         aliases: &[],
         flag: "--models-dir",
@@ -225,6 +233,9 @@ pub struct Config {
     pub timeout: Duration,
     /// Gallery directory.
     pub data_dir: PathBuf,
+    /// The shared PostgreSQL gallery, checked; `None`: SQLite in `data_dir`. May hold a
+    /// password: never log it (`Debug` shows it without).
+    pub gallery_url: Option<String>,
     /// Directory overriding the embedded models.
     pub models_dir: Option<PathBuf>,
     /// Largest upload per request, in bytes.
@@ -265,6 +276,13 @@ impl fmt::Debug for Config {
             .field("threadcount", &self.threadcount)
             .field("timeout", &self.timeout)
             .field("data_dir", &self.data_dir)
+            .field(
+                "gallery_url",
+                &self.gallery_url.as_deref().map(|url| {
+                    GalleryUrl::parse(url, None)
+                        .map_or("<set>".to_owned(), |u| u.shown().to_owned())
+                }),
+            )
             .field("models_dir", &self.models_dir)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_pixels", &self.max_pixels)
@@ -630,6 +648,22 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
     let body_timeout = seconds("BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_SECS)?;
     let data_dir =
         get("DATA_DIR").map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |(v, _)| v.into());
+    let gallery_url = match get("GALLERY_URL") {
+        None => None,
+        Some((v, _)) if v.is_empty() => None,
+        Some((v, origin)) => match GalleryUrl::parse(v, None) {
+            Ok(_) => Some(v.clone()),
+            // The value may hold a password: the message never repeats it.
+            Err(problem) => {
+                return Err(ConfigError::Invalid {
+                    name: "GALLERY_URL",
+                    value: "<the URL>".into(),
+                    origin: origin.clone(),
+                    problem,
+                })
+            }
+        },
+    };
     let models_dir = match get("MODELS_DIR") {
         None => None,
         Some((v, _)) if Path::new(v).is_dir() => Some(PathBuf::from(v)),
@@ -680,6 +714,7 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         threadcount,
         timeout,
         data_dir,
+        gallery_url,
         models_dir,
         max_upload_bytes,
         max_pixels,

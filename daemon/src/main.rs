@@ -88,12 +88,14 @@ fn run(config: Config) -> Result<(), String> {
         Some(listener) => Listen::Socket(listener),
         None => Listen::Bind((config.bind, config.port).into()),
     };
-    let gallery = Gallery::open(&config.data_dir).map_err(|e| {
-        format!(
-            "cannot open the gallery in {}: {e}",
-            config.data_dir.display()
-        )
-    })?;
+    let gallery = Gallery::open_configured(config.gallery_url.as_deref(), &config.data_dir)
+        .map_err(|e| match config.gallery_url {
+            Some(_) => format!("cannot open the shared gallery (GALLERY_URL): {e}"),
+            None => format!(
+                "cannot open the gallery in {}: {e}",
+                config.data_dir.display()
+            ),
+        })?;
 
     let started = Instant::now();
     let models = match &config.models_dir {
@@ -150,8 +152,13 @@ fn run(config: Config) -> Result<(), String> {
     let (pool, weak_gallery) = (state.pool.clone(), Arc::downgrade(&state.gallery));
     let health = move || {
         pool.health(stall_after).map_err(|e| e.to_string())?;
-        let (users, samples) = weak_gallery.upgrade().ok_or("stopping")?.stats();
-        Ok(format!("serving: {users} users, {samples} samples"))
+        let gallery = weak_gallery.upgrade().ok_or("stopping")?;
+        let (users, samples) = gallery.stats();
+        let store = match gallery.health() {
+            health if health.reachable => "",
+            _ => "; shared gallery unreachable, writes refused",
+        };
+        Ok(format!("serving: {users} users, {samples} samples{store}"))
     };
     let gallery = Arc::clone(&state.gallery);
     let (inherited, listening_on) = (matches!(listen, Listen::Socket(_)), listen.to_string());

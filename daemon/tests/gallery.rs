@@ -223,7 +223,7 @@ fn list_is_sorted_bytewise_and_case_sensitive() {
     assert_eq!(gallery.list_users(), expected);
 
     // SQLite's BINARY collation agrees (what DeepStack's list returned).
-    let conn = Connection::open(gallery.db_path()).unwrap();
+    let conn = Connection::open(gallery.db_path().unwrap()).unwrap();
     let mut stmt = conn
         .prepare("SELECT userid FROM users ORDER BY userid")
         .unwrap();
@@ -250,7 +250,10 @@ fn delete_cascades_and_unknown_delete_is_not_an_error() {
     assert!(gallery.delete_user("alice").unwrap());
     assert_eq!(gallery.list_users(), ["bob"]);
     assert_eq!(gallery.stats(), (1, 1));
-    assert_eq!(count(gallery.db_path(), "SELECT count(*) FROM samples"), 1);
+    assert_eq!(
+        count(gallery.db_path().unwrap(), "SELECT count(*) FROM samples"),
+        1
+    );
     assert!(gallery
         .best_matches(&alice_probe, -1.0, usize::MAX)
         .iter()
@@ -365,7 +368,7 @@ fn everything_persists_across_reopen() {
             .register("carol", vec![rng.sample("image")])
             .unwrap();
         gallery.delete_user("carol").unwrap();
-        before = fingerprint(gallery.db_path());
+        before = fingerprint(gallery.db_path().unwrap());
     }
     let gallery = open(dir.path());
     assert_eq!(gallery.list_users(), ["alice", "bob"]);
@@ -376,7 +379,7 @@ fn everything_persists_across_reopen() {
     let info = &gallery.user_samples("alice").unwrap()[0];
     assert_eq!(info.source, "image1");
     assert_eq!(gallery.sample_crop(info.id).unwrap(), Some(crop));
-    assert_eq!(fingerprint(gallery.db_path()), before);
+    assert_eq!(fingerprint(gallery.db_path().unwrap()), before);
     assert_eq!(
         gallery.register("bob", vec![rng.sample("image")]).unwrap(),
         RegisterOutcome::Updated
@@ -389,7 +392,7 @@ fn the_database_file_is_in_wal_mode_at_the_current_schema() {
     let data_dir = dir.path().join("not/yet/there");
     let gallery = open(&data_dir);
     let db = data_dir.join("faces.sqlite3");
-    assert_eq!(gallery.db_path(), db);
+    assert_eq!(gallery.db_path().unwrap(), db.as_path());
     let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -451,7 +454,7 @@ fn a_failing_registration_stores_nothing() {
     let mut rng = Rng(8);
     let gallery = open(dir.path());
     gallery.register("bob", vec![rng.sample("image")]).unwrap();
-    let before = fingerprint(gallery.db_path());
+    let before = fingerprint(gallery.db_path().unwrap());
 
     // The second sample fails after the first one was inserted into the transaction.
     for userid in ["alice", "bob"] {
@@ -467,12 +470,12 @@ fn a_failing_registration_stores_nothing() {
         );
         assert_eq!(gallery.list_users(), ["bob"]);
         assert_eq!(gallery.stats(), (1, 1));
-        assert_eq!(fingerprint(gallery.db_path()), before);
+        assert_eq!(fingerprint(gallery.db_path().unwrap()), before);
     }
     drop(gallery);
     let gallery = open(dir.path());
     assert_eq!(gallery.stats(), (1, 1));
-    assert_eq!(fingerprint(gallery.db_path()), before);
+    assert_eq!(fingerprint(gallery.db_path().unwrap()), before);
 }
 
 #[test]
@@ -551,7 +554,10 @@ fn backups_taken_while_registering_restore_consistent_snapshots() {
     fresh.restore_from_bytes(&last).unwrap();
     assert_eq!(fresh.list_users(), gallery.list_users());
     assert_eq!(fresh.stats(), gallery.stats());
-    assert_eq!(fingerprint(fresh.db_path()), fingerprint(gallery.db_path()));
+    assert_eq!(
+        fingerprint(fresh.db_path().unwrap()),
+        fingerprint(gallery.db_path().unwrap())
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("live"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -569,14 +575,14 @@ fn a_backup_file_is_one_self_contained_sqlite_file() {
         .register("alice", vec![rng.sample("image")])
         .unwrap();
     let dest = dir.path().join("Backup_1.backup");
-    gallery.backup_to(&dest).unwrap();
+    std::fs::write(&dest, gallery.backup_bytes().unwrap()).unwrap();
 
     let bytes = std::fs::read(&dest).unwrap();
     assert!(bytes.starts_with(b"SQLite format 3\0"));
     assert_eq!((bytes[18], bytes[19]), (1, 1), "rollback journal, not WAL");
     assert!(!dir.path().join("Backup_1.backup-wal").exists());
     assert_eq!(count(&dest, "SELECT count(*) FROM samples"), 1);
-    assert_eq!(fingerprint(&dest), fingerprint(gallery.db_path()));
+    assert_eq!(fingerprint(&dest), fingerprint(gallery.db_path().unwrap()));
 }
 
 #[test]
@@ -726,8 +732,8 @@ fn invalid_backups_are_refused_and_leave_the_gallery_untouched() {
 
     let users = gallery.list_users();
     let stats = gallery.stats();
-    let content = fingerprint(gallery.db_path());
-    let raw = raw_files(gallery.db_path());
+    let content = fingerprint(gallery.db_path().unwrap());
+    let raw = raw_files(gallery.db_path().unwrap());
     for (name, bytes) in cases {
         let result = gallery.restore_from_bytes(&bytes);
         eprintln!("{name}: {result:?}");
@@ -737,9 +743,9 @@ fn invalid_backups_are_refused_and_leave_the_gallery_untouched() {
         );
         assert_eq!(gallery.list_users(), users, "{name}");
         assert_eq!(gallery.stats(), stats, "{name}");
-        assert_eq!(fingerprint(gallery.db_path()), content, "{name}");
+        assert_eq!(fingerprint(gallery.db_path().unwrap()), content, "{name}");
         assert!(
-            raw_files(gallery.db_path()) == raw,
+            raw_files(gallery.db_path().unwrap()) == raw,
             "{name}: file bytes changed"
         );
     }
@@ -812,7 +818,7 @@ fn concurrent_registrations_lose_nothing() {
     assert_eq!(gallery.stats(), (USERS, THREADS * PER_THREAD));
     assert_eq!(
         count(
-            gallery.db_path(),
+            gallery.db_path().unwrap(),
             "SELECT count(DISTINCT source) FROM samples"
         ),
         (THREADS * PER_THREAD) as i64

@@ -6,6 +6,16 @@ pub enum GalleryError {
     /// SQLite refused or failed (disk full, I/O error, locked for too long, ...).
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused a statement (the shared gallery, `GALLERY_URL`).
+    #[error("postgresql: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The shared gallery cannot be reached (refused, cut off, shutting down): nothing was
+    /// changed.
+    #[error("the shared gallery cannot be reached: {0}")]
+    Unavailable(String),
+    /// `GALLERY_URL` or its password file is not usable.
+    #[error("GALLERY_URL: {0}")]
+    Config(String),
     /// Filesystem trouble around the database (creating the data dir, temp files).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -95,6 +95,11 @@ impl Index {
         };
     }
 
+    /// Whether the sample of database id `sample_id` is in the index.
+    pub fn has_sample(&self, sample_id: i64) -> bool {
+        self.sample_user.contains_key(&sample_id)
+    }
+
     /// Drops a user and its samples; returns whether it existed.
     pub fn remove_user(&mut self, userid: &str) -> bool {
         let Some(slot) = self.slots.remove(userid) else {

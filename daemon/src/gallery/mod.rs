@@ -1,41 +1,39 @@
-//! The face gallery: who is registered, durable in SQLite, searchable in memory.
+//! The face gallery: who is registered, durable in a store, searchable in memory.
 //!
-//! SQLite (`<data_dir>/faces.sqlite3`) is the only source of truth: every change is committed
-//! there first and only then mirrored into the in-memory [`index`], so a crash or SIGKILL at
-//! any point leaves either the old or the new state on disk, never a mix, and the index is
-//! rebuilt from disk at the next start.
+//! Two stores sit behind [`Gallery`], so that the HTTP layer and the [`index`] never know
+//! which one they talk to:
+//! - [`sqlite`], the embedded default: `<data_dir>/faces.sqlite3`, one board, one gallery;
+//! - [`postgres`] (`GALLERY_URL=postgresql://...`): several daemons share one gallery. Every
+//!   write appends to a change log in the same transaction, and each node follows the log
+//!   into its own in-memory index (LISTEN/NOTIFY wakes it; a node cut off catches up from the
+//!   last change it applied).
 //!
-//! Modules: `schema` (tables, migrations, connection settings), `index` (matching),
-//! `backup` (backup and validated restore), `manage` (listing, renaming, removing single
-//! samples), `reembed` (new embeddings from the stored crops), `error`.
+//! Either way the store is the source of truth: a change is committed there before the index
+//! shows it, and recognition only ever reads the index, so it goes on while the store is
+//! unreachable. A backup is the same file (an SQLite gallery) from either store, and restores
+//! into either.
 
-mod backup;
 mod error;
 mod index;
-mod manage;
+pub mod postgres;
 mod reembed;
-mod schema;
+pub mod sqlite;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+pub use error::GalleryError;
+pub use postgres::PostgresGallery;
+pub use reembed::{ReembedProgress, ReembedState, StoredCrop, RESTORED_MEANWHILE};
+pub use sqlite::{SqliteGallery, DB_FILE_NAME};
 
 use crate::vision::calibration::Enrolment;
-pub use error::GalleryError;
-use index::Index;
-pub use manage::{RenameOutcome, UserSummary};
-pub use reembed::{ReembedProgress, ReembedState, StoredCrop};
-
 use crate::vision::quality::Quality;
 
 /// Length of one face embedding (SFace).
 pub const EMBEDDING_DIM: usize = 128;
-
-/// File name of the gallery database inside the data directory.
-pub const DB_FILE_NAME: &str = "faces.sqlite3";
 
 /// How far a registered embedding's L2 norm may be from 1; cosine = dot product relies on it.
 const UNIT_NORM_TOLERANCE: f32 = 1e-3;
@@ -83,7 +81,7 @@ pub struct SampleInfo {
     pub quality: Option<Quality>,
 }
 
-/// What the HTTP layer needs from a gallery; SQLite today, another store could slot in.
+/// What the face routes need from a gallery.
 pub trait FaceStore: Send + Sync {
     /// Appends samples to `userid`, creating it if needed; all or nothing.
     fn register(
@@ -103,129 +101,114 @@ pub trait FaceStore: Send + Sync {
     /// How many users have how many samples: what recognition confidences are calibrated
     /// against.
     fn enrolment(&self) -> Enrolment;
-    /// A consistent snapshot of the whole gallery as a standalone SQLite file.
+    /// A consistent snapshot of the whole gallery as one backup file (an SQLite file, whichever
+    /// the store).
     fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError>;
     /// Replaces the gallery with a backup, or leaves it untouched if the backup is not valid.
     fn restore_from_bytes(&self, bytes: &[u8]) -> Result<(), GalleryError>;
 }
 
-/// The gallery of one data directory. `Send + Sync`: share it between workers with `Arc`.
-pub struct Gallery {
-    data_dir: PathBuf,
-    db_path: PathBuf,
-    /// The one writing connection. A mutex also serialises register/delete/restore, so the
-    /// index is always updated in commit order.
-    conn: Mutex<Connection>,
-    /// Readers (recognition) wait only for the brief index update.
-    index: RwLock<Index>,
-    /// The re-embedding's progress (one at a time).
-    reembed: Mutex<ReembedProgress>,
+/// One user with its sample count and dates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserSummary {
+    /// The userid.
+    pub userid: String,
+    /// Number of stored samples (0 after its last sample was removed).
+    pub samples: usize,
+    /// When the user was created, unix milliseconds.
+    pub created_at: i64,
+    /// When its newest sample was added, unix milliseconds; `None` without samples.
+    pub last_added_at: Option<i64>,
+    /// Id of its newest sample (a thumbnail), `None` without samples.
+    pub newest_sample: Option<i64>,
+}
+
+/// What a rename did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameOutcome {
+    /// The user now has the new name.
+    Renamed,
+    /// The user's samples moved to the existing user of the new name, and it is gone.
+    Merged,
+    /// Old and new name are the same: nothing to do.
+    Unchanged,
+}
+
+/// The gallery of this daemon, in whichever store it lives. `Send + Sync`: share it between
+/// workers with `Arc`.
+// One per process, behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Gallery {
+    /// `<data_dir>/faces.sqlite3`.
+    Sqlite(SqliteGallery),
+    /// A PostgreSQL database shared with other daemons.
+    Postgres(PostgresGallery),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! on_store {
+    ($self:expr, $store:ident => $call:expr) => {
+        match $self {
+            Gallery::Sqlite($store) => $call,
+            Gallery::Postgres($store) => $call,
+        }
+    };
+}
+
+/// Whether the store can be reached, for `/v1/status`, STATUS= and the page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreHealth {
+    /// `sqlite` or `postgresql`.
+    pub store: &'static str,
+    /// False while the store cannot be reached: recognition answers from the last index,
+    /// writes are refused.
+    pub reachable: bool,
+    /// Why it cannot be reached (no password or key in it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// PostgreSQL: the last change of the shared log this node's index holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_change: Option<i64>,
 }
 
 impl Gallery {
-    /// Opens (creating if needed) the gallery in `data_dir`, migrates it and loads the index.
-    ///
-    /// On a read-only data directory (an SD card the kernel remounted read-only, a directory
-    /// the service user cannot write) an existing, current gallery is opened read-only
-    /// instead: recognition goes on, and every write fails with a read-only error.
+    /// Opens (creating if needed) the SQLite gallery in `data_dir`; see [`SqliteGallery::open`].
     pub fn open(data_dir: &Path) -> Result<Gallery, GalleryError> {
-        let db_path = data_dir.join(DB_FILE_NAME);
-        match Gallery::open_writable(data_dir, &db_path) {
-            Err(e) if is_read_only(&e) && db_path.is_file() => {
-                log::warn!(
-                    "gallery: {} cannot be written ({e}); opening it read-only: recognition \
-                     works, registrations, deletions and restores will fail",
-                    data_dir.display()
-                );
-                Gallery::open_read_only(data_dir, &db_path)
-            }
-            other => other,
+        SqliteGallery::open(data_dir).map(Gallery::Sqlite)
+    }
+
+    /// Opens the gallery the settings ask for: PostgreSQL at `url` when it is set (with
+    /// `data_dir` for temporary files), else SQLite in `data_dir`.
+    pub fn open_configured(url: Option<&str>, data_dir: &Path) -> Result<Gallery, GalleryError> {
+        match url {
+            Some(url) => PostgresGallery::connect(url, data_dir).map(Gallery::Postgres),
+            None => Gallery::open(data_dir),
         }
     }
 
-    fn open_writable(data_dir: &Path, db_path: &Path) -> Result<Gallery, GalleryError> {
-        create_private(data_dir, db_path)?;
-        backup::remove_stale_temp_files(data_dir);
-        let mut conn = Connection::open(db_path)?;
-        // On a read-only mount SQLite quietly falls back to a read-only handle (it does when the
-        // WAL and shared-memory files were left behind): that is the read-only case, not this.
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Err(GalleryError::Io(std::io::Error::new(
-                std::io::ErrorKind::ReadOnlyFilesystem,
-                format!("SQLite can open {} for reading only", db_path.display()),
-            )));
+    /// The SQLite file, for the SQLite store.
+    pub fn db_path(&self) -> Option<&Path> {
+        match self {
+            Gallery::Sqlite(g) => Some(g.db_path()),
+            Gallery::Postgres(_) => None,
         }
-        schema::configure_common(&conn)?;
-        // Migrate before switching to WAL: a file we refuse (newer, foreign) stays untouched.
-        schema::migrate(&mut conn)?;
-        schema::configure_live(&conn)?;
-        Gallery::with_connection(data_dir, db_path, conn)
     }
 
-    /// After a clean stop the database is one file: it is opened `immutable=1`, since on
-    /// read-only media SQLite cannot create the WAL's shared-memory file, and nobody can change
-    /// the file under us anyway. After a crash the last commits may still be in the WAL file
-    /// (which `immutable` would ignore): SQLite reads it, read-only, with the files left behind.
-    fn open_read_only(data_dir: &Path, db_path: &Path) -> Result<Gallery, GalleryError> {
-        let wal = data_dir.join(format!("{DB_FILE_NAME}-wal"));
-        let has_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
-        let uri = format!(
-            "file:{}{}",
-            uri_path(db_path)?,
-            if has_wal { "" } else { "?immutable=1" }
-        );
-        let conn = Connection::open_with_flags(
-            &uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-        )?;
-        schema::configure_common(&conn)?;
-        let version = schema::user_version(&conn)?;
-        if version != schema::CURRENT_VERSION {
-            return Err(GalleryError::Corrupt(format!(
-                "read-only gallery has schema {version}, this build needs {} (it cannot migrate a read-only file)",
-                schema::CURRENT_VERSION
-            )));
+    /// Whether the store can be reached now.
+    pub fn health(&self) -> StoreHealth {
+        match self {
+            Gallery::Sqlite(_) => StoreHealth {
+                store: "sqlite",
+                reachable: true,
+                error: None,
+                applied_change: None,
+            },
+            Gallery::Postgres(g) => g.health(),
         }
-        Gallery::with_connection(data_dir, db_path, conn)
     }
 
-    fn with_connection(
-        data_dir: &Path,
-        db_path: &Path,
-        conn: Connection,
-    ) -> Result<Gallery, GalleryError> {
-        if !schema::has_format_marker(&conn)? {
-            return Err(GalleryError::Corrupt(format!(
-                "{} has no '{}' marker",
-                db_path.display(),
-                schema::FORMAT_MARKER
-            )));
-        }
-        let index = load_index(&conn)?;
-        let reembed = reembed::progress_after_open(&conn)?;
-        log::info!(
-            "gallery: {} users, {} samples in {}",
-            index.user_count(),
-            index.sample_count(),
-            db_path.display()
-        );
-        Ok(Gallery {
-            data_dir: data_dir.to_owned(),
-            db_path: db_path.to_owned(),
-            conn: Mutex::new(conn),
-            index: RwLock::new(index),
-            reembed: Mutex::new(reembed),
-        })
-    }
-
-    /// Path of the live database file.
-    pub fn db_path(&self) -> &Path {
-        &self.db_path
-    }
-
-    /// Appends `samples` to `userid` (created if new) in one transaction; all or none are stored.
-    ///
-    /// The index is updated before returning, so the very next query sees the new samples.
+    /// Appends `samples` to `userid` (created if new) in one transaction; all or none are
+    /// stored. The index is updated before returning: the next query sees the new samples.
     pub fn register(
         &self,
         userid: &str,
@@ -237,159 +220,120 @@ impl Gallery {
         if samples.is_empty() {
             return Err(GalleryError::NoSamples);
         }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = now_ms();
-        let existing: Option<i64> = tx
-            .query_row("SELECT id FROM users WHERE userid = ?1", [userid], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        let (user_id, outcome) = match existing {
-            Some(id) => (id, RegisterOutcome::Updated),
-            None => {
-                tx.execute(
-                    "INSERT INTO users(userid, created_at) VALUES (?1, ?2)",
-                    params![userid, now],
-                )?;
-                (tx.last_insert_rowid(), RegisterOutcome::Added)
-            }
-        };
-        let mut embeddings = Vec::with_capacity(samples.len());
-        {
-            let mut insert = tx.prepare(
-                "INSERT INTO samples(user_id, embedding, model, crop, source, det_score, added_at,
-                                     quality, face_px, sharpness, yaw, pitch)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?;
-            for sample in samples {
-                // Checked inside the transaction on purpose: whichever sample fails, ours or
-                // SQLite's check, the `?` drops `tx` and rolls back the ones before it.
-                check_embedding(&sample.embedding)?;
-                let id = insert.insert(params![
-                    user_id,
-                    schema::encode_embedding(&sample.embedding),
-                    sample.model,
-                    sample.crop,
-                    sample.source,
-                    f64::from(sample.det_score),
-                    now,
-                    sample.quality.map(|q| f64::from(q.score)),
-                    sample.quality.map(|q| q.face_px),
-                    sample.quality.map(|q| f64::from(q.sharpness)),
-                    sample.quality.map(|q| f64::from(q.yaw)),
-                    sample.quality.map(|q| f64::from(q.pitch)),
-                ])?;
-                embeddings.push((id, sample.embedding));
-            }
-        }
-        tx.commit()?;
-
-        // Still under the connection lock: a concurrent delete cannot slip in between.
-        let mut index = self.index_mut();
-        index.add_user(userid);
-        for (id, embedding) in &embeddings {
-            index.add_sample(userid, *id, embedding);
-        }
-        Ok(outcome)
+        on_store!(self, g => g.register(userid, samples))
     }
 
-    /// Removes `userid` and (by cascade) its samples; `Ok(false)` if it was not registered.
+    /// Removes `userid` and its samples; `Ok(false)` if it was not registered.
     pub fn delete_user(&self, userid: &str) -> Result<bool, GalleryError> {
-        let conn = self.conn();
-        let deleted = conn.execute("DELETE FROM users WHERE userid = ?1", [userid])? > 0;
-        if deleted {
-            self.index_mut().remove_user(userid);
-        }
-        Ok(deleted)
+        on_store!(self, g => g.delete_user(userid))
     }
 
-    /// All userids, sorted bytewise like SQLite's BINARY collation.
+    /// All userids, sorted bytewise (what SQLite's BINARY collation and DeepStack return).
     pub fn list_users(&self) -> Vec<String> {
-        self.index().userids()
+        on_store!(self, g => g.index().userids())
     }
 
     /// For one unit-length embedding, the users whose template cosine is at least
     /// `min_cosine`, at most `top` of them, highest first (see `index`).
     pub fn best_matches(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)> {
-        self.index().best_users(query, min_cosine, top)
+        on_store!(self, g => g.index().best_users(query, min_cosine, top))
     }
 
     /// (number of users, number of samples).
     pub fn stats(&self) -> (usize, usize) {
-        let index = self.index();
-        (index.user_count(), index.sample_count())
+        on_store!(self, g => {
+            let index = g.index();
+            (index.user_count(), index.sample_count())
+        })
     }
 
-    /// See [`Index::enrolment`].
+    /// See `Index::enrolment`.
     pub fn enrolment(&self) -> Enrolment {
-        self.index().enrolment()
+        on_store!(self, g => g.index().enrolment())
     }
 
     /// The stored samples of `userid`, oldest first (empty if unknown).
     pub fn user_samples(&self, userid: &str) -> Result<Vec<SampleInfo>, GalleryError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT s.id, s.model, s.source, s.det_score, s.added_at,
-                    s.quality, s.face_px, s.sharpness, s.yaw, s.pitch
-             FROM samples s JOIN users u ON u.id = s.user_id
-             WHERE u.userid = ?1 ORDER BY s.id",
-        )?;
-        let rows = stmt.query_map([userid], |row| {
-            let det_score = row.get::<_, f64>(3)? as f32;
-            let score: Option<f64> = row.get(5)?;
-            let quality = match score {
-                None => None,
-                Some(score) => Some(Quality {
-                    score: score as f32,
-                    face_px: row.get::<_, Option<u32>>(6)?.unwrap_or(0),
-                    sharpness: row.get::<_, Option<f64>>(7)?.unwrap_or(0.0) as f32,
-                    det_score,
-                    yaw: row.get::<_, Option<f64>>(8)?.unwrap_or(0.0) as f32,
-                    pitch: row.get::<_, Option<f64>>(9)?.unwrap_or(0.0) as f32,
-                }),
-            };
-            Ok(SampleInfo {
-                id: row.get(0)?,
-                model: row.get(1)?,
-                source: row.get(2)?,
-                det_score,
-                added_at: row.get(4)?,
-                quality,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        on_store!(self, g => g.user_samples(userid))
     }
 
     /// The JPEG face crop of a sample, `None` if there is no such sample.
     pub fn sample_crop(&self, sample_id: i64) -> Result<Option<Vec<u8>>, GalleryError> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT crop FROM samples WHERE id = ?1",
-                [sample_id],
-                |row| row.get(0),
-            )
-            .optional()?)
+        on_store!(self, g => g.sample_crop(sample_id))
     }
 
-    // Poisoning only means another thread panicked while holding the lock. The database is
-    // protected by its transactions (rolled back on unwind) and the index is only mutated
-    // after a commit, so the state behind the lock is still sound: keep serving.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Every user with its sample count, sorted by userid (bytewise).
+    pub fn user_summaries(&self) -> Result<Vec<UserSummary>, GalleryError> {
+        on_store!(self, g => g.user_summaries())
     }
 
-    fn index(&self) -> RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    /// Whether `userid` is registered.
+    pub fn has_user(&self, userid: &str) -> Result<bool, GalleryError> {
+        on_store!(self, g => g.has_user(userid))
     }
 
-    fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    /// Removes one sample; `Ok(false)` if there is no such sample. The user stays.
+    pub fn delete_sample(&self, sample_id: i64) -> Result<bool, GalleryError> {
+        on_store!(self, g => g.delete_sample(sample_id))
     }
 
-    fn reembed_state(&self) -> MutexGuard<'_, ReembedProgress> {
-        self.reembed.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Renames `from` to `to`; onto an existing `to` only with `merge` (its samples move).
+    pub fn rename_user(
+        &self,
+        from: &str,
+        to: &str,
+        merge: bool,
+    ) -> Result<RenameOutcome, GalleryError> {
+        if to.is_empty() {
+            return Err(GalleryError::EmptyUserid);
+        }
+        on_store!(self, g => g.rename_user(from, to, merge))
+    }
+
+    /// A consistent snapshot of the gallery as a standalone SQLite gallery file.
+    pub fn backup_bytes(&self) -> Result<Vec<u8>, GalleryError> {
+        on_store!(self, g => g.backup_bytes())
+    }
+
+    /// Replaces the whole gallery with the backup in `bytes` (from either store), or returns
+    /// [`GalleryError::InvalidBackup`] and leaves the gallery untouched.
+    pub fn restore_from_bytes(&self, bytes: &[u8]) -> Result<(), GalleryError> {
+        on_store!(self, g => g.restore_from_bytes(bytes))
+    }
+
+    /// The current or last re-embedding's progress (this node's).
+    pub fn reembed_progress(&self) -> ReembedProgress {
+        on_store!(self, g => g.reembed_progress())
+    }
+
+    /// Starts a re-embedding with `model`, or [`GalleryError::ReembedRunning`].
+    pub fn reembed_start(&self, model: &str) -> Result<ReembedProgress, GalleryError> {
+        on_store!(self, g => g.reembed_start(model))
+    }
+
+    /// Up to `limit` samples with an id above `after` that have no staged embedding yet.
+    pub fn reembed_next(&self, after: i64, limit: usize) -> Result<Vec<StoredCrop>, GalleryError> {
+        on_store!(self, g => g.reembed_next(after, limit))
+    }
+
+    /// Stages one batch of new embeddings; `failed` more crops gave none.
+    pub fn reembed_stage(
+        &self,
+        model: &str,
+        embeddings: &[(i64, Vec<f32>)],
+        failed: usize,
+    ) -> Result<(), GalleryError> {
+        on_store!(self, g => g.reembed_stage(model, embeddings, failed))
+    }
+
+    /// Swaps every staged embedding in, in one transaction.
+    pub fn reembed_finish(&self) -> Result<usize, GalleryError> {
+        on_store!(self, g => g.reembed_finish())
+    }
+
+    /// Marks the running re-embedding as failed; its staged rows stay for the next run.
+    pub fn reembed_failed(&self, error: String) {
+        on_store!(self, g => g.reembed_failed(error))
     }
 }
 
@@ -444,114 +388,9 @@ fn check_embedding(embedding: &[f32]) -> Result<(), GalleryError> {
     Ok(())
 }
 
-/// What start-up reads of every sample.
-const LOAD_SAMPLES: &str = "SELECT id, user_id, embedding FROM samples";
-
-/// Builds the index from the database `conn` sees (also inside an open transaction).
-fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
-    let mut index = Index::new();
-    let mut names: HashMap<i64, String> = HashMap::new();
-    let mut users = conn.prepare("SELECT id, userid FROM users ORDER BY id")?;
-    let mut rows = users.query([])?;
-    while let Some(row) = rows.next()? {
-        let userid: String = row.get(1)?;
-        index.add_user(&userid);
-        names.insert(row.get(0)?, userid);
-    }
-    // Served by the covering index samples_embeddings (schema migration 3), in user order.
-    let mut samples = conn.prepare(LOAD_SAMPLES)?;
-    let mut rows = samples.query([])?;
-    while let Some(row) = rows.next()? {
-        let sample_id: i64 = row.get(0)?;
-        let userid = names.get(&row.get::<_, i64>(1)?).ok_or_else(|| {
-            GalleryError::Corrupt(format!("sample {sample_id} belongs to no user"))
-        })?;
-        let embedding = row
-            .get_ref(2)?
-            .as_blob()
-            .ok()
-            .and_then(schema::decode_embedding)
-            .ok_or_else(|| {
-                GalleryError::Corrupt(format!("sample {sample_id} has a malformed embedding"))
-            })?;
-        index.add_sample(userid, sample_id, &embedding);
-    }
-    Ok(index)
-}
-
-/// Face crops and embeddings are biometric data: a data directory we create is 0700 and a
-/// database file we create is 0600 (SQLite gives its -wal and -shm files the same mode),
-/// whatever the umask. Existing ones keep the mode their owner chose.
-fn create_private(data_dir: &Path, db_path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)?;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(db_path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether opening failed because the data directory or file cannot be written.
-pub(crate) fn is_read_only(e: &GalleryError) -> bool {
-    use rusqlite::ErrorCode;
-    use std::io::ErrorKind;
-    match e {
-        GalleryError::Sqlite(e) => matches!(
-            e.sqlite_error_code(),
-            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen)
-        ),
-        GalleryError::Io(e) => matches!(
-            e.kind(),
-            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
-        ),
-        _ => false,
-    }
-}
-
-/// A path as the path part of an SQLite `file:` URI.
-fn uri_path(path: &Path) -> Result<String, GalleryError> {
-    let text = path.to_str().ok_or_else(|| {
-        GalleryError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "data dir path is not UTF-8",
-        ))
-    })?;
-    Ok(text
-        .replace('%', "%25")
-        .replace('?', "%3f")
-        .replace('#', "%23"))
-}
-
 /// Unix time in milliseconds (0 if the clock is before 1970, as on a Pi without RTC at boot).
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_up_reads_the_covering_index_not_the_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let gallery = Gallery::open(dir.path()).unwrap();
-        let conn = gallery.conn();
-        let plan: String = conn
-            .query_row(&format!("EXPLAIN QUERY PLAN {LOAD_SAMPLES}"), [], |r| {
-                r.get(3)
-            })
-            .unwrap();
-        assert!(plan.contains("COVERING INDEX samples_embeddings"), "{plan}");
-    }
 }

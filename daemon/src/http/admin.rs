@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::faces::{success, Nothing};
 use super::form::Form;
 use super::AppState;
-use crate::gallery::ReembedProgress;
+use crate::gallery::{ReembedProgress, StoreHealth};
 use crate::vision::models::{shipped_sha256, ModelFile};
 
 /// Largest backup file a restore reads. Larger than the photo limit: a gallery with its face
@@ -63,6 +63,8 @@ struct Status {
     threadcount: usize,
     /// The current or last re-embedding (`POST /v1/gallery/reembed`).
     reembed: ReembedProgress,
+    /// Which store holds the gallery and whether it can be reached.
+    gallery: StoreHealth,
 }
 
 #[derive(Serialize)]
@@ -106,6 +108,7 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
             uptime_seconds: state.started.elapsed().as_secs(),
             threadcount: state.pool.threads(),
             reembed: state.gallery.reembed_progress(),
+            gallery: state.gallery.health(),
         },
         0,
     )

@@ -286,14 +286,18 @@ impl From<GalleryError> for ApiError {
 }
 
 /// What a person can do something about when a gallery write fails: a full or read-only
-/// data directory (an SD card the kernel remounted read-only after errors).
+/// data directory (an SD card the kernel remounted read-only after errors), or a shared
+/// gallery that cannot be reached.
 fn storage_problem(e: &GalleryError) -> Option<&'static str> {
     use rusqlite::ErrorCode;
     use std::io::ErrorKind;
     const FULL: &str = "the data directory is full: the gallery cannot be changed";
     const READ_ONLY: &str = "the data directory is read-only: the gallery cannot be changed";
     const IO: &str = "the data directory cannot be written: the gallery cannot be changed";
+    const SHARED: &str = "the shared gallery (PostgreSQL) cannot be reached: the gallery \
+                          cannot be changed; recognition answers from the last copy";
     match e {
+        GalleryError::Unavailable(_) => Some(SHARED),
         GalleryError::Sqlite(e) => match e.sqlite_error_code()? {
             ErrorCode::DiskFull => Some(FULL),
             ErrorCode::ReadOnly => Some(READ_ONLY),

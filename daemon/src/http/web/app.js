@@ -165,7 +165,8 @@ function refresh() {
     var status = r[0].body, users = r[1].body;
     $('status').textContent = 'deepstackd ' + status.version + ', ' + status.users +
       (status.users === 1 ? ' person, ' : ' people, ') + status.samples +
-      (status.samples === 1 ? ' photo' : ' photos') + (status.faces_enabled ? '' : ' (face API off: set VISION-FACE=True)');
+      (status.samples === 1 ? ' photo' : ' photos') + (status.faces_enabled ? '' : ' (face API off: set VISION-FACE=True)') +
+      (status.gallery && !status.gallery.reachable ? ' \u2014 the shared gallery (PostgreSQL) cannot be reached: recognition goes on, changes are refused' : '');
     showReembed(status.reembed);
     if (!users.success) return;
     thumbUrls.forEach(function (u) { URL.revokeObjectURL(u); });

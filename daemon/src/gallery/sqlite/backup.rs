@@ -9,7 +9,9 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{ffi, Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use super::schema::{self, CURRENT_VERSION, EMBEDDING_BYTES};
-use super::{check_embedding, load_index, Gallery, GalleryError, Index};
+use super::{load_index, SqliteGallery};
+use crate::gallery::index::Index;
+use crate::gallery::{check_embedding, GalleryError};
 
 /// Temp files in the data dir start with this; anything older than [`STALE_AFTER`] was left
 /// by a killed process and is removed at the next open.
@@ -21,15 +23,16 @@ const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 
 /// Columns copied by a restore; validation prepares the same SELECTs, so a file that passed
 /// cannot fail the copy for a missing column.
-const USERS_COLUMNS: &str = "id, userid, created_at";
-const SAMPLES_COLUMNS: &str = "id, user_id, embedding, model, crop, source, det_score, added_at, \
+pub(crate) const USERS_COLUMNS: &str = "id, userid, created_at";
+pub(crate) const SAMPLES_COLUMNS: &str =
+    "id, user_id, embedding, model, crop, source, det_score, added_at, \
      quality, face_px, sharpness, yaw, pitch";
 
 /// Retries of a backup step that found a lock (about 10 s in total).
 const BUSY_RETRIES: u32 = 500;
 const BUSY_PAUSE: Duration = Duration::from_millis(20);
 
-impl Gallery {
+impl SqliteGallery {
     /// Writes a consistent snapshot of the gallery to `dest` as a standalone SQLite file.
     ///
     /// Uses its own read-only connection and copies everything in one backup step, i.e. inside
@@ -100,12 +103,7 @@ impl Gallery {
     /// its own schema and settings, and AUTOINCREMENT counters never go back, so sample ids
     /// are not reused after a restore.
     pub fn restore_from_bytes(&self, bytes: &[u8]) -> Result<(), GalleryError> {
-        if bytes.len() < 100 || !bytes.starts_with(SQLITE_MAGIC) {
-            return Err(GalleryError::InvalidBackup("not an SQLite database".into()));
-        }
-        let tmp = TempFile::new(&self.data_dir, "restore");
-        std::fs::write(&tmp.path, bytes)?;
-        validate_candidate(&tmp.path)?;
+        let tmp = stage_candidate(&self.data_dir, bytes)?;
         let tmp_path = tmp.path.to_str().ok_or_else(|| {
             GalleryError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -130,6 +128,18 @@ impl Gallery {
         self.reembed_stop_for_restore();
         Ok(())
     }
+}
+
+/// Writes a backup's `bytes` to a temp file in `dir` and validates it there (migrating it to
+/// the current schema); the file is removed when the returned value is dropped.
+pub(crate) fn stage_candidate(dir: &Path, bytes: &[u8]) -> Result<TempFile, GalleryError> {
+    if bytes.len() < 100 || !bytes.starts_with(SQLITE_MAGIC) {
+        return Err(GalleryError::InvalidBackup("not an SQLite database".into()));
+    }
+    let tmp = TempFile::new(dir, "restore");
+    std::fs::write(&tmp.path, bytes)?;
+    validate_candidate(&tmp.path)?;
+    Ok(tmp)
 }
 
 /// Replaces the live rows with those of the attached `restored` db; returns the new index.
@@ -249,7 +259,7 @@ fn check_candidate(path: &Path) -> Result<(), GalleryError> {
     Ok(())
 }
 
-fn open_read_only(path: &Path) -> Result<Connection, GalleryError> {
+pub(crate) fn open_read_only(path: &Path) -> Result<Connection, GalleryError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -263,12 +273,12 @@ fn invalid(reason: String) -> GalleryError {
 }
 
 /// A uniquely named file in the data dir, removed (with its SQLite companions) on drop.
-struct TempFile {
-    path: PathBuf,
+pub(crate) struct TempFile {
+    pub(crate) path: PathBuf,
 }
 
 impl TempFile {
-    fn new(dir: &Path, purpose: &str) -> TempFile {
+    pub(crate) fn new(dir: &Path, purpose: &str) -> TempFile {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{TEMP_PREFIX}{purpose}-{}-{n}.sqlite3", std::process::id());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{GalleryError, EMBEDDING_DIM};
+use crate::gallery::{GalleryError, EMBEDDING_DIM};
 
 /// Value of `meta.format`: tells our files apart from any other SQLite database.
 pub const FORMAT_MARKER: &str = "deepstack-rs-gallery";

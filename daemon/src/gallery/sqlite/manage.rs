@@ -5,38 +5,11 @@
 //! (while the connection lock is still held, so no registration interleaves) and swapped in
 //! whole. A rebuild reads every embedding, which is fine for changes made by hand.
 
+use super::{schema, SqliteGallery};
+use crate::gallery::{GalleryError, RenameOutcome, UserSummary};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
 
-use super::{schema, Gallery, GalleryError};
-
-/// One user with its sample count and dates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UserSummary {
-    /// The userid.
-    pub userid: String,
-    /// Number of stored samples (0 after its last sample was removed).
-    pub samples: usize,
-    /// When the user was created, unix milliseconds.
-    pub created_at: i64,
-    /// When its newest sample was added, unix milliseconds; `None` without samples.
-    pub last_added_at: Option<i64>,
-    /// Id of its newest sample (a thumbnail), `None` without samples.
-    pub newest_sample: Option<i64>,
-}
-
-/// What a rename did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenameOutcome {
-    /// The user now has the new name.
-    Renamed,
-    /// The user's samples moved to the existing user of the new name, and it is gone.
-    Merged,
-    /// Old and new name are the same: nothing to do.
-    Unchanged,
-}
-
-impl Gallery {
+impl SqliteGallery {
     /// Every user with its sample count, sorted by userid (bytewise).
     pub fn user_summaries(&self) -> Result<Vec<UserSummary>, GalleryError> {
         let conn = self.conn();
