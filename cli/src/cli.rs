@@ -21,6 +21,9 @@ pub struct Cli {
     /// The drop-in giving deepstack.socket its address.
     #[arg(long, global = true, hide = true, env = "DEEPSTACK_SOCKET_DROPIN", default_value = crate::service::SOCKET_DROPIN)]
     pub socket_dropin: PathBuf,
+    /// The service's drop-in that gives it the network when GALLERY_URL is set.
+    #[arg(long, global = true, hide = true, env = "DEEPSTACK_NETWORK_DROPIN", default_value = crate::service::NETWORK_DROPIN)]
+    pub network_dropin: PathBuf,
     /// The systemctl to run.
     #[arg(
         long,

@@ -99,8 +99,9 @@ fn start(
     Ok(Exit::Ok)
 }
 
-/// Points deepstack.socket at the settings' address (its drop-in), then restarts the
-/// service: with its socket if the address changed, on the socket kept open otherwise.
+/// Points deepstack.socket at the settings' address (its drop-in), gives the service the
+/// network when its gallery is in PostgreSQL (another drop-in), then restarts the service:
+/// with its socket if the address changed, on the socket kept open otherwise.
 fn restart(cli: &Cli, settings: &Settings, systemctl: &Systemctl) -> Result<(), Error> {
     let bind = bind_of(settings).unwrap_or_else(|| {
         let default = settings::key("BIND").expect("a known key").daemon_default;
@@ -113,7 +114,16 @@ fn restart(cli: &Cli, settings: &Settings, systemctl: &Systemctl) -> Result<(), 
             path: cli.socket_dropin.clone(),
             source,
         })?;
-    systemctl.restart(moved)?;
+    let shared_gallery = settings
+        .get("GALLERY_URL")
+        .is_some_and(|url| !url.is_empty());
+    let network_changed = service::write_network_dropin(&cli.network_dropin, shared_gallery)
+        .map_err(|source| Error::Io {
+            what: "cannot write",
+            path: cli.network_dropin.clone(),
+            source,
+        })?;
+    systemctl.restart(moved, network_changed)?;
     Ok(())
 }
 

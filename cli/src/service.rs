@@ -19,6 +19,8 @@ pub const SOCKET: &str = "deepstack.socket";
 
 /// Where `deepstack start` writes the socket's address (PORT and BIND).
 pub const SOCKET_DROPIN: &str = "/etc/systemd/system/deepstack.socket.d/listen.conf";
+/// The service's drop-in that lets it reach a shared gallery over the network (GALLERY_URL).
+pub const NETWORK_DROPIN: &str = "/etc/systemd/system/deepstack.service.d/gallery-network.conf";
 
 /// Properties `deepstack status` reads with `systemctl show`.
 const STATUS_PROPERTIES: &str =
@@ -100,9 +102,12 @@ impl Systemctl {
     /// changed (`socket_moved`), systemd rereads the drop-in and the socket restarts with the
     /// service, in one transaction; otherwise the socket stays up (started if it was not) and
     /// connections arriving during the restart wait in its queue.
-    pub fn restart(&self, socket_moved: bool) -> Result<(), ServiceError> {
-        if socket_moved {
+    /// `units_changed`: another drop-in changed, systemd must reread the units first.
+    pub fn restart(&self, socket_moved: bool, units_changed: bool) -> Result<(), ServiceError> {
+        if socket_moved || units_changed {
             self.run(&["daemon-reload"])?;
+        }
+        if socket_moved {
             self.run(&["restart", SOCKET, UNIT])?;
         } else {
             self.run(&["start", SOCKET])?;
@@ -197,6 +202,37 @@ pub fn write_socket_dropin(path: &Path, addr: SocketAddr) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The service's drop-in for a gallery in PostgreSQL: the packaged unit has no network of its
+/// own (`PrivateNetwork=yes`, only AF_UNIX), which a remote database needs.
+pub fn network_dropin() -> String {
+    format!(
+        "# Written by `deepstack start` because GALLERY_URL is set in {}: the shared\n\
+         # gallery is reached over the network. Removed when GALLERY_URL is unset.\n\
+         [Service]\n\
+         PrivateNetwork=no\n\
+         RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n",
+        env_file::DEFAULT_PATH
+    )
+}
+
+/// Writes the network drop-in at `path` when `wanted`, removes it otherwise; whether
+/// anything changed.
+pub fn write_network_dropin(path: &Path, wanted: bool) -> io::Result<bool> {
+    if !wanted {
+        return match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        };
+    }
+    let text = network_dropin();
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    env_file::write_atomic(path, &text, Readers::Everyone)?;
+    Ok(true)
+}
+
 /// Whether systemd manages this machine (not so in most containers and chroots).
 pub fn systemd_is_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
@@ -222,6 +258,23 @@ pub fn journal_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_dropin_follows_gallery_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deepstack.service.d/gallery-network.conf");
+        assert!(
+            !write_network_dropin(&path, false).unwrap(),
+            "nothing to remove"
+        );
+        assert!(write_network_dropin(&path, true).unwrap(), "created");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[Service]\nPrivateNetwork=no\n"), "{text}");
+        assert!(text.contains("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"));
+        assert!(!write_network_dropin(&path, true).unwrap(), "unchanged");
+        assert!(write_network_dropin(&path, false).unwrap(), "removed");
+        assert!(!path.exists());
+    }
 
     #[test]
     fn the_socket_dropin_replaces_the_default_address() {
