@@ -41,6 +41,13 @@ impl Machine {
             .join("systemd/deepstack.socket.d/listen.conf")
     }
 
+    /// The service's drop-in that gives it the network for a shared gallery.
+    fn network_dropin(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("systemd/deepstack.service.d/gallery-network.conf")
+    }
+
     /// The address the socket's drop-in sets.
     fn socket_address(&self) -> String {
         let text = fs::read_to_string(self.socket_dropin()).unwrap_or_default();
@@ -96,6 +103,7 @@ impl Machine {
         c.args(args)
             .env("DEEPSTACK_ENV_FILE", self.env_file())
             .env("DEEPSTACK_SOCKET_DROPIN", self.socket_dropin())
+            .env("DEEPSTACK_NETWORK_DROPIN", self.network_dropin())
             .env("DEEPSTACK_SYSTEMCTL", self.dir.path().join("systemctl"))
             .env("DEEPSTACK_JOURNALCTL", self.dir.path().join("journalctl"))
             .env("DEEPSTACK_ARCH", "x86_64")
@@ -189,6 +197,37 @@ fn start_takes_deepstacks_quoted_argument() {
     assert_eq!(m.socket_address(), "0.0.0.0:8080");
     assert!(run.stdout().contains("port 8080"), "{}", run.stdout());
     assert!(!run.stdout().contains("mysecretkey") && !run.stderr().contains("mysecretkey"));
+}
+
+#[test]
+fn a_shared_gallery_gets_the_network_and_loses_it_with_gallery_url() {
+    let m = Machine::new();
+    let url = "postgresql://deepstack:pw@db.lan:5432/gallery";
+    let run = m.run(&["start", &format!("VISION-FACE=True GALLERY_URL={url}")]);
+    run.expect(0);
+    let text = fs::read_to_string(m.network_dropin()).expect("the network drop-in");
+    assert!(text.contains("PrivateNetwork=no"), "{text}");
+    assert_eq!(m.calls("systemctl"), SYSTEMCTL_START);
+    // The URL holds a password: never shown.
+    assert!(!run.stdout().contains("pw@") && !run.stderr().contains("pw@"));
+
+    // The same address again, GALLERY_URL gone: the drop-in goes and systemd rereads units.
+    m.run(&["start", "VISION-FACE=True"]).expect(0);
+    assert!(!m.network_dropin().exists());
+    let calls = m.calls("systemctl");
+    assert_eq!(
+        calls[calls.len() - 4..],
+        [
+            "enable --quiet deepstack.socket deepstack.service",
+            "daemon-reload",
+            "start deepstack.socket",
+            "restart deepstack.service",
+        ]
+    );
+    // Not a PostgreSQL URL: refused before anything changes (exit 3, a bad value).
+    m.run(&["start", "VISION-FACE=True GALLERY_URL=mysql://x@y/z"])
+        .expect(3);
+    assert!(!m.network_dropin().exists());
 }
 
 #[test]
