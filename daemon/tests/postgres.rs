@@ -432,6 +432,47 @@ fn a_restarted_node_catches_up_and_backups_move_between_the_stores() {
 }
 
 #[test]
+fn old_changes_are_pruned_and_the_numbering_goes_on() {
+    let pg = Postgres::start();
+    let a = Node::start(&pg.url());
+    register(&a, "Barack Obama", "obama.jpg");
+    let b = Node::start(&pg.url());
+    let b_dir = b._dir.path().to_owned();
+    b.daemon.kill();
+    register(&a, "Joe Biden", "biden.jpg");
+    register(&a, "Joe Biden", "biden.jpg");
+    // Make every change look 8 days old; the node starting next prunes at once.
+    let mut db = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    db.execute("UPDATE changes SET at = 0", &[]).unwrap();
+    let newest: i64 = db
+        .query_one("SELECT max(seq) FROM changes", &[])
+        .unwrap()
+        .get(0);
+    let b = Daemon::start(
+        &b_dir.join("data"),
+        &[FACES_ON, ADMIN, ("GALLERY_URL", &pg.url())],
+    );
+    eventually(VISIBLE_WITHIN, "the old changes are pruned", || {
+        let left: Vec<i64> = db
+            .query("SELECT seq FROM changes", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        left == [newest]
+    });
+    // Numbering goes on after the kept change, and both nodes follow.
+    let res = register(&b, "Kamala Harris", "obama.jpg");
+    assert_eq!(res.json()["success"], true, "{}", res.text());
+    eventually(VISIBLE_WITHIN, "A sees B's registration", || {
+        names(&a) == ["Barack Obama", "Joe Biden", "Kamala Harris"]
+    });
+    assert_eq!(a.status()["samples"], 4);
+    assert_eq!(gallery_status(&a)["applied_change"], newest + 1);
+    assert_eq!(gallery_status(&b)["applied_change"], newest + 1);
+}
+
+#[test]
 fn a_url_that_names_no_gallery_is_refused_at_start() {
     // No server on this port: the daemon says what is wrong and exits, without the password.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

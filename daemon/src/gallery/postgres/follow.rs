@@ -28,6 +28,11 @@ const POLL_EVERY: Duration = Duration::from_millis(1000);
 /// Reconnection backoff, doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Changes older than this are pruned (the newest always stays): a node away for longer
+/// finds a gap and reads the gallery again.
+const KEEP_CHANGES_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How often a node prunes (and when it connects).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the node and its follower thread share.
 pub struct Shared {
@@ -205,6 +210,20 @@ fn load_all(client: &mut Client) -> Result<(Index, i64), GalleryError> {
     Ok((index, seq))
 }
 
+/// Deletes changes older than [`KEEP_CHANGES_MS`] except the newest, whose number the next
+/// write continues from. Any node may do it; doing it twice is harmless.
+fn prune(client: &mut Client) -> Result<u64, GalleryError> {
+    let before = crate::gallery::now_ms() - KEEP_CHANGES_MS;
+    let pruned = client.execute(
+        "DELETE FROM changes WHERE at < $1 AND seq < (SELECT max(seq) FROM changes)",
+        &[&before],
+    )?;
+    if pruned > 0 {
+        log::info!("gallery: pruned {pruned} changes older than 7 days from the change log");
+    }
+    Ok(pruned)
+}
+
 /// Connects with the settings of `url`.
 pub fn connect(url: &GalleryUrl) -> Result<Client, GalleryError> {
     url.config()
@@ -254,7 +273,14 @@ pub fn spawn_follower(shared: Weak<Shared>, url: GalleryUrl) -> std::io::Result<
 
 /// Follows on a working connection until it fails (the reason) or the gallery is gone (None).
 fn follow(shared: &Weak<Shared>, client: &mut Client) -> Option<String> {
+    let mut pruned_at: Option<std::time::Instant> = None;
     loop {
+        if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            if let Err(e) = prune(client) {
+                return Some(e.to_string());
+            }
+            pruned_at = Some(std::time::Instant::now());
+        }
         let woken = client.notifications().timeout_iter(POLL_EVERY).next();
         if let Err(e) = woken {
             return Some(e.to_string());
