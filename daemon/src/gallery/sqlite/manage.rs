@@ -77,9 +77,7 @@ impl SqliteGallery {
         to: &str,
         merge: bool,
     ) -> Result<RenameOutcome, GalleryError> {
-        if to.is_empty() {
-            return Err(GalleryError::EmptyUserid);
-        }
+        // An empty `to` is refused by `Gallery::rename_user` for both stores.
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let id_of = |userid: &str| {

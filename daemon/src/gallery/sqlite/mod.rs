@@ -151,12 +151,7 @@ impl SqliteGallery {
         userid: &str,
         samples: Vec<NewSample>,
     ) -> Result<RegisterOutcome, GalleryError> {
-        if userid.is_empty() {
-            return Err(GalleryError::EmptyUserid);
-        }
-        if samples.is_empty() {
-            return Err(GalleryError::NoSamples);
-        }
+        // An empty userid or no samples: refused by `Gallery::register` for both stores.
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
