@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each includer uses part of it
 
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -7,10 +7,10 @@ mod common;
 #[path = "api/harness.rs"]
 mod harness;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::dev_support::postgres::Postgres;
 use harness::routes::*;
 use harness::{fields, urlencoded, Daemon, Multipart, Response};
 use serde_json::Value;
@@ -21,139 +21,9 @@ const ADMIN: (&str, &str) = ("ADMIN-KEY", "adm");
 /// target, 1 s at p99, is measured by the bench; this only bounds a broken follower).
 const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
-/// A PostgreSQL cluster in a temp dir, on a free loopback port, stopped on drop.
-struct Postgres {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|dirs| {
-                dirs.flatten()
-                    .map(|d| d.path().join("bin"))
-                    .find(|bin| bin.join("initdb").is_file())
-            })
-            .expect(
-                "PostgreSQL's server programs are missing: apt-get install postgresql \
-                 (.ci/run installs it)",
-            );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let pg = Postgres { bin, dir, port };
-        if is_root() {
-            // initdb refuses root: the cluster belongs to the package's `postgres` user.
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(pg.dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success(), "chown to postgres");
-        }
-        let initdb = pg.run(
-            "initdb",
-            &[
-                "-D",
-                &pg.data(),
-                "-U",
-                "deepstack",
-                "-A",
-                "trust",
-                "--no-sync",
-            ],
-        );
-        assert!(initdb, "initdb failed");
-        pg.ctl_start();
-        pg
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn url(&self) -> String {
-        format!("postgresql://deepstack@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Runs one of PostgreSQL's programs, as `postgres` when we are root.
-    fn run(&self, program: &str, args: &[&str]) -> bool {
-        let path = self.bin.join(program);
-        let mut cmd = if is_root() {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(&path);
-            cmd
-        } else {
-            Command::new(&path)
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tool.log"))
-            .unwrap();
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-
-    fn ctl_start(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        let started = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-o",
-                &options,
-                "-l",
-                &log,
-                "-w",
-                "start",
-            ],
-        );
-        assert!(started, "pg_ctl start failed:\n{}", self.logs());
-    }
-
-    fn ctl_stop(&self) {
-        assert!(
-            self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]),
-            "pg_ctl stop failed:\n{}",
-            self.logs()
-        );
-    }
-
-    fn logs(&self) -> String {
-        ["tool.log", "server.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// A throwaway cluster (the harness is shared with the bench).
+fn start_postgres() -> Postgres {
+    Postgres::start().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A node of the shared gallery at `url`, on its own (temporary) data dir.
@@ -228,7 +98,7 @@ fn gallery_status(d: &Daemon) -> Value {
 
 #[test]
 fn a_change_on_one_node_shows_on_the_other() {
-    let pg = Postgres::start();
+    let pg = start_postgres();
     let (a, b) = (Node::start(&pg.url()), Node::start(&pg.url()));
     assert_eq!(gallery_status(&a)["store"], "postgresql");
     assert_eq!(gallery_status(&a)["reachable"], true);
@@ -282,7 +152,7 @@ fn a_change_on_one_node_shows_on_the_other() {
 
 #[test]
 fn two_nodes_writing_at_once_lose_nothing() {
-    let pg = Postgres::start();
+    let pg = start_postgres();
     let (a, b) = (Node::start(&pg.url()), Node::start(&pg.url()));
     let each: usize = 6;
     std::thread::scope(|scope| {
@@ -320,14 +190,14 @@ fn two_nodes_writing_at_once_lose_nothing() {
 
 #[test]
 fn with_the_database_stopped_recognition_goes_on_and_writes_are_refused() {
-    let pg = Postgres::start();
+    let pg = start_postgres();
     let (a, b) = (Node::start(&pg.url()), Node::start(&pg.url()));
     register(&a, "Barack Obama", "obama.jpg");
     eventually(VISIBLE_WITHIN, "B has the user", || {
         names(&b) == ["Barack Obama"]
     });
 
-    pg.ctl_stop();
+    pg.ctl_stop().unwrap();
     for node in [&a, &b] {
         eventually(VISIBLE_WITHIN, "the node notices", || {
             gallery_status(node)["reachable"] == false
@@ -351,7 +221,7 @@ fn with_the_database_stopped_recognition_goes_on_and_writes_are_refused() {
     assert_eq!(refused.status, 500, "{}", refused.text());
     assert!(a.status()["gallery"]["error"].is_string());
 
-    pg.ctl_start();
+    pg.ctl_start().unwrap();
     for node in [&a, &b] {
         eventually(Duration::from_secs(30), "the node reconnects", || {
             gallery_status(node)["reachable"] == true
@@ -372,7 +242,7 @@ fn with_the_database_stopped_recognition_goes_on_and_writes_are_refused() {
 
 #[test]
 fn a_restarted_node_catches_up_and_backups_move_between_the_stores() {
-    let pg = Postgres::start();
+    let pg = start_postgres();
     let a = Node::start(&pg.url());
     register(&a, "Barack Obama", "obama.jpg");
     let b = Node::start(&pg.url());
@@ -433,7 +303,7 @@ fn a_restarted_node_catches_up_and_backups_move_between_the_stores() {
 
 #[test]
 fn old_changes_are_pruned_and_the_numbering_goes_on() {
-    let pg = Postgres::start();
+    let pg = start_postgres();
     let a = Node::start(&pg.url());
     register(&a, "Barack Obama", "obama.jpg");
     let b = Node::start(&pg.url());
@@ -475,25 +345,160 @@ fn old_changes_are_pruned_and_the_numbering_goes_on() {
 #[test]
 fn a_url_that_names_no_gallery_is_refused_at_start() {
     // No server on this port: the daemon says what is wrong and exits, without the password.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let log = refused_at_start(&format!("postgresql://ds:s3cret@127.0.0.1:{port}/g"));
+    assert!(log.contains("GALLERY_URL"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}
+
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// Starts a daemon on `url` that must exit at once; returns what it logged.
+fn refused_at_start(url: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_deepstackd"))
-        .env(
-            "GALLERY_URL",
-            format!("postgresql://ds:s3cret@127.0.0.1:{port}/g"),
-        )
+        .env("GALLERY_URL", url)
         .env("VISION-FACE", "True")
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["--port", &port.to_string()])
+        .args(["--port", &free_port().to_string()])
         .output()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{log}");
-    assert!(log.contains("GALLERY_URL"), "{log}");
-    assert!(!log.contains("s3cret"), "{log}");
+    log
+}
+
+/// A CA and a server certificate from it for `localhost` only (openssl comes with
+/// PostgreSQL's package, through ssl-cert), in `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian's postgresql depends on it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let subject = format!("/CN={ca}");
+        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(&args);
+    }
+    let mut args = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key"];
+    args.extend(ec);
+    args.extend(["-out", "server.csr"]);
+    openssl(&args);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+#[test]
+fn tls_is_used_and_the_certificate_checked_as_sslmode_asks() {
+    use common::dev_support::postgres::ServerCert;
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let pg = Postgres::start_with(Some(ServerCert {
+        cert: &certs.path().join("server.crt"),
+        key: &certs.path().join("server.key"),
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ca = certs.path().join("ca.crt").display().to_string();
+    let other_ca = certs.path().join("other-ca.crt").display().to_string();
+    let at = |host: &str, query: &str| {
+        format!(
+            "postgresql://deepstack@{host}:{}/postgres?{query}",
+            pg.port()
+        )
+    };
+
+    // verify-full against the CA that signed it, by the name it carries: a working node,
+    // whose sessions are encrypted.
+    let node = Node::start(&at(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ));
+    let res = register(&node, "Barack Obama", "obama.jpg");
+    assert_eq!(res.json()["success"], true, "{}", res.text());
+    let mut db = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let (encrypted, plain): (i64, i64) = {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'deepstackd'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        encrypted >= 1 && plain == 0,
+        "{encrypted} TLS, {plain} plain sessions"
+    );
+
+    // verify-ca checks the chain, not the name; require without a root file encrypts and
+    // checks nothing; verify-full refuses the name 127.0.0.1, and both verify modes refuse a
+    // certificate from a CA they were not given, the system's roots included.
+    let _ca_only = Node::start(&at(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={ca}"),
+    ));
+    let _unchecked = Node::start(&at("127.0.0.1", "sslmode=require"));
+    for (url, why) in [
+        (
+            at(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "certificate not valid for name",
+        ),
+        (
+            at(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={other_ca}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            at(
+                "localhost",
+                &format!("sslmode=verify-ca&sslrootcert={other_ca}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (at("localhost", "sslmode=verify-full"), "UnknownIssuer"),
+    ] {
+        let log = refused_at_start(&url);
+        assert!(log.contains(why), "{url}: expected {why} in\n{log}");
+    }
 }

@@ -7,7 +7,7 @@ pub enum GalleryError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL refused a statement (the shared gallery, `GALLERY_URL`).
-    #[error("postgresql: {0}")]
+    #[error("postgresql: {}", with_causes(.0))]
     Postgres(#[from] postgres::Error),
     /// The shared gallery cannot be reached (refused, cut off, shutting down): nothing was
     /// changed.
@@ -54,4 +54,17 @@ pub enum GalleryError {
     /// The live database does not look like a gallery or holds data we cannot read.
     #[error("gallery database is not usable: {0}")]
     Corrupt(String),
+}
+
+/// `e` and what caused it ("error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer", "db error: ERROR: ..."): the client library's own text names only the kind.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -12,10 +12,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, IsolationLevel, NoTls};
+use postgres::{Client, IsolationLevel};
 
 use super::schema::CHANNEL;
 use super::settings::GalleryUrl;
+use crate::gallery::error::with_causes;
 use crate::gallery::index::Index;
 use crate::gallery::sqlite::schema::decode_embedding;
 use crate::gallery::{GalleryError, StoreHealth};
@@ -226,9 +227,8 @@ fn prune(client: &mut Client) -> Result<u64, GalleryError> {
 
 /// Connects with the settings of `url`.
 pub fn connect(url: &GalleryUrl) -> Result<Client, GalleryError> {
-    url.config()
-        .connect(NoTls)
-        .map_err(|e| GalleryError::Unavailable(e.to_string()))
+    url.connect()
+        .map_err(|e| GalleryError::Unavailable(with_causes(&e)))
 }
 
 /// The follower: LISTENs on its own connection, applies changes as they are announced (and

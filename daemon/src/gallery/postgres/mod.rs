@@ -15,6 +15,7 @@ mod backup;
 mod follow;
 mod schema;
 mod settings;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLockReadGuard};

@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use postgres::config::{Host, SslMode};
+use postgres::config::Host;
 use postgres::Config;
+
+use super::tls::Tls;
 
 /// How long connecting may take before the store counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -14,6 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct GalleryUrl {
     config: Config,
+    tls: Tls,
     shown: String,
 }
 
@@ -31,6 +34,7 @@ impl GalleryUrl {
         if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
             return Err("expected a postgresql://user@host:port/database URL".into());
         }
+        let (tls, url) = Tls::from_url(url)?;
         let mut config: Config = url
             .parse()
             .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
@@ -46,13 +50,7 @@ impl GalleryUrl {
             _ => return Err("the URL names several hosts: give one".into()),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(
-                "sslmode=require: this build speaks to PostgreSQL without TLS; use it on a \
-                 trusted network or through a tunnel (sslmode=disable)"
-                    .into(),
-            );
-        }
+        config.ssl_mode(tls.ssl_mode());
         if config.get_password().is_none() {
             if let Some(file) = passfile {
                 if let Some(password) = password_from_file(file, &host, port, &dbname, &user)? {
@@ -71,12 +69,20 @@ impl GalleryUrl {
         config.tcp_user_timeout(Duration::from_secs(10));
         config.application_name("deepstackd");
         let shown = format!("postgresql://{user}@{host}:{port}/{dbname}");
-        Ok(GalleryUrl { config, shown })
+        Ok(GalleryUrl { config, tls, shown })
     }
 
     /// What to connect with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Opens a connection with these settings, over TLS when `sslmode` asks for it.
+    pub fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        match &self.tls.connector {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        }
     }
 
     /// `postgresql://user@host:port/db`, for logs and messages: no password.
@@ -156,7 +162,7 @@ mod tests {
             "mysql://ds@db/faces",
             "postgresql://db.lan/faces",
             "postgresql://ds@a,b/faces",
-            "postgresql://ds@db/faces?sslmode=require",
+            "postgresql://ds@db/faces?sslmode=sometimes",
             "postgresql://ds:s3cret@db/faces?nonsense=1",
         ] {
             let problem = GalleryUrl::parse(bad, None).unwrap_err();
