@@ -19,13 +19,24 @@ pub struct ServerCert<'a> {
 }
 
 impl Postgres {
-    /// A cluster without TLS.
+    /// A cluster without TLS, which does not wait for the disk (`fsync=off`: tests only).
     pub fn start() -> Result<Postgres, String> {
         Postgres::start_with(None)
     }
 
-    /// A cluster that also accepts TLS with `cert` (plain connections stay allowed).
+    /// A cluster that also accepts TLS with `cert` (plain connections stay allowed), with
+    /// `fsync=off`.
     pub fn start_with(cert: Option<ServerCert>) -> Result<Postgres, String> {
+        Postgres::start_configured(cert, false)
+    }
+
+    /// A cluster as installed (`fsync` and `synchronous_commit` on): a commit waits for the
+    /// disk, as an SQLite one does. What the bench compares SQLite against.
+    pub fn start_durable() -> Result<Postgres, String> {
+        Postgres::start_configured(None, true)
+    }
+
+    fn start_configured(cert: Option<ServerCert>, durable: bool) -> Result<Postgres, String> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|dirs| {
@@ -48,12 +59,11 @@ impl Postgres {
             bin,
             dir,
             port,
-            options: vec![
-                format!("-p {port}"),
-                "-c listen_addresses=127.0.0.1".into(),
-                "-c fsync=off".into(),
-            ],
+            options: vec![format!("-p {port}"), "-c listen_addresses=127.0.0.1".into()],
         };
+        if !durable {
+            pg.options.push("-c fsync=off".into());
+        }
         pg.options.push(format!("-k {}", pg.dir.display()));
         if let Some(cert) = cert {
             use std::os::unix::fs::PermissionsExt;

@@ -40,6 +40,17 @@ impl Daemon {
     /// Starts `bin --vision-face --mode Medium --threadcount N` on `data_dir` and waits for its
     /// sd_notify `READY=1` on a socket of ours (sent once the models are loaded and the port bound).
     pub fn start(bin: &Path, data_dir: &Path, threads: usize, log: &Path) -> Result<Daemon, Error> {
+        Daemon::start_with(bin, data_dir, threads, log, &[])
+    }
+
+    /// [`Daemon::start`] with settings of the environment added (`GALLERY_URL`, ...).
+    pub fn start_with(
+        bin: &Path,
+        data_dir: &Path,
+        threads: usize,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, Error> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let sock_path = log.with_extension("notify");
         let _ = std::fs::remove_file(&sock_path);
@@ -49,7 +60,8 @@ impl Daemon {
         for var in deepstackd::config::environment_variables() {
             cmd.env_remove(var);
         }
-        cmd.env("RUST_LOG", "info")
+        cmd.envs(env.iter().copied())
+            .env("RUST_LOG", "info")
             .env("NOTIFY_SOCKET", &sock_path)
             .args(["--vision-face", "--mode", "Medium", "--bind", "127.0.0.1"])
             .args(["--port", &port.to_string()])
@@ -102,6 +114,18 @@ impl Daemon {
     ) -> Result<serde_json::Value, Error> {
         send(self.port, &request(self.port, path, fields, image))
     }
+
+    /// GET `path`: the JSON answer if it is a 200.
+    pub fn get(&self, path: &str) -> Result<serde_json::Value, Error> {
+        let message = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        match exchange(self.port, message.as_bytes())? {
+            (200, json) => Ok(json),
+            (status, json) => Err(format!("status {status}: {json}").into()),
+        }
+    }
 }
 
 impl Drop for Daemon {
@@ -146,6 +170,15 @@ pub fn request(port: u16, path: &str, fields: &[(&str, &str)], image: Option<&[u
 /// Sends a request made by [`request`] on a fresh connection; the JSON answer if it is a 200
 /// with `"success": true`.
 pub fn send(port: u16, message: &[u8]) -> Result<serde_json::Value, Error> {
+    let (status, json) = exchange(port, message)?;
+    if status != 200 || json["success"] != true {
+        return Err(format!("status {status}: {json}").into());
+    }
+    Ok(json)
+}
+
+/// Sends `message` on a fresh connection: the answer's status and JSON body, whatever they say.
+pub fn exchange(port: u16, message: &[u8]) -> Result<(u16, serde_json::Value), Error> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(180)))?;
     stream.write_all(message)?;
@@ -156,7 +189,11 @@ pub fn send(port: u16, message: &[u8]) -> Result<serde_json::Value, Error> {
         .position(|w| w == b"\r\n\r\n")
         .ok_or("no end of headers")?;
     let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head.split(' ').nth(1).unwrap_or("?");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head}"))?;
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
@@ -171,8 +208,5 @@ pub fn send(port: u16, message: &[u8]) -> Result<serde_json::Value, Error> {
             String::from_utf8_lossy(&body)
         )
     })?;
-    if status != "200" || json["success"] != true {
-        return Err(format!("status {status}: {json}").into());
-    }
-    Ok(json)
+    Ok((status, json))
 }

@@ -13,6 +13,9 @@
 //! `profile`: YuNet's time by op kind with tract's kernels only and with ours; see
 //! `profile.rs`.
 //!
+//! `shared-gallery`: the shared PostgreSQL gallery's targets against SQLite, with two
+//! release daemons on a throwaway PostgreSQL cluster; see `shared.rs`.
+//!
 //! `targets`: the performance targets of the project, measured through the real release
 //! daemon over HTTP with the references run in the same invocation; prints
 //! measured / target / ratio / pass for each and exits 0 (it is a report); see `targets.rs`
@@ -24,6 +27,7 @@ mod http;
 mod profile;
 mod pylib;
 mod rss;
+mod shared;
 mod stages;
 mod targets;
 
@@ -76,6 +80,12 @@ usage:
       one thread, and the largest difference between the two plans' outputs
       --repeat N     timed runs (default 20)
       --size WxH     detector input, multiples of 32 (default 640x480)
+  deepstack-bench shared-gallery [--registrations N] [--outage S]
+      the shared PostgreSQL gallery (GALLERY_URL) against SQLite, on a PostgreSQL cluster
+      started in a temp dir (Debian's postgresql): register and READY on 100k samples,
+      cross-node visibility with two writers, and the database stopped under load
+      --registrations N   registrations for the visibility p99, half per node (default 200)
+      --outage S          seconds PostgreSQL stays stopped (default 30)
   deepstack-bench --help
       this text
 
@@ -139,6 +149,7 @@ fn main() -> ExitCode {
         Some("targets") => targets::run(&args[1..]),
         Some("stages") => stages::run(&args[1..]),
         Some("profile") => profile::run(&args[1..]),
+        Some("shared-gallery") => shared::run(&args[1..]),
         _ => {
             args.retain(|a| a != "--bench"); // passed by `cargo bench`
             stages::run(&args)

@@ -30,6 +30,8 @@ use crate::{median, pylib, rss, testdata, workspace, Error, BIG_PHOTO, PHOTO_SET
 
 const USERS: usize = 1_000;
 const SAMPLES_PER_USER: usize = 100;
+/// The samples of the gallery [`gallery_100k`] builds.
+pub const SAMPLES_100K: usize = USERS * SAMPLES_PER_USER;
 /// Register "stays O(1)": the 100k gallery's register median at most this times the empty one's.
 const O1_THRESHOLD: f64 = 1.2;
 /// The per-photo targets of issue 14, as ours / the FP32 onnxruntime pipeline: one
@@ -597,7 +599,7 @@ impl Rng {
 
 /// `target/bench-gallery-100k/`: 1,000 users x 100 samples, random unit embeddings and the
 /// real aligned JPEG crops of the group photo's faces; built once (a `.complete` stamp).
-fn gallery_100k(p: &Pipeline, group: &[u8]) -> Result<PathBuf, Error> {
+pub fn gallery_100k(p: &Pipeline, group: &[u8]) -> Result<PathBuf, Error> {
     let dir = workspace().join("target/bench-gallery-100k");
     let stamp = dir.join(".complete");
     if stamp.exists() {
@@ -646,17 +648,28 @@ fn in_process(
     p: &Pipeline,
     one: &[u8],
 ) -> Result<(f64, (f64, f64)), Error> {
-    let mut rng = Rng(42);
     let gallery = Gallery::open(big)?;
     let (_, samples) = gallery.stats();
-    if samples != USERS * SAMPLES_PER_USER {
+    if samples != SAMPLES_100K {
         return Err(format!(
             "{} has {samples} samples; remove it to rebuild",
             big.display()
         )
         .into());
     }
-    // What recognize asks for each face of the 4-face photo at DeepStack's default 0.67.
+    let matching = matching_median(&gallery);
+    let sample = probe_sample(p, one)?;
+    let on_big = register_median(&gallery, &sample, 20)?;
+    drop(gallery);
+    let empty = Gallery::open(&work.join("gallery-empty"))?;
+    let on_empty = register_median(&empty, &sample, 20)?;
+    Ok((matching, (on_empty, on_big)))
+}
+
+/// Median ms of matching one face against `gallery` over 200 random unit queries, at the
+/// cosine recognize asks for at DeepStack's default confidence 0.67.
+pub fn matching_median(gallery: &Gallery) -> f64 {
+    let mut rng = Rng(42);
     let min_cosine = recognition_cosine_for(DEFAULT_RECOGNITION_CONFIDENCE, &gallery.enrolment());
     let mut v = Vec::new();
     for _ in 0..200 {
@@ -665,31 +678,33 @@ fn in_process(
         std::hint::black_box(gallery.best_matches(&q, min_cosine, 4));
         v.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let matching = median(v);
-    let img = p.decode(one, DecodeLimits::default())?;
+    median(v)
+}
+
+/// The first face of `photo` as a sample to register, as the register route makes it.
+pub fn probe_sample(p: &Pipeline, photo: &[u8]) -> Result<NewSample, Error> {
+    let img = p.decode(photo, DecodeLimits::default())?;
     let faces = p.detect(&img, detection_score_for(DEFAULT_DETECTION_CONFIDENCE))?;
     let face = p.embed(&img, &faces[..1])?.remove(0);
-    let sample = NewSample {
+    Ok(NewSample {
         embedding: face.embedding.0,
         model: p.models().recognizer.sha256.clone(),
         crop: jpeg(&face.crop)?,
         source: "image".into(),
         det_score: 0.9,
         quality: None,
-    };
-    let register = |g: &Gallery| -> Result<f64, Error> {
-        let mut v = Vec::new();
-        for _ in 0..20 {
-            let t = Instant::now();
-            g.register("bench-probe", vec![sample.clone()])?;
-            v.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        g.delete_user("bench-probe")?;
-        Ok(median(v))
-    };
-    let on_big = register(&gallery)?;
-    drop(gallery);
-    let empty = Gallery::open(&work.join("gallery-empty"))?;
-    let on_empty = register(&empty)?;
-    Ok((matching, (on_empty, on_big)))
+    })
+}
+
+/// Median ms of `Gallery::register` of `sample` under one userid, `times` times (the user is
+/// deleted afterwards).
+pub fn register_median(g: &Gallery, sample: &NewSample, times: usize) -> Result<f64, Error> {
+    let mut v = Vec::new();
+    for _ in 0..times {
+        let t = Instant::now();
+        g.register("bench-probe", vec![sample.clone()])?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    g.delete_user("bench-probe")?;
+    Ok(median(v))
 }
