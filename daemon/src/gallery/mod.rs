@@ -16,6 +16,7 @@
 mod error;
 mod index;
 pub mod postgres;
+pub mod recent;
 mod reembed;
 pub mod sqlite;
 
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 pub use error::GalleryError;
 pub use postgres::PostgresGallery;
+pub use recent::{FaceBox, RecentBounds, RecentFace, SeenFace, Sighting};
 pub use reembed::{ReembedProgress, ReembedState, StoredCrop, RESTORED_MEANWHILE};
 pub use sqlite::{SqliteGallery, DB_FILE_NAME};
 
@@ -335,6 +337,36 @@ impl Gallery {
     pub fn reembed_failed(&self, error: String) {
         on_store!(self, g => g.reembed_failed(error))
     }
+
+    /// Stores recent faces and applies `bounds`, in one transaction; how many the bounds
+    /// removed (see [`recent`]).
+    pub fn record_recent(
+        &self,
+        faces: &[SeenFace],
+        bounds: &RecentBounds,
+    ) -> Result<usize, GalleryError> {
+        on_store!(self, g => g.record_recent(faces, bounds))
+    }
+
+    /// Up to `limit` recent faces with an id below `before`, newest first, and how many are
+    /// kept in all.
+    pub fn recent_faces(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<(Vec<RecentFace>, usize), GalleryError> {
+        on_store!(self, g => g.recent_faces(before, limit))
+    }
+
+    /// The JPEG crop of a recent face, `None` if there is no such face.
+    pub fn recent_crop(&self, id: i64) -> Result<Option<Vec<u8>>, GalleryError> {
+        on_store!(self, g => g.recent_crop(id))
+    }
+
+    /// Deletes one recent face (`Some(id)`) or all of them; how many were deleted.
+    pub fn delete_recent(&self, id: Option<i64>) -> Result<usize, GalleryError> {
+        on_store!(self, g => g.delete_recent(id))
+    }
 }
 
 impl FaceStore for Gallery {
@@ -389,7 +421,7 @@ fn check_embedding(embedding: &[f32]) -> Result<(), GalleryError> {
 }
 
 /// Unix time in milliseconds (0 if the clock is before 1970, as on a Pi without RTC at boot).
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

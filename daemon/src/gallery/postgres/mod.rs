@@ -13,6 +13,7 @@
 
 mod backup;
 mod follow;
+mod recent;
 mod schema;
 mod settings;
 mod tls;

@@ -63,6 +63,25 @@ const MIGRATIONS: &[&str] = &[
         embedding BYTEA
     );
     ",
+    // 2: recent faces (gallery::recent), as in SQLite's version 4; every node adds its own.
+    r"
+    CREATE TABLE recent_faces (
+        id         BIGSERIAL PRIMARY KEY,
+        seen_at    BIGINT NOT NULL,
+        camera     TEXT,
+        userid     TEXT,
+        confidence DOUBLE PRECISION NOT NULL,
+        det_score  DOUBLE PRECISION NOT NULL,
+        x_min      BIGINT NOT NULL,
+        y_min      BIGINT NOT NULL,
+        x_max      BIGINT NOT NULL,
+        y_max      BIGINT NOT NULL,
+        embedding  BYTEA NOT NULL CHECK (length(embedding) = 512),
+        model      TEXT NOT NULL,
+        crop       BYTEA NOT NULL
+    );
+    CREATE INDEX recent_faces_by_time ON recent_faces(seen_at);
+    ",
 ];
 
 /// The schema version this build writes and the newest it reads.

@@ -11,6 +11,7 @@ use rusqlite::{ffi, Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use super::schema::{self, CURRENT_VERSION, EMBEDDING_BYTES};
 use super::{load_index, SqliteGallery};
 use crate::gallery::index::Index;
+use crate::gallery::recent;
 use crate::gallery::{check_embedding, GalleryError};
 
 /// Temp files in the data dir start with this; anything older than [`STALE_AFTER`] was left
@@ -67,6 +68,18 @@ impl SqliteGallery {
                     }
                 }
             }
+        }
+        // A backup holds the registered people, not who walked past the cameras: recent
+        // faces stay out, their pages overwritten with zeros.
+        // (A read-only gallery of an older schema may not have the table.)
+        let has_recent: bool = dst.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'recent_faces'",
+            [],
+            |row| row.get(0),
+        )?;
+        if has_recent {
+            dst.pragma_update(None, "secure_delete", true)?;
+            dst.execute_batch(recent::DELETE_ALL)?;
         }
         // The copied header still says WAL; switch the copy to a rollback journal so the
         // backup is one self-contained file that opens anywhere without -wal/-shm companions.

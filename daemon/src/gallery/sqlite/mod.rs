@@ -9,6 +9,7 @@
 
 mod backup;
 mod manage;
+mod recent;
 mod reembed;
 pub(crate) mod schema;
 

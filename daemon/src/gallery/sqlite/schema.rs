@@ -63,6 +63,26 @@ const MIGRATIONS: &[&str] = &[
     r"
     CREATE INDEX samples_embeddings ON samples(user_id, embedding);
     ",
+    // 4: recent faces (gallery::recent): what recognize saw, bounded by time and count.
+    // Not tied to users: the answer given stays what it was after a rename or delete.
+    r"
+    CREATE TABLE recent_faces (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        seen_at    INTEGER NOT NULL,
+        camera     TEXT,
+        userid     TEXT,
+        confidence REAL NOT NULL,
+        det_score  REAL NOT NULL,
+        x_min      INTEGER NOT NULL,
+        y_min      INTEGER NOT NULL,
+        x_max      INTEGER NOT NULL,
+        y_max      INTEGER NOT NULL,
+        embedding  BLOB NOT NULL CHECK (length(embedding) = 512),
+        model      TEXT NOT NULL,
+        crop       BLOB NOT NULL
+    );
+    CREATE INDEX recent_faces_by_time ON recent_faces(seen_at);
+    ",
 ];
 
 /// The schema version this build writes and the newest it can read.

@@ -1,0 +1,98 @@
+//! Recent faces in the PostgreSQL store (see `gallery::recent`): every node adds the faces
+//! it saw to the shared table, and lists all of them. Not in the change log: no index holds
+//! them.
+
+use super::PostgresGallery;
+use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace};
+use crate::gallery::sqlite::schema::encode_embedding;
+use crate::gallery::{now_ms, GalleryError};
+
+impl PostgresGallery {
+    /// Stores `faces` and applies `bounds`, in one transaction; how many the bounds removed.
+    pub fn record_recent(
+        &self,
+        faces: &[SeenFace],
+        bounds: &RecentBounds,
+    ) -> Result<usize, GalleryError> {
+        self.with_client(|client| {
+            let mut tx = client.transaction()?;
+            let insert = tx.prepare(recent::INSERT)?;
+            for SeenFace {
+                sighting: f,
+                embedding,
+                model,
+                crop,
+            } in faces
+            {
+                tx.execute(
+                    &insert,
+                    &[
+                        &f.seen_at,
+                        &f.camera,
+                        &f.userid,
+                        &f64::from(f.confidence),
+                        &f64::from(f.det_score),
+                        &i64::from(f.bbox.x_min),
+                        &i64::from(f.bbox.y_min),
+                        &i64::from(f.bbox.x_max),
+                        &i64::from(f.bbox.y_max),
+                        &encode_embedding(embedding),
+                        model,
+                        crop,
+                    ],
+                )?;
+            }
+            let pruned = tx.execute(recent::PRUNE_OLD, &[&bounds.cutoff_ms(now_ms())])?
+                + tx.execute(recent::PRUNE_COUNT, &[&bounds.max_faces_i64()])?;
+            tx.commit()?;
+            Ok(pruned as usize)
+        })
+    }
+
+    /// Up to `limit` faces with an id below `before`, newest first, and how many are kept.
+    pub fn recent_faces(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<(Vec<RecentFace>, usize), GalleryError> {
+        self.with_client(|client| {
+            let faces = client
+                .query(recent::LIST, &[&before, &(limit as i64)])?
+                .iter()
+                .map(|row| {
+                    recent::listed(
+                        row.get(0),
+                        row.get(1),
+                        row.get(2),
+                        row.get(3),
+                        row.get(4),
+                        row.get(5),
+                        [row.get(6), row.get(7), row.get(8), row.get(9)],
+                    )
+                })
+                .collect();
+            let total: i64 = client.query_one(recent::COUNT, &[])?.get(0);
+            Ok((faces, total as usize))
+        })
+    }
+
+    /// The JPEG crop of a recent face, `None` if there is no such face.
+    pub fn recent_crop(&self, id: i64) -> Result<Option<Vec<u8>>, GalleryError> {
+        self.with_client(|client| {
+            Ok(client
+                .query_opt(recent::CROP, &[&id])?
+                .map(|row| row.get(0)))
+        })
+    }
+
+    /// Deletes one recent face (`Some(id)`) or all; how many were deleted.
+    pub fn delete_recent(&self, id: Option<i64>) -> Result<usize, GalleryError> {
+        self.with_client(|client| {
+            let n = match id {
+                Some(id) => client.execute(recent::DELETE_ONE, &[&id])?,
+                None => client.execute(recent::DELETE_ALL, &[])?,
+            };
+            Ok(n as usize)
+        })
+    }
+}

@@ -1,0 +1,149 @@
+//! Recent faces: every face recognize saw, named or not, with its aligned crop, embedding,
+//! the answer given and when, in the gallery's own database (table `recent_faces`, in both
+//! stores). Kept within [`RecentBounds`]: older than the retention or beyond the newest
+//! `max_faces` is deleted whenever a batch is stored, and hourly by the recorder.
+//!
+//! The statements are shared by both stores: SQLite reads `$1`... as parameters numbered in
+//! the order they first appear, which is how they are written here.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What recognize saw of one face and answered for it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sighting {
+    /// Unix milliseconds.
+    pub seen_at: i64,
+    /// The `camera` form field of the request, if it had one.
+    pub camera: Option<String>,
+    /// The user recognize answered; `None`: unknown.
+    pub userid: Option<String>,
+    /// The confidence it answered with (0 for unknown).
+    pub confidence: f32,
+    /// Detector confidence of the face.
+    pub det_score: f32,
+    /// Where it was in the photo.
+    pub bbox: FaceBox,
+}
+
+/// A face to keep: the sighting and the face itself.
+#[derive(Debug, Clone)]
+pub struct SeenFace {
+    pub sighting: Sighting,
+    /// L2-normalised embedding.
+    pub embedding: Vec<f32>,
+    /// Which model made the embedding.
+    pub model: String,
+    /// JPEG of the aligned 112x112 face.
+    pub crop: Vec<u8>,
+}
+
+/// A face box in pixels of the photo, DeepStack's key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FaceBox {
+    pub y_min: u32,
+    pub x_min: u32,
+    pub y_max: u32,
+    pub x_max: u32,
+}
+
+/// A kept face as the gallery API lists it (crop and embedding fetched apart).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecentFace {
+    /// Never reused.
+    pub id: i64,
+    #[serde(flatten)]
+    pub sighting: Sighting,
+}
+
+/// How much is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentBounds {
+    /// Faces older than this are deleted.
+    pub keep_for: Duration,
+    /// At most this many faces, the newest.
+    pub max_faces: usize,
+}
+
+impl RecentBounds {
+    /// The oldest `seen_at` kept at `now_ms`.
+    pub fn cutoff_ms(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.keep_for.as_millis().min(i64::MAX as u128) as i64)
+    }
+
+    /// `max_faces` as the OFFSET of the newest face past the bound.
+    pub fn max_faces_i64(&self) -> i64 {
+        self.max_faces.min(i64::MAX as usize) as i64
+    }
+}
+
+pub(crate) const INSERT: &str = "INSERT INTO recent_faces(seen_at, camera, userid, confidence,
+    det_score, x_min, y_min, x_max, y_max, embedding, model, crop)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// Older than the retention.
+pub(crate) const PRUNE_OLD: &str = "DELETE FROM recent_faces WHERE seen_at < $1";
+
+/// Beyond the newest `$1`.
+pub(crate) const PRUNE_COUNT: &str = "DELETE FROM recent_faces WHERE id <=
+    (SELECT id FROM recent_faces ORDER BY id DESC LIMIT 1 OFFSET $1)";
+
+/// Newest first, below an id.
+pub(crate) const LIST: &str = "SELECT id, seen_at, camera, userid, confidence, det_score,
+    x_min, y_min, x_max, y_max FROM recent_faces WHERE id < $1 ORDER BY id DESC LIMIT $2";
+
+pub(crate) const COUNT: &str = "SELECT count(*) FROM recent_faces";
+pub(crate) const CROP: &str = "SELECT crop FROM recent_faces WHERE id = $1";
+pub(crate) const DELETE_ONE: &str = "DELETE FROM recent_faces WHERE id = $1";
+pub(crate) const DELETE_ALL: &str = "DELETE FROM recent_faces";
+
+/// A listed row from its columns in [`LIST`]'s order (both stores read them as these types).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn listed(
+    id: i64,
+    seen_at: i64,
+    camera: Option<String>,
+    userid: Option<String>,
+    confidence: f64,
+    det_score: f64,
+    corners: [i64; 4],
+) -> RecentFace {
+    let px = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
+    RecentFace {
+        id,
+        sighting: Sighting {
+            seen_at,
+            camera,
+            userid,
+            confidence: confidence as f32,
+            det_score: det_score as f32,
+            bbox: FaceBox {
+                x_min: px(corners[0]),
+                y_min: px(corners[1]),
+                x_max: px(corners[2]),
+                y_max: px(corners[3]),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cutoff_is_now_minus_the_retention_and_never_overflows() {
+        let bounds = RecentBounds {
+            keep_for: Duration::from_secs(3600),
+            max_faces: 10,
+        };
+        assert_eq!(bounds.cutoff_ms(10_000_000), 10_000_000 - 3_600_000);
+        let forever = RecentBounds {
+            keep_for: Duration::MAX,
+            max_faces: usize::MAX,
+        };
+        assert_eq!(forever.cutoff_ms(5), 5 - i64::MAX); // nothing is ever old
+        assert_eq!(forever.max_faces_i64(), i64::MAX);
+    }
+}
