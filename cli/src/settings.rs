@@ -237,6 +237,26 @@ pub const KEYS: &[Key] = &[
         help: "0 to 1: lowest face quality a registration stores; 0 stores every face (0.3)",
         daemon_default: "0.3",
     },
+    Key {
+        name: "RECENT_FACES_HOURS",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 0,
+            max: 24 * 3653,
+        },
+        help: "hours the faces recognize saw are kept (biometric data, SECURITY.md); 0 keeps none (72)",
+        daemon_default: "72",
+    },
+    Key {
+        name: "RECENT_FACES_MAX",
+        aliases: &[],
+        kind: Kind::Number {
+            min: 1,
+            max: 1_000_000,
+        },
+        help: "most recent faces kept, the newest (2000)",
+        daemon_default: "2000",
+    },
 ];
 
 /// DeepStack settings for APIs this server does not have: named, so the error can say why.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::gallery::postgres::GalleryUrl;
+use crate::gallery::RecentBounds;
 use crate::vision::decode::DEFAULT_MAX_PIXELS;
 use crate::vision::Mode;
 
@@ -38,6 +39,12 @@ pub const DEFAULT_MAX_QUEUE: usize = 64;
 /// Default lowest face quality (0..1, `vision::quality`) a registration sample may have:
 /// refuses faces under about 30 pixels, strongly blurred ones and profiles.
 pub const DEFAULT_MIN_FACE_QUALITY: f32 = 0.3;
+/// Recent faces are kept this many hours (0: not kept at all).
+pub const DEFAULT_RECENT_FACES_HOURS: u64 = 72;
+/// At most this many recent faces (about 5 KB each with their crop).
+pub const DEFAULT_RECENT_FACES_MAX: usize = 2_000;
+/// Longest retention RECENT_FACES_HOURS takes: ten years.
+const MAX_RECENT_FACES_HOURS: u64 = 24 * 3653;
 /// Default deadline for a request body to arrive, in seconds: a photo from a camera on the
 /// LAN takes well under a second; a stalled upload is cut after this.
 pub const DEFAULT_BODY_TIMEOUT_SECS: f64 = 30.0;
@@ -210,6 +217,20 @@ const SETTINGS: &[Setting] = &[
         value: Some("0..1"),
         help: "lowest face quality (size, sharpness, detection, pose) registration stores; 0 stores all [default: 0.3]",
     },
+    Setting {
+        name: "RECENT_FACES_HOURS",
+        aliases: &[],
+        flag: "--recent-faces-hours",
+        value: Some("N"),
+        help: "hours the faces recognize saw are kept (crop, embedding, answer, camera); 0 keeps none [default: 72]",
+    },
+    Setting {
+        name: "RECENT_FACES_MAX",
+        aliases: &[],
+        flag: "--recent-faces-max",
+        value: Some("N"),
+        help: "most recent faces kept, the newest [default: 2000]",
+    },
 ];
 
 /// The daemon's settings.
@@ -252,6 +273,8 @@ pub struct Config {
     pub max_queue: usize,
     /// Lowest face quality a registration sample may have.
     pub min_face_quality: f32,
+    /// How long and how many recent faces are kept; `None`: not kept (RECENT_FACES_HOURS=0).
+    pub recent_faces: Option<RecentBounds>,
     /// Memory request bodies and decoding images may hold at once, in bytes.
     pub memory_budget_bytes: u64,
     /// Deadline for a request body to arrive.
@@ -291,6 +314,7 @@ impl fmt::Debug for Config {
             .field("max_userid_bytes", &self.max_userid_bytes)
             .field("max_queue", &self.max_queue)
             .field("min_face_quality", &self.min_face_quality)
+            .field("recent_faces", &self.recent_faces)
             .field("memory_budget_bytes", &self.memory_budget_bytes)
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
@@ -690,6 +714,14 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
             .filter(|q| (0.0..=1.0).contains(q))
             .ok_or_else(|| invalid("MIN_FACE_QUALITY", "expected a number from 0 to 1"))?,
     };
+    let recent_hours = number("RECENT_FACES_HOURS", 0, MAX_RECENT_FACES_HOURS)?
+        .unwrap_or(DEFAULT_RECENT_FACES_HOURS);
+    let recent_max =
+        number("RECENT_FACES_MAX", 1, 1_000_000)?.map_or(DEFAULT_RECENT_FACES_MAX, |n| n as usize);
+    let recent_faces = (recent_hours > 0).then(|| RecentBounds {
+        keep_for: Duration::from_secs(recent_hours * 3600),
+        max_faces: recent_max,
+    });
     // A key longer than a text field may be could never be sent. The message shows its
     // length, never the key.
     for name in ["API-KEY", "ADMIN-KEY"] {
@@ -723,6 +755,7 @@ fn build(raw: &Raw, warnings: Vec<String>) -> Result<Config, ConfigError> {
         max_userid_bytes,
         max_queue,
         min_face_quality,
+        recent_faces,
         memory_budget_bytes,
         body_timeout,
         max_connections,

@@ -10,5 +10,6 @@ pub mod gallery;
 pub mod http;
 pub mod inference;
 pub mod memory;
+pub mod recent_recorder;
 pub mod service;
 pub mod vision;

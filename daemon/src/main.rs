@@ -11,6 +11,7 @@ use deepstackd::gallery::Gallery;
 use deepstackd::http::{self, Access, AppState, Listen, UploadLimits};
 use deepstackd::inference::InferencePool;
 use deepstackd::memory;
+use deepstackd::recent_recorder::RecentRecorder;
 use deepstackd::service;
 use deepstackd::vision::{ModelFiles, Pipeline};
 
@@ -125,6 +126,21 @@ fn run(config: Config) -> Result<(), String> {
     .map_err(|e| format!("cannot start the inference threads: {e}"))?;
     spawn_idle_trimmer(pool.clone())
         .map_err(|e| format!("cannot start the memory trimmer thread: {e}"))?;
+    let gallery = Arc::new(gallery);
+    let recent = match config.recent_faces {
+        Some(bounds) => {
+            let model = pool.pipeline().models().recognizer.sha256.clone();
+            let recorder = RecentRecorder::start(Arc::downgrade(&gallery), bounds, model)
+                .map_err(|e| format!("cannot start the recent faces thread: {e}"))?;
+            log::info!(
+                "recent faces: kept {} h, at most {}",
+                bounds.keep_for.as_secs() / 3600,
+                bounds.max_faces
+            );
+            Some(Arc::new(recorder))
+        }
+        None => None,
+    };
     let state = AppState {
         access: Access {
             api_key: config.api_key.clone(),
@@ -132,7 +148,8 @@ fn run(config: Config) -> Result<(), String> {
             faces_enabled: config.vision_face,
         },
         pool,
-        gallery: Arc::new(gallery),
+        gallery,
+        recent,
         limits: UploadLimits {
             budget: MemoryBudget::new(config.memory_budget_bytes),
             body_timeout: config.body_timeout,

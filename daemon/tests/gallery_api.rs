@@ -6,7 +6,7 @@ mod common;
 mod harness;
 
 use harness::routes::*;
-use harness::{urlencoded, Body, Daemon, Multipart, Response, Server};
+use harness::{ok, urlencoded, Body, Daemon, Multipart, Response, Server};
 use serde_json::{json, Value};
 
 const FACES_ON: (&str, &str) = ("VISION-FACE", "True");
@@ -30,17 +30,6 @@ fn segment(userid: &str) -> String {
 
 fn user_path(userid: &str, rest: &str) -> String {
     format!("{GALLERY_USERS}/{}{rest}", segment(userid))
-}
-
-fn ok(res: Response) -> Value {
-    let body = res.json();
-    assert_eq!(
-        (res.status, &body["success"]),
-        (200, &json!(true)),
-        "{body}"
-    );
-    assert_eq!(body["duration"], json!(0));
-    body
 }
 
 fn assert_error(res: &Response, status: u16, error: &str) {

@@ -148,6 +148,22 @@ fn a_change_on_one_node_shows_on_the_other() {
         gallery_status(&a)["applied_change"],
         gallery_status(&b)["applied_change"]
     );
+
+    // Recent faces from both nodes land in the shared table, the answers as they were given.
+    let answers = |node: &Node| -> Vec<Value> {
+        let page = node.get("/v1/gallery/recent").json();
+        page["faces"]
+            .as_array()
+            .map(|faces| faces.iter().map(|f| f["userid"].clone()).collect())
+            .unwrap_or_default()
+    };
+    let expected = [Value::Null, "Obama".into(), "Barack Obama".into()];
+    eventually(
+        VISIBLE_WITHIN,
+        "both nodes' recent faces in the shared table",
+        || answers(&a) == expected,
+    );
+    assert_eq!(answers(&b), expected);
 }
 
 #[test]

@@ -117,6 +117,12 @@ pub enum ApiError {
     /// Ours (gallery API): a rename onto an existing userid without `merge=true`.
     #[error("userid already exists")]
     UseridExists,
+    /// Ours (gallery API): no recent face of that id.
+    #[error("face not found")]
+    UnknownRecentFace,
+    /// Ours (gallery API): a query parameter out of its range; `reason` says which.
+    #[error("invalid parameter")]
+    InvalidParameter { reason: String },
     /// Ours (gallery API): a second re-embedding while one runs.
     #[error("re-embedding already running")]
     ReembedRunning,
@@ -153,9 +159,10 @@ impl ResponseError for ApiError {
             | ApiError::BodyTimeout { .. }
             | ApiError::StorageUnavailable { .. }
             | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::NotFound | ApiError::UnknownUserid | ApiError::UnknownSample => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound
+            | ApiError::UnknownUserid
+            | ApiError::UnknownSample
+            | ApiError::UnknownRecentFace => StatusCode::NOT_FOUND,
             ApiError::UseridExists | ApiError::ReembedRunning => StatusCode::CONFLICT,
             ApiError::NoFaceFound | ApiError::InvalidBackupFile => StatusCode::OK,
             ApiError::NoImage
@@ -167,7 +174,8 @@ impl ResponseError for ApiError {
             | ApiError::NoFaceDetected { .. }
             | ApiError::OnlyOneImage
             | ApiError::TooManyImages
-            | ApiError::NoBackupFile => StatusCode::BAD_REQUEST,
+            | ApiError::NoBackupFile
+            | ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -193,7 +201,9 @@ impl ResponseError for ApiError {
         let overloaded;
         let reason = match self {
             ApiError::InvalidImage { reason } => reason.as_deref(),
-            ApiError::InvalidUserid { reason } => Some(reason.as_str()),
+            ApiError::InvalidUserid { reason } | ApiError::InvalidParameter { reason } => {
+                Some(reason.as_str())
+            }
             ApiError::NoFaceDetected { reason } => reason.as_deref(),
             ApiError::StorageUnavailable { reason, .. } => Some(*reason),
             ApiError::Overloaded { queued } => {

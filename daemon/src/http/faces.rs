@@ -9,7 +9,8 @@ use super::form::{FieldProblem, FilePart, Form};
 use super::jobs::{self, PixelBox, Skipped};
 use super::logging::FaceCount;
 use super::AppState;
-use crate::gallery::RegisterOutcome;
+use crate::gallery::{now_ms, FaceBox, RegisterOutcome, Sighting};
+use crate::recent_recorder::NewRecentFace;
 use crate::vision::calibration::{DEFAULT_DETECTION_CONFIDENCE, DEFAULT_RECOGNITION_CONFIDENCE};
 
 /// `{"success": true, ..., "duration": 0}` around a route's own fields.
@@ -75,6 +76,9 @@ struct Faces {
 
 /// What recognize answers for a face nobody matched.
 const UNKNOWN: &str = "unknown";
+
+/// Longest `camera` name kept with a recent face, in characters.
+const MAX_CAMERA_CHARS: usize = 64;
 
 /// `min_confidence`: missing or empty means `default`; then DeepStack's two checks.
 fn min_confidence(form: &Form, default: f32) -> Result<f32, ApiError> {
@@ -178,15 +182,49 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
         .run(move |p| jobs::recognize(p, &*gallery, &file, &limits, threshold))
         .await??;
     let predictions: Vec<Recognition> = faces
-        .into_iter()
+        .iter()
         .map(|f| Recognition {
             confidence: f.confidence,
-            userid: f.userid.unwrap_or_else(|| UNKNOWN.to_owned()),
+            userid: f.userid.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
             bbox: f.bbox,
         })
         .collect();
+    if let Some(recent) = &state.recent {
+        let (camera, seen_at) = (camera(&form), now_ms());
+        recent.record(faces.into_iter().map(|f| NewRecentFace {
+            sighting: Sighting {
+                seen_at,
+                camera: camera.clone(),
+                userid: f.userid,
+                confidence: f.confidence,
+                det_score: f.seen.face.score,
+                bbox: FaceBox {
+                    y_min: f.bbox.y_min,
+                    x_min: f.bbox.x_min,
+                    y_max: f.bbox.y_max,
+                    x_max: f.bbox.x_max,
+                },
+            },
+            embedding: f.seen.embedding.0,
+            crop: f.seen.crop,
+        }));
+    }
     let n = predictions.len();
     Ok(success(Predictions { predictions }, n))
+}
+
+/// The optional `camera` field of recognize (ours; DeepStack clients do not send it): kept
+/// with the recent faces, control characters dropped, at most [`MAX_CAMERA_CHARS`]
+/// characters. Anything unusable is no camera rather than a refused request.
+fn camera(form: &Form) -> Option<String> {
+    let name: String = form
+        .field("camera")?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_CAMERA_CHARS)
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 /// POST /v1/vision/face/register: every file part adds a sample.

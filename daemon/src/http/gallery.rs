@@ -1,5 +1,6 @@
 //! The gallery API (ours, next to DeepStack's routes): list users and their samples, fetch a
-//! sample's face crop, remove one sample or a user, rename or merge users. Documented in
+//! sample's face crop, remove one sample or a user, rename or merge users; list, fetch and
+//! forget the recent faces recognize saw. Documented in
 //! `openapi.json` (served at `/openapi.json`).
 //!
 //! Keys: the API key from `X-Api-Key` or the `api_key` field, then `VISION-FACE`, as on the
@@ -14,7 +15,7 @@ use super::error::ApiError;
 use super::faces::{check_new_userid, success, Nothing};
 use super::form::{FieldProblem, Form};
 use super::AppState;
-use crate::gallery::{RenameOutcome, SampleInfo, UserSummary};
+use crate::gallery::{RecentFace, RenameOutcome, SampleInfo, UserSummary};
 use crate::vision::quality::Quality;
 
 #[derive(Serialize)]
@@ -113,15 +114,19 @@ pub async fn crop(
     let crop = blocking(move || gallery.sample_crop(id))
         .await?
         .ok_or(ApiError::UnknownSample)?;
-    Ok(HttpResponse::Ok()
+    Ok(jpeg(crop))
+}
+
+/// A face crop's answer. A face is personal data: no shared cache keeps it. Sample and
+/// recent face ids are never reused, so the browser's own copy stays right.
+fn jpeg(crop: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok()
         .content_type("image/jpeg")
-        // A face is personal data: no shared cache keeps it. Sample ids are never reused,
-        // so the browser's own copy stays right.
         .insert_header(CacheControl(vec![
             CacheDirective::Private,
             CacheDirective::MaxAge(3600),
         ]))
-        .body(crop))
+        .body(crop)
 }
 
 /// DELETE /v1/gallery/samples/{id}: removes one sample (the user stays).
@@ -197,4 +202,116 @@ pub async fn rename(
 /// A sample id from the path; anything but a whole number is no sample.
 fn sample_id(text: &str) -> Result<i64, ApiError> {
     text.parse().map_err(|_| ApiError::UnknownSample)
+}
+
+/// Most recent faces one page lists.
+const MAX_RECENT_PAGE: usize = 500;
+
+#[derive(Serialize)]
+struct RecentPage {
+    /// Newest first.
+    faces: Vec<RecentFace>,
+    /// How many are kept in all.
+    total: usize,
+    /// Whether recognize keeps the faces it sees (RECENT_FACES_HOURS > 0).
+    recording: bool,
+}
+
+/// GET /v1/gallery/recent?limit=N&before=ID: the faces recognize saw, newest first, `limit`
+/// of them (default 100, at most 500) with an id below `before` (the next page: the last
+/// id of this one).
+pub async fn recent(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let mut limit = 100;
+    let mut before = i64::MAX;
+    for (key, value) in req
+        .query_string()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+    {
+        let bad = || ApiError::InvalidParameter {
+            reason: format!("{key}: expected a whole number, got {value:?}"),
+        };
+        match key {
+            "limit" => {
+                limit = value.parse().map_err(|_| bad())?;
+                if !(1..=MAX_RECENT_PAGE).contains(&limit) {
+                    return Err(ApiError::InvalidParameter {
+                        reason: format!("limit: from 1 to {MAX_RECENT_PAGE}"),
+                    });
+                }
+            }
+            "before" => before = value.parse().map_err(|_| bad())?,
+            _ => {}
+        }
+    }
+    let gallery = state.gallery.clone();
+    let (faces, total) = blocking(move || gallery.recent_faces(before, limit)).await?;
+    let recording = state.recent.is_some();
+    Ok(success(
+        RecentPage {
+            faces,
+            total,
+            recording,
+        },
+        0,
+    ))
+}
+
+/// GET /v1/gallery/recent/{id}/crop.jpg: the aligned 112x112 crop of a recent face.
+pub async fn recent_crop(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let id = recent_id(&id)?;
+    let gallery = state.gallery.clone();
+    let crop = blocking(move || gallery.recent_crop(id))
+        .await?
+        .ok_or(ApiError::UnknownRecentFace)?;
+    Ok(jpeg(crop))
+}
+
+/// DELETE /v1/gallery/recent/{id}: forgets one recent face.
+pub async fn delete_recent(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let id = recent_id(&id)?;
+    let gallery = state.gallery.clone();
+    if blocking(move || gallery.delete_recent(Some(id))).await? == 0 {
+        return Err(ApiError::UnknownRecentFace);
+    }
+    Ok(success(Nothing {}, 0))
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    deleted: usize,
+}
+
+/// DELETE /v1/gallery/recent: forgets every recent face.
+pub async fn delete_all_recent(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let gallery = state.gallery.clone();
+    let deleted = blocking(move || gallery.delete_recent(None)).await?;
+    Ok(success(Deleted { deleted }, 0))
+}
+
+/// A recent face id from the path; anything but a whole number is no face.
+fn recent_id(text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| ApiError::UnknownRecentFace)
 }

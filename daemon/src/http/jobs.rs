@@ -3,10 +3,8 @@
 //! Plain blocking functions of the pipeline and the gallery; the handlers validate the form
 //! first, then hand one of these to the pool and turn its result into JSON.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
-use image::codecs::jpeg::JpegEncoder;
 use image::RgbImage;
 use serde::Serialize;
 
@@ -20,16 +18,13 @@ use crate::vision::calibration::{
 };
 use crate::vision::compare::assign_users;
 use crate::vision::quality::Quality;
-use crate::vision::{BBox, DecodeLimits, Face, Photo, Pipeline};
+use crate::vision::{BBox, DecodeLimits, EmbeddedFace, Face, Photo, Pipeline};
 
 /// A second face at least this fraction of the largest face's area makes a registration photo
 /// ambiguous: with two similar faces (a couple, a poster behind the person) we cannot tell
 /// whose name the userid is, and a wrong sample would make strangers match. Below it, the
 /// smaller faces are taken for bystanders.
 pub const AMBIGUOUS_AREA_RATIO: f32 = 0.8;
-
-/// JPEG quality of the stored face crops: faithful enough to re-embed with a new model.
-pub const CROP_JPEG_QUALITY: u8 = 90;
 
 /// Skip reason: no face in a registration photo.
 pub const SKIP_NO_FACE: &str = "no face detected";
@@ -107,6 +102,8 @@ pub struct RecognizedFace {
     pub confidence: f32,
     /// Where.
     pub bbox: PixelBox,
+    /// The face itself (crop, embedding, detector score), for recent faces.
+    pub seen: EmbeddedFace,
 }
 
 /// A registration photo that gave no sample, and why.
@@ -231,20 +228,18 @@ pub fn recognize(
     let (w, h) = img.dimensions();
     Ok(assign_users(&candidates, threshold)
         .into_iter()
-        .zip(&faces)
-        .map(|(assigned, face)| {
-            let bbox = PixelBox::new(&face.bbox, w, h);
-            match assigned {
-                Some((user, confidence)) => RecognizedFace {
-                    userid: Some(user),
-                    confidence,
-                    bbox,
-                },
-                None => RecognizedFace {
-                    userid: None,
-                    confidence: 0.0,
-                    bbox,
-                },
+        .zip(embedded)
+        .map(|(assigned, seen)| {
+            let bbox = PixelBox::new(&seen.face.bbox, w, h);
+            let (userid, confidence) = match assigned {
+                Some((user, confidence)) => (Some(user), confidence),
+                None => (None, 0.0),
+            };
+            RecognizedFace {
+                userid,
+                confidence,
+                bbox,
+                seen,
             }
         })
         .collect())
@@ -278,11 +273,7 @@ fn largest_face(faces: &[Face]) -> Option<Face> {
 }
 
 fn encode_crop(crop: &RgbImage) -> Result<Vec<u8>, ApiError> {
-    let mut out = Cursor::new(Vec::new());
-    JpegEncoder::new_with_quality(&mut out, CROP_JPEG_QUALITY)
-        .encode_image(crop)
-        .map_err(ApiError::internal)?;
-    Ok(out.into_inner())
+    crate::vision::crop_jpeg(crop).map_err(ApiError::internal)
 }
 
 /// One sample per usable photo, all stored in one gallery transaction.

@@ -31,6 +31,7 @@ pub use page::{OPENAPI_JSON, PAGE_HTML};
 
 use crate::gallery::Gallery;
 use crate::inference::InferencePool;
+use crate::recent_recorder::RecentRecorder;
 
 /// Deadline for a request's head (request line and headers) to arrive.
 pub const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -48,6 +49,8 @@ pub struct AppState {
     pub gallery: Arc<Gallery>,
     /// Limits applied to uploads.
     pub limits: UploadLimits,
+    /// Where recognize hands the faces it saw; `None` with RECENT_FACES_HOURS=0.
+    pub recent: Option<Arc<RecentRecorder>>,
     /// Most open HTTP connections (MAX_CONNECTIONS).
     pub max_connections: usize,
     /// When the server started (status page).
@@ -94,6 +97,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/gallery/samples/{id}",
             web::delete().to(gallery::delete_sample),
+        )
+        .route("/v1/gallery/recent", web::get().to(gallery::recent))
+        .route(
+            "/v1/gallery/recent",
+            web::delete().to(gallery::delete_all_recent),
+        )
+        .route(
+            "/v1/gallery/recent/{id}/crop.jpg",
+            web::get().to(gallery::recent_crop),
+        )
+        .route(
+            "/v1/gallery/recent/{id}",
+            web::delete().to(gallery::delete_recent),
         )
         .route("/v1/gallery/reembed", web::post().to(reembed::start))
         .route("/openapi.json", web::get().to(page::openapi))

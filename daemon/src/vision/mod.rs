@@ -44,6 +44,18 @@ impl From<tract_onnx::prelude::TractError> for VisionError {
     }
 }
 
+/// JPEG quality of the stored face crops (samples, recent faces): faithful enough to
+/// re-embed with a new model.
+pub const CROP_JPEG_QUALITY: u8 = 90;
+
+/// The aligned crop as the JPEG the gallery stores.
+pub fn crop_jpeg(crop: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, CROP_JPEG_QUALITY)
+        .encode_image(crop)?;
+    Ok(out.into_inner())
+}
+
 /// A face found in a photo, with its aligned crop and embedding.
 #[derive(Debug, Clone)]
 pub struct EmbeddedFace {

@@ -313,6 +313,19 @@ fn encode_urlencoded(pairs: &[(String, String)]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The JSON of a 200 answer with `"success": true` and DeepStack's `"duration": 0`;
+/// panics with the body otherwise.
+pub fn ok(res: Response) -> Value {
+    let body = res.json();
+    assert_eq!(
+        (res.status, &body["success"]),
+        (200, &Value::Bool(true)),
+        "{body}"
+    );
+    assert_eq!(body["duration"], Value::from(0));
+    body
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Response {

@@ -1,0 +1,185 @@
+//! Recent faces over real HTTP: the real `deepstackd`, real photos, a real SQLite file. What
+//! recognize saw is kept (named and unknown, with the camera field), listed newest first in
+//! pages, its crops served, forgotten one by one or all, bounded by RECENT_FACES_MAX, off
+//! with RECENT_FACES_HOURS=0, kept across a restart and left out of backups.
+
+mod common;
+#[path = "api/harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::routes::*;
+use harness::{fields, ok, Body, Daemon, Multipart, Server};
+use serde_json::{json, Value};
+
+const FACES_ON: (&str, &str) = ("VISION-FACE", "True");
+const RECENT: &str = "/v1/gallery/recent";
+
+fn recognize(d: &Daemon, photo: &str, camera: Option<&str>) -> Value {
+    let mut form = Multipart::new().file("image", &common::photo_bytes(photo));
+    if let Some(camera) = camera {
+        form = form.text("camera", camera);
+    }
+    ok(d.post(RECOGNIZE, &form.body()))
+}
+
+fn recent(d: &Daemon, query: &str) -> Value {
+    ok(d.get(&format!("{RECENT}{query}")))
+}
+
+/// The recent faces once `done` holds for them (they are stored off the request path, within
+/// about a second); panics after 10 s.
+fn recent_when(d: &Daemon, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let page = recent(d, "");
+        if done(&page) {
+            return page;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "recent faces never got there: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn recognize_keeps_what_it_saw_and_the_api_lists_serves_and_forgets_it() {
+    let d = Server::start(&[FACES_ON]);
+    let form = Multipart::new()
+        .file("image", &common::photo_bytes("obama.jpg"))
+        .text("userid", "Barack Obama");
+    ok(d.post(REGISTER, &form.body()));
+    assert_eq!(recent(&d, "")["total"], json!(0));
+
+    let named = recognize(&d, "obama2.jpg", Some("front door\u{7}"));
+    let named = &named["predictions"][0];
+    assert_eq!(named["userid"], json!("Barack Obama"));
+    let stranger = recognize(&d, "biden.jpg", None);
+    let stranger = &stranger["predictions"][0];
+    assert_eq!(stranger["userid"], json!("unknown"));
+
+    let page = recent_when(&d, |p| p["total"] == json!(2));
+    assert_eq!(page["recording"], json!(true));
+    let faces = page["faces"].as_array().unwrap();
+    // Newest first: the stranger, then the named face, as recognize answered them.
+    assert_eq!(faces[0]["userid"], Value::Null);
+    assert_eq!(faces[0]["camera"], Value::Null);
+    assert_eq!(faces[1]["userid"], json!("Barack Obama"));
+    assert_eq!(
+        faces[1]["camera"],
+        json!("front door"),
+        "control character dropped"
+    );
+    let close = |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-6;
+    assert!(
+        close(&faces[1]["confidence"], &named["confidence"]),
+        "{page}"
+    );
+    for (face, answer) in [(&faces[0], stranger), (&faces[1], named)] {
+        for corner in ["x_min", "y_min", "x_max", "y_max"] {
+            assert_eq!(face["bbox"][corner], answer[corner], "{corner}: {page}");
+        }
+        assert!(face["det_score"].as_f64().unwrap() > 0.5, "{page}");
+    }
+    let (newest, older) = (
+        faces[0]["id"].as_i64().unwrap(),
+        faces[1]["id"].as_i64().unwrap(),
+    );
+    assert!(newest > older);
+
+    // The crop is the aligned face.
+    let crop = d.get(&format!("{RECENT}/{older}/crop.jpg"));
+    assert_eq!(crop.status, 200);
+    assert_eq!(crop.header("content-type"), Some("image/jpeg"));
+    let img = image::load_from_memory(&crop.body).unwrap();
+    assert_eq!((img.width(), img.height()), (112, 112));
+
+    // Pages.
+    let first = recent(&d, "?limit=1");
+    assert_eq!(first["faces"].as_array().unwrap().len(), 1);
+    assert_eq!(first["faces"][0]["id"], json!(newest));
+    let next = recent(&d, &format!("?limit=1&before={newest}"));
+    assert_eq!(next["faces"][0]["id"], json!(older));
+    for bad in ["?limit=0", "?limit=501", "?limit=ten", "?before=x"] {
+        let res = d.get(&format!("{RECENT}{bad}"));
+        assert_eq!(res.status, 400, "{bad}");
+        assert_eq!(res.json()["error"], json!("invalid parameter"), "{bad}");
+        assert!(res.json()["reason"].is_string(), "{bad}");
+    }
+
+    // A backup holds the gallery, not who walked past.
+    let backup = d.post(BACKUP, &fields(&[]).body());
+    assert_eq!(backup.status, 200);
+    let file = d.tmp.path().join("backup.sqlite3");
+    std::fs::write(&file, &backup.body).unwrap();
+    let db = rusqlite::Connection::open(&file).unwrap();
+    let kept: i64 = db
+        .query_row("SELECT count(*) FROM recent_faces", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 0);
+    drop(db);
+
+    // Forgetting one.
+    assert_eq!(
+        d.request("DELETE", &format!("{RECENT}/{newest}"), &Body::Empty)
+            .unwrap()
+            .status,
+        200
+    );
+    for res in [
+        d.request("DELETE", &format!("{RECENT}/{newest}"), &Body::Empty)
+            .unwrap(),
+        d.get(&format!("{RECENT}/{newest}/crop.jpg")),
+    ] {
+        assert_eq!(res.status, 404);
+        assert_eq!(res.json()["error"], json!("face not found"));
+    }
+
+    // What is kept survives a restart; then everything is forgotten at once.
+    let data_dir = d.data_dir();
+    let Server { daemon, tmp } = d;
+    assert!(daemon.terminate().success());
+    let d = Daemon::start(&data_dir, &[FACES_ON]);
+    let page = recent(&d, "");
+    assert_eq!(page["total"], json!(1));
+    assert_eq!(page["faces"][0]["id"], json!(older));
+    let cleared = ok(d.request("DELETE", RECENT, &Body::Empty).unwrap());
+    assert_eq!(cleared["deleted"], json!(1));
+    assert_eq!(recent(&d, "")["total"], json!(0));
+    drop(tmp);
+}
+
+#[test]
+fn recent_faces_max_keeps_the_newest_and_zero_hours_keeps_none() {
+    let d = Server::start(&[FACES_ON, ("RECENT_FACES_MAX", "3")]);
+    // Two photos of four faces: eight seen, the newest three kept (ids are never reused,
+    // so the newest is the eighth).
+    recognize(&d, "group_1280x720.jpg", None);
+    recognize(&d, "group_1280x720.jpg", Some("hall"));
+    let page = recent_when(&d, |p| p["faces"][0]["id"] == json!(8));
+    assert_eq!(page["total"], json!(3), "{page}");
+    let ids: Vec<i64> = page["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [8, 7, 6]);
+    assert!(page["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["camera"] == json!("hall")));
+
+    let off = Server::start(&[FACES_ON, ("RECENT_FACES_HOURS", "0")]);
+    recognize(&off, "group_1280x720.jpg", None);
+    std::thread::sleep(Duration::from_secs(2));
+    let page = recent(&off, "");
+    assert_eq!(
+        (&page["total"], &page["recording"]),
+        (&json!(0), &json!(false))
+    );
+}
