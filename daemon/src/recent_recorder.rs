@@ -18,8 +18,9 @@ use image::RgbImage;
 
 use crate::gallery::{Gallery, RecentBounds, SeenFace, Sighting};
 
-/// Faces waiting to be stored; past it new ones are dropped.
-const QUEUE_FACES: usize = 1_024;
+/// Faces waiting to be stored; past it new ones are dropped. A queued face holds its raw
+/// crop (112 x 112 x 3 bytes) and embedding: about 38 KB, so at most ~10 MB in all.
+const QUEUE_FACES: usize = 256;
 /// A batch is stored when this many faces wait, or [`BATCH_AFTER`] after its first.
 const BATCH_FACES: usize = 64;
 const BATCH_AFTER: Duration = Duration::from_secs(1);

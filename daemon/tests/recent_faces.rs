@@ -63,6 +63,10 @@ fn recognize_keeps_what_it_saw_and_the_api_lists_serves_and_forgets_it() {
 
     let page = recent_when(&d, |p| p["total"] == json!(2));
     assert_eq!(page["recording"], json!(true));
+    assert_eq!(
+        d.status()["recent_faces"],
+        json!({"recording": true, "dropped": 0})
+    );
     let faces = page["faces"].as_array().unwrap();
     // Newest first: the stranger, then the named face, as recognize answered them.
     assert_eq!(faces[0]["userid"], Value::Null);

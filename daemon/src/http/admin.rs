@@ -65,6 +65,14 @@ struct Status {
     reembed: ReembedProgress,
     /// Which store holds the gallery and whether it can be reached.
     gallery: StoreHealth,
+    /// Whether recognize keeps the faces it sees, and how many a full queue dropped.
+    recent_faces: RecentStatus,
+}
+
+#[derive(Serialize)]
+struct RecentStatus {
+    recording: bool,
+    dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -109,6 +117,10 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
             threadcount: state.pool.threads(),
             reembed: state.gallery.reembed_progress(),
             gallery: state.gallery.health(),
+            recent_faces: RecentStatus {
+                recording: state.recent.is_some(),
+                dropped: state.recent.as_ref().map_or(0, |r| r.dropped()),
+            },
         },
         0,
     )

@@ -259,6 +259,18 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     )?;
     let two_clients = throughput(daemon.port, &[request], 2, opts.duration)?;
     drop(daemon);
+    let (recent_on, recent_off) = recent_faces_cost(&bin, &work, threads, &group, opts.repeat)?;
+    println!(
+        "recognize 720p, 4 faces, recent faces kept / not (RECENT_FACES_HOURS=0), alternating, \
+         median of {}: {recent_on:.2} / {recent_off:.2} ms",
+        2 * opts.repeat
+    );
+    rows.push(Row::new(
+        "recognize 720p: recent faces on minus off (<= +2 ms)",
+        recent_on - recent_off,
+        2.0,
+        "ms",
+    ));
 
     // One core: a request alone embeds its faces on the idle inference threads too, so the
     // per-core speed and the scaling from one core to two are measured with THREADCOUNT=1.
@@ -499,6 +511,38 @@ fn recognize_ms(d: &Daemon, photo: &[u8], repeat: usize, faces: usize) -> Result
         v.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(median(v))
+}
+
+/// Median recognize ms of the 4-face photo on the small gallery from a daemon that keeps
+/// recent faces (the default) and one that does not, side by side, requests alternating.
+fn recent_faces_cost(
+    bin: &Path,
+    work: &Path,
+    threads: usize,
+    group: &[u8],
+    repeat: usize,
+) -> Result<(f64, f64), Error> {
+    let gallery = work.join("gallery-small");
+    let on = Daemon::start(bin, &gallery, threads, &work.join("recent-on.log"))?;
+    let off = Daemon::start_with(
+        bin,
+        &gallery,
+        threads,
+        &work.join("recent-off.log"),
+        &[("RECENT_FACES_HOURS", "0")],
+    )?;
+    let (mut on_ms, mut off_ms) = (Vec::new(), Vec::new());
+    for i in 0..=2 * repeat {
+        for (d, v) in [(&on, &mut on_ms), (&off, &mut off_ms)] {
+            let request = http::request(d.port, RECOGNIZE, &[], Some(group));
+            let t = Instant::now();
+            http::send(d.port, &request)?;
+            if i > 0 {
+                v.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    Ok((median(on_ms), median(off_ms)))
 }
 
 /// Median ms of registering a one-face photo (`bench-probe`, deleted afterwards).
