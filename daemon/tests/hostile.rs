@@ -65,6 +65,8 @@ struct Suite {
     daemon: Daemon,
     db: PathBuf,
     fingerprint: String,
+    /// Recent faces kept so far: recognize keeps every face it answers for (a write).
+    recent: i64,
     cases: Vec<String>,
     failed: Vec<String>,
     _tmp: tempfile::TempDir,
@@ -81,6 +83,7 @@ impl Suite {
             daemon,
             db,
             fingerprint,
+            recent: 0,
             cases: Vec::new(),
             failed: Vec::new(),
             _tmp: tmp,
@@ -112,6 +115,20 @@ impl Suite {
             )
         });
         let text = res.text();
+        // Faces a recognize answer named or called unknown are kept as recent faces, stored
+        // by the recorder thread up to a second later: wait for them, so that the write is
+        // counted here and not seen as the next case changing the gallery.
+        let recognized = serde_json::from_slice::<Value>(&res.body)
+            .ok()
+            .and_then(|b| b["predictions"].as_array().cloned())
+            .map_or(0, |p| {
+                p.iter().filter(|f| f.get("userid").is_some()).count()
+            });
+        let write = write || recognized > 0;
+        if recognized > 0 {
+            self.recent += recognized as i64;
+            wait_for_recent_faces(&self.db, self.recent, name);
+        }
         match want {
             Want::Error(status, error, reason) => {
                 assert_eq!(res.status, status, "case {name:?}: {text}");
@@ -167,6 +184,28 @@ impl Suite {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM")
+    }
+}
+
+/// Waits (10 s at most) until the gallery keeps `want` recent faces.
+fn wait_for_recent_faces(db: &Path, want: i64, case: &str) {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM recent_faces", [], |r| r.get(0))
+            .unwrap();
+        if kept == want {
+            return;
+        }
+        assert!(
+            kept < want && std::time::Instant::now() < deadline,
+            "case {case:?}: {kept} recent faces kept, {want} expected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
