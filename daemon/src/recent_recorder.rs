@@ -4,6 +4,9 @@
 //! sooner when [`BATCH_FACES`] are waiting: one fsync for many faces, which an SD card
 //! likes), applying the bounds as it goes and hourly when idle.
 //!
+//! Unknown faces are grouped as they are stored (`gallery::strangers`); the thread holds the
+//! groups, which the store brings up to date at every batch.
+//!
 //! Best effort by design: a full queue drops faces (counted, logged), a store that cannot be
 //! reached (PostgreSQL down) loses that batch with a warning, a crash loses the last second.
 //! Nothing of it touches the gallery's registered samples.
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
+use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{Gallery, RecentBounds, SeenFace, Sighting};
 
 /// Faces waiting to be stored; past it new ones are dropped. A queued face holds its raw
@@ -100,11 +104,12 @@ fn store_batches(
     bounds: &RecentBounds,
     model: &str,
 ) {
+    let mut groups = StrangerGroups::default();
     loop {
         let first = match faces.recv_timeout(PRUNE_EVERY) {
             Ok(face) => face,
             Err(RecvTimeoutError::Timeout) => {
-                store(gallery, &[], bounds);
+                store(gallery, &[], bounds, &mut groups);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -126,7 +131,7 @@ fn store_batches(
             .into_iter()
             .filter_map(|s| seen_face(s, model))
             .collect();
-        store(gallery, &seen, bounds);
+        store(gallery, &seen, bounds, &mut groups);
         if closed {
             return;
         }
@@ -149,11 +154,16 @@ fn seen_face(face: NewRecentFace, model: &str) -> Option<SeenFace> {
 }
 
 /// Stores `faces` (none: only applies the bounds); failures are logged, not retried.
-fn store(gallery: &Weak<Gallery>, faces: &[SeenFace], bounds: &RecentBounds) {
+fn store(
+    gallery: &Weak<Gallery>,
+    faces: &[SeenFace],
+    bounds: &RecentBounds,
+    groups: &mut StrangerGroups,
+) {
     let Some(gallery) = gallery.upgrade() else {
         return;
     };
-    match gallery.record_recent(faces, bounds) {
+    match gallery.record_recent(faces, bounds, groups) {
         Ok(pruned) if pruned > 0 => log::debug!("recent faces: {pruned} past the bounds removed"),
         Ok(_) => {}
         Err(e) => log::warn!("recent faces: {} not kept: {e}", faces.len()),

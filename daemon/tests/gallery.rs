@@ -401,7 +401,7 @@ fn the_database_file_is_in_wal_mode_at_the_current_schema() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let format: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)
@@ -428,7 +428,7 @@ fn a_newer_or_foreign_database_is_refused_and_left_untouched() {
         Gallery::open(dir.path()),
         Err(GalleryError::TooNew {
             found: 99,
-            supported: 4
+            supported: 5
         })
     ));
     assert_eq!(std::fs::read(&db).unwrap(), before);

@@ -164,6 +164,33 @@ fn a_change_on_one_node_shows_on_the_other() {
         || answers(&a) == expected,
     );
     assert_eq!(answers(&b), expected);
+
+    // Strangers are grouped across nodes: B's recorder learns the group A's unknown face
+    // started before it stores its own.
+    assert_eq!(recognized(&b, "obama2.jpg"), ["unknown"]);
+    let groups = || -> Vec<(Value, Value)> {
+        let page = a.get("/v1/gallery/recent").json();
+        page["faces"]
+            .as_array()
+            .map(|faces| {
+                faces
+                    .iter()
+                    .map(|f| (f["id"].clone(), f["group"].clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    eventually(VISIBLE_WITHIN, "B's stranger stored", || {
+        groups().len() == 4
+    });
+    let g = groups();
+    assert_eq!(g[1].1, g[1].0, "A's stranger starts a group: {g:?}");
+    assert_eq!(g[0].1, g[1].0, "B's stranger joins it: {g:?}");
+    assert_eq!(
+        (&g[2].1, &g[3].1),
+        (&Value::Null, &Value::Null),
+        "named: {g:?}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Recent faces over real HTTP: the real `deepstackd`, real photos, a real SQLite file. What
 //! recognize saw is kept (named and unknown, with the camera field), listed newest first in
 //! pages, its crops served, forgotten one by one or all, bounded by RECENT_FACES_MAX, off
-//! with RECENT_FACES_HOURS=0, kept across a restart and left out of backups.
+//! with RECENT_FACES_HOURS=0, kept across a restart and left out of backups; unknown faces
+//! grouped by stranger.
 
 mod common;
 #[path = "api/harness.rs"]
@@ -186,4 +187,59 @@ fn recent_faces_max_keeps_the_newest_and_zero_hours_keeps_none() {
         (&page["total"], &page["recording"]),
         (&json!(0), &json!(false))
     );
+}
+
+#[test]
+fn unknown_faces_of_one_stranger_share_a_group_and_the_list_filters_by_it() {
+    let d = Server::start(&[FACES_ON]);
+    // Nobody is registered: every face is a stranger. Three photos of one man, one of another,
+    // arriving mixed.
+    for photo in ["obama.jpg", "biden.jpg", "obama2.jpg", "obama3.jpg"] {
+        let answer = recognize(&d, photo, None);
+        assert_eq!(
+            answer["predictions"][0]["userid"],
+            json!("unknown"),
+            "{photo}"
+        );
+    }
+    let page = recent_when(&d, |p| p["total"] == json!(4));
+    let faces: Vec<(i64, i64)> = page["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|f| (f["id"].as_i64().unwrap(), f["group"].as_i64().unwrap()))
+        .collect();
+    let (obama, biden) = (faces[0].0, faces[1].0);
+    // A group is named by its first face.
+    assert_eq!(
+        faces.iter().map(|f| f.1).collect::<Vec<_>>(),
+        [obama, biden, obama, obama],
+        "{page}"
+    );
+
+    let group = recent(&d, &format!("?group={obama}"));
+    assert_eq!(group["total"], json!(3));
+    let ids: Vec<i64> = group["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [faces[3].0, faces[2].0, obama]);
+    assert_eq!(recent(&d, &format!("?group={biden}"))["total"], json!(1));
+    assert_eq!(recent(&d, "?group=999999")["total"], json!(0));
+    let res = d.get(&format!("{RECENT}?group=obama"));
+    assert_eq!(res.status, 400);
+    assert_eq!(res.json()["error"], json!("invalid parameter"));
+
+    // A registered face is named, not grouped.
+    let form = Multipart::new()
+        .file("image", &common::photo_bytes("obama.jpg"))
+        .text("userid", "Barack Obama");
+    ok(d.post(REGISTER, &form.body()));
+    recognize(&d, "obama2.jpg", None);
+    let page = recent_when(&d, |p| p["total"] == json!(5));
+    assert_eq!(page["faces"][0]["userid"], json!("Barack Obama"));
+    assert_eq!(page["faces"][0]["group"], Value::Null);
 }

@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod recent;
 mod reembed;
 pub mod sqlite;
+pub mod strangers;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -338,24 +339,26 @@ impl Gallery {
         on_store!(self, g => g.reembed_failed(error))
     }
 
-    /// Stores recent faces and applies `bounds`, in one transaction; how many the bounds
-    /// removed (see [`recent`]).
+    /// Stores recent faces, the unknown ones in stranger `groups`, and applies `bounds`, in
+    /// one transaction; how many the bounds removed (see [`recent`], [`strangers`]).
     pub fn record_recent(
         &self,
         faces: &[SeenFace],
         bounds: &RecentBounds,
+        groups: &mut strangers::StrangerGroups,
     ) -> Result<usize, GalleryError> {
-        on_store!(self, g => g.record_recent(faces, bounds))
+        on_store!(self, g => g.record_recent(faces, bounds, groups))
     }
 
-    /// Up to `limit` recent faces with an id below `before`, newest first, and how many are
-    /// kept in all.
+    /// Up to `limit` recent faces with an id below `before` (of stranger group `group`, if
+    /// given), newest first, and how many are kept in all (in that group).
     pub fn recent_faces(
         &self,
         before: i64,
         limit: usize,
+        group: Option<i64>,
     ) -> Result<(Vec<RecentFace>, usize), GalleryError> {
-        on_store!(self, g => g.recent_faces(before, limit))
+        on_store!(self, g => g.recent_faces(before, limit, group))
     }
 
     /// The JPEG crop of a recent face, `None` if there is no such face.

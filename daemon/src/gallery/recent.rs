@@ -3,12 +3,18 @@
 //! stores). Kept within [`RecentBounds`]: older than the retention or beyond the newest
 //! `max_faces` is deleted whenever a batch is stored, and hourly by the recorder.
 //!
+//! Unknown faces are grouped as they are stored (`gallery::strangers`): `group` is the id of
+//! the first face of the group, the same stranger as far as the embeddings tell.
+//!
 //! The statements are shared by both stores: SQLite reads `$1`... as parameters numbered in
 //! the order they first appear, which is how they are written here.
 
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::gallery::sqlite::schema::decode_embedding;
+use crate::gallery::GalleryError;
 
 /// What recognize saw of one face and answered for it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,6 +59,8 @@ pub struct FaceBox {
 pub struct RecentFace {
     /// Never reused.
     pub id: i64,
+    /// The stranger group of an unknown face (`None` for a named one).
+    pub group: Option<i64>,
     #[serde(flatten)]
     pub sighting: Sighting,
 }
@@ -79,8 +87,20 @@ impl RecentBounds {
 }
 
 pub(crate) const INSERT: &str = "INSERT INTO recent_faces(seen_at, camera, userid, confidence,
-    det_score, x_min, y_min, x_max, y_max, embedding, model, crop)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    det_score, x_min, y_min, x_max, y_max, embedding, model, crop, group_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id";
+
+/// A face that starts a group is its first face.
+pub(crate) const START_GROUP: &str = "UPDATE recent_faces SET group_id = id WHERE id = $1";
+
+/// The groups that still have a face (the index on group_id answers it).
+pub(crate) const KEPT_GROUPS: &str =
+    "SELECT DISTINCT group_id FROM recent_faces WHERE group_id IS NOT NULL";
+
+/// Grouped faces stored after `$1`, in order: how a recorder learns the groups at start,
+/// and those another node (PostgreSQL) added since.
+pub(crate) const GROUPED_SINCE: &str = "SELECT id, group_id, embedding FROM recent_faces
+    WHERE id > $1 AND group_id IS NOT NULL ORDER BY id";
 
 /// Older than the retention.
 pub(crate) const PRUNE_OLD: &str = "DELETE FROM recent_faces WHERE seen_at < $1";
@@ -89,14 +109,33 @@ pub(crate) const PRUNE_OLD: &str = "DELETE FROM recent_faces WHERE seen_at < $1"
 pub(crate) const PRUNE_COUNT: &str = "DELETE FROM recent_faces WHERE id <=
     (SELECT id FROM recent_faces ORDER BY id DESC LIMIT 1 OFFSET $1)";
 
-/// Newest first, below an id.
+/// Newest first, below an id, of one group if `$2` is not NULL.
 pub(crate) const LIST: &str = "SELECT id, seen_at, camera, userid, confidence, det_score,
-    x_min, y_min, x_max, y_max FROM recent_faces WHERE id < $1 ORDER BY id DESC LIMIT $2";
+    x_min, y_min, x_max, y_max, group_id FROM recent_faces
+    WHERE id < $1 AND (CAST($2 AS BIGINT) IS NULL OR group_id = $2) ORDER BY id DESC LIMIT $3";
 
-pub(crate) const COUNT: &str = "SELECT count(*) FROM recent_faces";
+/// All kept, or of one group.
+pub(crate) const COUNT: &str = "SELECT count(*) FROM recent_faces
+    WHERE CAST($1 AS BIGINT) IS NULL OR group_id = $1";
 pub(crate) const CROP: &str = "SELECT crop FROM recent_faces WHERE id = $1";
 pub(crate) const DELETE_ONE: &str = "DELETE FROM recent_faces WHERE id = $1";
 pub(crate) const DELETE_ALL: &str = "DELETE FROM recent_faces";
+
+/// A row of [`GROUPED_SINCE`] as [`crate::gallery::strangers::StrangerGroups::catch_up`]
+/// takes it.
+pub(crate) fn grouped(
+    id: i64,
+    group: i64,
+    embedding: &[u8],
+) -> Result<(i64, i64, Vec<f32>), GalleryError> {
+    let embedding = decode_embedding(embedding).ok_or_else(|| {
+        GalleryError::Corrupt(format!(
+            "recent face {id}: an embedding of {} bytes",
+            embedding.len()
+        ))
+    })?;
+    Ok((id, group, embedding))
+}
 
 /// A listed row from its columns in [`LIST`]'s order (both stores read them as these types).
 #[allow(clippy::too_many_arguments)]
@@ -108,10 +147,12 @@ pub(crate) fn listed(
     confidence: f64,
     det_score: f64,
     corners: [i64; 4],
+    group: Option<i64>,
 ) -> RecentFace {
     let px = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
     RecentFace {
         id,
+        group,
         sighting: Sighting {
             seen_at,
             camera,

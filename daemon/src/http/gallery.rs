@@ -211,15 +211,15 @@ const MAX_RECENT_PAGE: usize = 500;
 struct RecentPage {
     /// Newest first.
     faces: Vec<RecentFace>,
-    /// How many are kept in all.
+    /// How many are kept in all (of the group asked for).
     total: usize,
     /// Whether recognize keeps the faces it sees (RECENT_FACES_HOURS > 0).
     recording: bool,
 }
 
-/// GET /v1/gallery/recent?limit=N&before=ID: the faces recognize saw, newest first, `limit`
-/// of them (default 100, at most 500) with an id below `before` (the next page: the last
-/// id of this one).
+/// GET /v1/gallery/recent?limit=N&before=ID&group=G: the faces recognize saw, newest first,
+/// `limit` of them (default 100, at most 500) with an id below `before` (the next page: the
+/// last id of this one), only those of stranger group `G` if given.
 pub async fn recent(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -228,6 +228,7 @@ pub async fn recent(
     state.access.gallery_route(&req, &form)?;
     let mut limit = 100;
     let mut before = i64::MAX;
+    let mut group = None;
     for (key, value) in req
         .query_string()
         .split('&')
@@ -246,11 +247,12 @@ pub async fn recent(
                 }
             }
             "before" => before = value.parse().map_err(|_| bad())?,
+            "group" => group = Some(value.parse().map_err(|_| bad())?),
             _ => {}
         }
     }
     let gallery = state.gallery.clone();
-    let (faces, total) = blocking(move || gallery.recent_faces(before, limit)).await?;
+    let (faces, total) = blocking(move || gallery.recent_faces(before, limit, group)).await?;
     let recording = state.recent.is_some();
     Ok(success(
         RecentPage {

@@ -12,6 +12,7 @@
 //! keeps the faces found in a file for the next run (`cache`).
 
 mod cache;
+mod grouping;
 mod open_set;
 
 use std::path::{Path, PathBuf};
@@ -558,6 +559,7 @@ fn evaluate(
         let rows = open_set::report(&labelled, probe);
         open_set::print_report(&rows, probe);
     }
+    grouping::print_report(&labelled);
     if print_constants {
         print_calibration(&labelled, &det_scores, match_score, &negative_scores, dir);
     }

@@ -5,17 +5,32 @@
 use super::PostgresGallery;
 use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace};
 use crate::gallery::sqlite::schema::encode_embedding;
+use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{now_ms, GalleryError};
 
 impl PostgresGallery {
-    /// Stores `faces` and applies `bounds`, in one transaction; how many the bounds removed.
+    /// Stores `faces`, unknown ones in stranger `groups` (brought up to date first, with the
+    /// faces other nodes stored), and applies `bounds`, in one transaction; how many the
+    /// bounds removed.
     pub fn record_recent(
         &self,
         faces: &[SeenFace],
         bounds: &RecentBounds,
+        groups: &mut StrangerGroups,
     ) -> Result<usize, GalleryError> {
         self.with_client(|client| {
             let mut tx = client.transaction()?;
+            let kept: Vec<i64> = tx
+                .query(recent::KEPT_GROUPS, &[])?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let stored = tx
+                .query(recent::GROUPED_SINCE, &[&groups.seen_up_to()])?
+                .iter()
+                .map(|row| recent::grouped(row.get(0), row.get(1), row.get(2)))
+                .collect::<Result<Vec<_>, _>>()?;
+            groups.catch_up(&kept, stored);
             let insert = tx.prepare(recent::INSERT)?;
             for SeenFace {
                 sighting: f,
@@ -24,23 +39,30 @@ impl PostgresGallery {
                 crop,
             } in faces
             {
-                tx.execute(
-                    &insert,
-                    &[
-                        &f.seen_at,
-                        &f.camera,
-                        &f.userid,
-                        &f64::from(f.confidence),
-                        &f64::from(f.det_score),
-                        &i64::from(f.bbox.x_min),
-                        &i64::from(f.bbox.y_min),
-                        &i64::from(f.bbox.x_max),
-                        &i64::from(f.bbox.y_max),
-                        &encode_embedding(embedding),
-                        model,
-                        crop,
-                    ],
-                )?;
+                let placement = groups.place(f.userid.as_deref(), embedding);
+                let id: i64 = tx
+                    .query_one(
+                        &insert,
+                        &[
+                            &f.seen_at,
+                            &f.camera,
+                            &f.userid,
+                            &f64::from(f.confidence),
+                            &f64::from(f.det_score),
+                            &i64::from(f.bbox.x_min),
+                            &i64::from(f.bbox.y_min),
+                            &i64::from(f.bbox.x_max),
+                            &i64::from(f.bbox.y_max),
+                            &encode_embedding(embedding),
+                            model,
+                            crop,
+                            &placement.group_id(),
+                        ],
+                    )?
+                    .get(0);
+                if groups.placed(id, placement, embedding) {
+                    tx.execute(recent::START_GROUP, &[&id])?;
+                }
             }
             let pruned = tx.execute(recent::PRUNE_OLD, &[&bounds.cutoff_ms(now_ms())])?
                 + tx.execute(recent::PRUNE_COUNT, &[&bounds.max_faces_i64()])?;
@@ -54,10 +76,11 @@ impl PostgresGallery {
         &self,
         before: i64,
         limit: usize,
+        group: Option<i64>,
     ) -> Result<(Vec<RecentFace>, usize), GalleryError> {
         self.with_client(|client| {
             let faces = client
-                .query(recent::LIST, &[&before, &(limit as i64)])?
+                .query(recent::LIST, &[&before, &group, &(limit as i64)])?
                 .iter()
                 .map(|row| {
                     recent::listed(
@@ -68,10 +91,11 @@ impl PostgresGallery {
                         row.get(4),
                         row.get(5),
                         [row.get(6), row.get(7), row.get(8), row.get(9)],
+                        row.get(10),
                     )
                 })
                 .collect();
-            let total: i64 = client.query_one(recent::COUNT, &[])?.get(0);
+            let total: i64 = client.query_one(recent::COUNT, &[&group])?.get(0);
             Ok((faces, total as usize))
         })
     }

@@ -82,6 +82,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX recent_faces_by_time ON recent_faces(seen_at);
     ",
+    // 3: strangers grouped, as in SQLite's version 5.
+    r"
+    ALTER TABLE recent_faces ADD COLUMN group_id BIGINT;
+    CREATE INDEX recent_faces_by_group ON recent_faces(group_id);
+    ",
 ];
 
 /// The schema version this build writes and the newest it reads.

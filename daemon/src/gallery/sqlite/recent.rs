@@ -4,20 +4,40 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{schema, SqliteGallery};
 use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace};
+use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{now_ms, GalleryError};
 
 impl SqliteGallery {
-    /// Stores `faces` and applies `bounds`, in one transaction (one fsync for the batch).
-    /// Returns how many faces the bounds removed.
+    /// Stores `faces`, unknown ones in stranger `groups` (brought up to date first), and
+    /// applies `bounds`, in one transaction (one fsync for the batch). Returns how many faces
+    /// the bounds removed.
     pub fn record_recent(
         &self,
         faces: &[SeenFace],
         bounds: &RecentBounds,
+        groups: &mut StrangerGroups,
     ) -> Result<usize, GalleryError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
+            let kept: Vec<i64> = tx
+                .prepare_cached(recent::KEPT_GROUPS)?
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut since = tx.prepare_cached(recent::GROUPED_SINCE)?;
+            let stored = since
+                .query_map([groups.seen_up_to()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get::<_, Vec<u8>>(2)?))
+                })?
+                .map(|row| {
+                    let (id, group, bytes) = row?;
+                    recent::grouped(id, group, &bytes)
+                })
+                .collect::<Result<Vec<_>, GalleryError>>()?;
+            groups.catch_up(&kept, stored);
+
             let mut insert = tx.prepare_cached(recent::INSERT)?;
+            let mut start = tx.prepare_cached(recent::START_GROUP)?;
             for SeenFace {
                 sighting: f,
                 embedding,
@@ -25,20 +45,28 @@ impl SqliteGallery {
                 crop,
             } in faces
             {
-                insert.execute(params![
-                    f.seen_at,
-                    f.camera,
-                    f.userid,
-                    f64::from(f.confidence),
-                    f64::from(f.det_score),
-                    f.bbox.x_min,
-                    f.bbox.y_min,
-                    f.bbox.x_max,
-                    f.bbox.y_max,
-                    schema::encode_embedding(embedding),
-                    model,
-                    crop,
-                ])?;
+                let placement = groups.place(f.userid.as_deref(), embedding);
+                let id: i64 = insert.query_row(
+                    params![
+                        f.seen_at,
+                        f.camera,
+                        f.userid,
+                        f64::from(f.confidence),
+                        f64::from(f.det_score),
+                        f.bbox.x_min,
+                        f.bbox.y_min,
+                        f.bbox.x_max,
+                        f.bbox.y_max,
+                        schema::encode_embedding(embedding),
+                        model,
+                        crop,
+                        placement.group_id(),
+                    ],
+                    |row| row.get(0),
+                )?;
+                if groups.placed(id, placement, embedding) {
+                    start.execute([id])?;
+                }
             }
         }
         let pruned = tx.execute(recent::PRUNE_OLD, [bounds.cutoff_ms(now_ms())])?
@@ -52,10 +80,11 @@ impl SqliteGallery {
         &self,
         before: i64,
         limit: usize,
+        group: Option<i64>,
     ) -> Result<(Vec<RecentFace>, usize), GalleryError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(recent::LIST)?;
-        let rows = stmt.query_map(params![before, limit as i64], |row| {
+        let rows = stmt.query_map(params![before, group, limit as i64], |row| {
             Ok(recent::listed(
                 row.get(0)?,
                 row.get(1)?,
@@ -64,10 +93,11 @@ impl SqliteGallery {
                 row.get(4)?,
                 row.get(5)?,
                 [row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?],
+                row.get(10)?,
             ))
         })?;
         let faces = rows.collect::<Result<_, _>>()?;
-        let total: i64 = conn.query_row(recent::COUNT, [], |row| row.get(0))?;
+        let total: i64 = conn.query_row(recent::COUNT, [group], |row| row.get(0))?;
         Ok((faces, total as usize))
     }
 
@@ -131,13 +161,14 @@ mod tests {
         // A simulated day and a half at one face every 10 minutes, in batches of an hour.
         let start = now_ms() - 36 * hour + 60_000; // a minute of slack for the test itself
         let mut pruned = 0;
+        let mut groups = StrangerGroups::default();
         for h in 0..36 {
             let batch: Vec<_> = (0..6)
                 .map(|i| seen(start + h * hour + i * hour / 6))
                 .collect();
-            pruned += gallery.record_recent(&batch, &day).unwrap();
+            pruned += gallery.record_recent(&batch, &day, &mut groups).unwrap();
         }
-        let (faces, total) = gallery.recent_faces(i64::MAX, 1_000).unwrap();
+        let (faces, total) = gallery.recent_faces(i64::MAX, 1_000, None).unwrap();
         assert_eq!(
             pruned,
             12 * 6,
@@ -155,9 +186,76 @@ mod tests {
             max_faces: 10,
             ..day
         };
-        gallery.record_recent(&[], &few).unwrap();
-        let (kept, total) = gallery.recent_faces(i64::MAX, 1_000).unwrap();
+        gallery.record_recent(&[], &few, &mut groups).unwrap();
+        let (kept, total) = gallery.recent_faces(i64::MAX, 1_000, None).unwrap();
         assert_eq!(total, 10);
         assert_eq!(kept[..], faces[..10]);
+    }
+
+    /// A face of unit embedding along `axis`, unknown or named.
+    fn face_along(axis: usize, userid: Option<&str>) -> SeenFace {
+        let mut face = seen(now_ms());
+        face.embedding = vec![0.0; EMBEDDING_DIM];
+        face.embedding[axis] = 1.0;
+        face.sighting.userid = userid.map(str::to_owned);
+        face
+    }
+
+    #[test]
+    fn unknown_faces_are_grouped_by_stranger_and_groups_outlive_the_recorder() {
+        let dir = tempfile::tempdir().unwrap();
+        let gallery = SqliteGallery::open(dir.path()).unwrap();
+        let bounds = RecentBounds {
+            keep_for: Duration::from_secs(3600),
+            max_faces: 1_000,
+        };
+        let mut groups = StrangerGroups::default();
+        let batch = [
+            face_along(0, None),
+            face_along(1, None),
+            face_along(0, Some("alice")),
+            face_along(0, None),
+        ];
+        gallery.record_recent(&batch, &bounds, &mut groups).unwrap();
+        let listed = |group| {
+            let (faces, total) = gallery.recent_faces(i64::MAX, 100, group).unwrap();
+            assert_eq!(faces.len(), total);
+            let mut v: Vec<(i64, Option<i64>)> = faces.iter().map(|f| (f.id, f.group)).collect();
+            v.reverse();
+            v
+        };
+        let all = listed(None);
+        let first = all[0].0;
+        // Group ids are the ids of the groups' first faces; the named face has none.
+        assert_eq!(
+            all,
+            [
+                (first, Some(first)),
+                (first + 1, Some(first + 1)),
+                (first + 2, None),
+                (first + 3, Some(first)),
+            ]
+        );
+        assert_eq!(
+            listed(Some(first)),
+            [(first, Some(first)), (first + 3, Some(first))]
+        );
+        assert_eq!(listed(Some(-5)), []);
+
+        // A recorder started later (a restart) learns the groups from the store.
+        let mut restarted = StrangerGroups::default();
+        gallery
+            .record_recent(&[face_along(1, None)], &bounds, &mut restarted)
+            .unwrap();
+        assert_eq!(listed(None).last(), Some(&(first + 4, Some(first + 1))));
+
+        // A group whose faces are all deleted is forgotten: the same stranger starts anew.
+        for id in [first + 1, first + 4] {
+            assert_eq!(gallery.delete_recent(Some(id)).unwrap(), 1);
+        }
+        gallery
+            .record_recent(&[face_along(1, None)], &bounds, &mut restarted)
+            .unwrap();
+        assert_eq!(listed(None).last(), Some(&(first + 5, Some(first + 5))));
     }
 }

@@ -83,6 +83,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX recent_faces_by_time ON recent_faces(seen_at);
     ",
+    // 5: strangers grouped (gallery::strangers): an unknown face's group, the id of the
+    // group's first face (NULL for named faces). Indexed: the recorder reads which groups
+    // are left at every batch, without walking the rows' crops.
+    r"
+    ALTER TABLE recent_faces ADD COLUMN group_id INTEGER;
+    CREATE INDEX recent_faces_by_group ON recent_faces(group_id);
+    ",
 ];
 
 /// The schema version this build writes and the newest it can read.
