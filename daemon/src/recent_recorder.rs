@@ -21,6 +21,9 @@ use image::RgbImage;
 
 use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{Gallery, RecentBounds, SeenFace, Sighting};
+use crate::vision::calibration::detection_confidence;
+use crate::vision::quality::Quality;
+use crate::vision::Face;
 
 /// Faces waiting to be stored; past it new ones are dropped. A queued face holds its raw
 /// crop (112 x 112 x 3 bytes) and embedding: about 38 KB, so at most ~10 MB in all.
@@ -31,11 +34,13 @@ const BATCH_AFTER: Duration = Duration::from_secs(1);
 /// The bounds are applied with every batch, and after this long without a face.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// A face as recognize hands it over: the crop not yet encoded.
+/// A face as recognize hands it over: the crop not yet encoded, the quality not yet measured.
 pub struct NewRecentFace {
     pub sighting: Sighting,
     pub embedding: Vec<f32>,
     pub crop: RgbImage,
+    /// The detected face (box, landmarks, score) the quality is measured from.
+    pub face: Face,
 }
 
 /// The queue to the recorder thread; dropping it stores what is queued and ends the thread.
@@ -139,9 +144,16 @@ fn store_batches(
 }
 
 fn seen_face(face: NewRecentFace, model: &str) -> Option<SeenFace> {
+    let mut sighting = face.sighting;
+    sighting.quality = Quality::measure(
+        &face.face,
+        &face.crop,
+        detection_confidence(face.face.score),
+    )
+    .score;
     match crate::vision::crop_jpeg(&face.crop) {
         Ok(crop) => Some(SeenFace {
-            sighting: face.sighting,
+            sighting,
             embedding: face.embedding,
             model: model.to_owned(),
             crop,

@@ -191,6 +191,17 @@ fn a_change_on_one_node_shows_on_the_other() {
         (&Value::Null, &Value::Null),
         "named: {g:?}"
     );
+    let strangers = b.get("/v1/gallery/strangers").json();
+    assert_eq!(strangers["total"], 1, "{strangers}");
+    assert_eq!(strangers["groups"][0]["group"], g[1].0, "{strangers}");
+    assert_eq!(strangers["groups"][0]["faces"], 2, "{strangers}");
+    let forgotten = b.request(
+        "DELETE",
+        &format!("/v1/gallery/strangers/{}", g[1].0),
+        &harness::Body::Empty,
+    );
+    assert_eq!(forgotten.unwrap().json()["deleted"], 2);
+    assert_eq!(a.get("/v1/gallery/strangers").json()["total"], 0);
 }
 
 #[test]

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 const FACES_ON: (&str, &str) = ("VISION-FACE", "True");
 const RECENT: &str = "/v1/gallery/recent";
+const STRANGERS: &str = "/v1/gallery/strangers";
 
 fn recognize(d: &Daemon, photo: &str, camera: Option<&str>) -> Value {
     let mut form = Multipart::new().file("image", &common::photo_bytes(photo));
@@ -190,7 +191,7 @@ fn recent_faces_max_keeps_the_newest_and_zero_hours_keeps_none() {
 }
 
 #[test]
-fn unknown_faces_of_one_stranger_share_a_group_and_the_list_filters_by_it() {
+fn unknown_faces_of_one_stranger_share_a_group_shown_by_its_best_face_and_forgotten_together() {
     let d = Server::start(&[FACES_ON]);
     // Nobody is registered: every face is a stranger. Three photos of one man, one of another,
     // arriving mixed.
@@ -233,13 +234,58 @@ fn unknown_faces_of_one_stranger_share_a_group_and_the_list_filters_by_it() {
     assert_eq!(res.status, 400);
     assert_eq!(res.json()["error"], json!("invalid parameter"));
 
+    // The groups, the most recently seen first, each with its best face in front.
+    let strangers = ok(d.get(STRANGERS));
+    assert_eq!(strangers["total"], json!(2), "{strangers}");
+    let groups = strangers["groups"].as_array().unwrap();
+    assert_eq!(groups[0]["group"], json!(obama));
+    assert_eq!(groups[0]["faces"], json!(3));
+    assert_eq!(groups[1]["group"], json!(biden));
+    assert_eq!(groups[1]["cover"], json!(biden));
+    let quality = |id: i64| {
+        page["faces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == json!(id))
+            .and_then(|f| f["quality"].as_f64())
+            .unwrap()
+    };
+    let best = [faces[0].0, faces[2].0, faces[3].0]
+        .into_iter()
+        .max_by(|a, b| quality(*a).total_cmp(&quality(*b)).then(a.cmp(b)))
+        .unwrap();
+    assert!(quality(best) > 0.0 && quality(best) <= 1.0, "{page}");
+    assert_eq!(groups[0]["cover"], json!(best), "{page}");
+    let seen = |g: &Value, k: &str| g[k].as_i64().unwrap();
+    assert!(seen(&groups[0], "first_seen") < seen(&groups[0], "last_seen"));
+    assert!(seen(&groups[1], "last_seen") < seen(&groups[0], "last_seen"));
+    let next = ok(d.get(&format!(
+        "{STRANGERS}?limit=1&before={}",
+        seen(&groups[0], "last_seen")
+    )));
+    assert_eq!(next["groups"][0]["group"], json!(biden), "{next}");
+
+    // Forgetting a stranger forgets all of their faces.
+    let forgotten = ok(d
+        .request("DELETE", &format!("{STRANGERS}/{biden}"), &Body::Empty)
+        .unwrap());
+    assert_eq!(forgotten["deleted"], json!(1));
+    for path in [format!("{STRANGERS}/{biden}"), format!("{STRANGERS}/x")] {
+        let res = d.request("DELETE", &path, &Body::Empty).unwrap();
+        assert_eq!(res.status, 404, "{path}");
+        assert_eq!(res.json()["error"], json!("group not found"), "{path}");
+    }
+    assert_eq!(recent(&d, "")["total"], json!(3));
+    assert_eq!(ok(d.get(STRANGERS))["total"], json!(1));
+
     // A registered face is named, not grouped.
     let form = Multipart::new()
         .file("image", &common::photo_bytes("obama.jpg"))
         .text("userid", "Barack Obama");
     ok(d.post(REGISTER, &form.body()));
     recognize(&d, "obama2.jpg", None);
-    let page = recent_when(&d, |p| p["total"] == json!(5));
+    let page = recent_when(&d, |p| p["total"] == json!(4));
     assert_eq!(page["faces"][0]["userid"], json!("Barack Obama"));
     assert_eq!(page["faces"][0]["group"], Value::Null);
 }

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 pub use error::GalleryError;
 pub use postgres::PostgresGallery;
-pub use recent::{FaceBox, RecentBounds, RecentFace, SeenFace, Sighting};
+pub use recent::{FaceBox, RecentBounds, RecentFace, SeenFace, Sighting, StrangerGroup};
 pub use reembed::{ReembedProgress, ReembedState, StoredCrop, RESTORED_MEANWHILE};
 pub use sqlite::{SqliteGallery, DB_FILE_NAME};
 
@@ -359,6 +359,21 @@ impl Gallery {
         group: Option<i64>,
     ) -> Result<(Vec<RecentFace>, usize), GalleryError> {
         on_store!(self, g => g.recent_faces(before, limit, group))
+    }
+
+    /// Up to `limit` stranger groups last seen before `before` (unix ms), the most recently
+    /// seen first, and how many there are.
+    pub fn recent_groups(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<(Vec<StrangerGroup>, usize), GalleryError> {
+        on_store!(self, g => g.recent_groups(before, limit))
+    }
+
+    /// Deletes the faces of a stranger group; how many were deleted.
+    pub fn delete_recent_group(&self, group: i64) -> Result<usize, GalleryError> {
+        on_store!(self, g => g.delete_recent_group(group))
     }
 
     /// The JPEG crop of a recent face, `None` if there is no such face.

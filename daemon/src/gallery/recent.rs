@@ -29,6 +29,9 @@ pub struct Sighting {
     pub confidence: f32,
     /// Detector confidence of the face.
     pub det_score: f32,
+    /// The face's quality score, 0..1, as registration measures it (`vision::quality`):
+    /// what puts a group's best crop in front.
+    pub quality: f32,
     /// Where it was in the photo.
     pub bbox: FaceBox,
 }
@@ -87,8 +90,8 @@ impl RecentBounds {
 }
 
 pub(crate) const INSERT: &str = "INSERT INTO recent_faces(seen_at, camera, userid, confidence,
-    det_score, x_min, y_min, x_max, y_max, embedding, model, crop, group_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id";
+    det_score, x_min, y_min, x_max, y_max, embedding, model, crop, group_id, quality)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id";
 
 /// A face that starts a group is its first face.
 pub(crate) const START_GROUP: &str = "UPDATE recent_faces SET group_id = id WHERE id = $1";
@@ -111,7 +114,7 @@ pub(crate) const PRUNE_COUNT: &str = "DELETE FROM recent_faces WHERE id <=
 
 /// Newest first, below an id, of one group if `$2` is not NULL.
 pub(crate) const LIST: &str = "SELECT id, seen_at, camera, userid, confidence, det_score,
-    x_min, y_min, x_max, y_max, group_id FROM recent_faces
+    x_min, y_min, x_max, y_max, group_id, quality FROM recent_faces
     WHERE id < $1 AND (CAST($2 AS BIGINT) IS NULL OR group_id = $2) ORDER BY id DESC LIMIT $3";
 
 /// All kept, or of one group.
@@ -120,6 +123,34 @@ pub(crate) const COUNT: &str = "SELECT count(*) FROM recent_faces
 pub(crate) const CROP: &str = "SELECT crop FROM recent_faces WHERE id = $1";
 pub(crate) const DELETE_ONE: &str = "DELETE FROM recent_faces WHERE id = $1";
 pub(crate) const DELETE_ALL: &str = "DELETE FROM recent_faces";
+pub(crate) const DELETE_GROUP: &str = "DELETE FROM recent_faces WHERE group_id = $1";
+
+/// Stranger groups, the most recently seen first, below a last-seen time: each with its
+/// face count, first and last sighting and its best face (highest quality, then newest).
+/// The index on (group_id, quality, seen_at) answers it without reading the rows' crops.
+pub(crate) const GROUPS: &str = "SELECT g.group_id, count(*), min(g.seen_at), max(g.seen_at),
+    (SELECT b.id FROM recent_faces b WHERE b.group_id = g.group_id
+        ORDER BY b.quality DESC, b.id DESC LIMIT 1)
+    FROM recent_faces g WHERE g.group_id IS NOT NULL
+    GROUP BY g.group_id HAVING max(g.seen_at) < $1
+    ORDER BY max(g.seen_at) DESC, g.group_id DESC LIMIT $2";
+
+pub(crate) const COUNT_GROUPS: &str =
+    "SELECT count(DISTINCT group_id) FROM recent_faces WHERE group_id IS NOT NULL";
+
+/// A stranger group as the gallery API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StrangerGroup {
+    /// The id of its first face.
+    pub group: i64,
+    /// How many of its faces are kept.
+    pub faces: i64,
+    /// Unix milliseconds of its first and last kept sighting.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Its best face (highest quality), whose crop goes in front.
+    pub cover: i64,
+}
 
 /// A row of [`GROUPED_SINCE`] as [`crate::gallery::strangers::StrangerGroups::catch_up`]
 /// takes it.
@@ -148,6 +179,7 @@ pub(crate) fn listed(
     det_score: f64,
     corners: [i64; 4],
     group: Option<i64>,
+    quality: f64,
 ) -> RecentFace {
     let px = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
     RecentFace {
@@ -159,6 +191,7 @@ pub(crate) fn listed(
             userid,
             confidence: confidence as f32,
             det_score: det_score as f32,
+            quality: quality as f32,
             bbox: FaceBox {
                 x_min: px(corners[0]),
                 y_min: px(corners[1]),

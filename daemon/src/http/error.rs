@@ -120,6 +120,9 @@ pub enum ApiError {
     /// Ours (gallery API): no recent face of that id.
     #[error("face not found")]
     UnknownRecentFace,
+    /// Ours (gallery API): no stranger group of that id.
+    #[error("group not found")]
+    UnknownStranger,
     /// Ours (gallery API): a query parameter out of its range; `reason` says which.
     #[error("invalid parameter")]
     InvalidParameter { reason: String },
@@ -162,7 +165,8 @@ impl ResponseError for ApiError {
             ApiError::NotFound
             | ApiError::UnknownUserid
             | ApiError::UnknownSample
-            | ApiError::UnknownRecentFace => StatusCode::NOT_FOUND,
+            | ApiError::UnknownRecentFace
+            | ApiError::UnknownStranger => StatusCode::NOT_FOUND,
             ApiError::UseridExists | ApiError::ReembedRunning => StatusCode::CONFLICT,
             ApiError::NoFaceFound | ApiError::InvalidBackupFile => StatusCode::OK,
             ApiError::NoImage

@@ -198,6 +198,7 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
                 userid: f.userid,
                 confidence: f.confidence,
                 det_score: f.seen.face.score,
+                quality: 0.0, // measured by the recorder, off the request path
                 bbox: FaceBox {
                     y_min: f.bbox.y_min,
                     x_min: f.bbox.x_min,
@@ -207,6 +208,7 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
             },
             embedding: f.seen.embedding.0,
             crop: f.seen.crop,
+            face: f.seen.face,
         }));
     }
     let n = predictions.len();

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::faces::{check_new_userid, success, Nothing};
 use super::form::{FieldProblem, Form};
 use super::AppState;
-use crate::gallery::{RecentFace, RenameOutcome, SampleInfo, UserSummary};
+use crate::gallery::{RecentFace, RenameOutcome, SampleInfo, StrangerGroup, UserSummary};
 use crate::vision::quality::Quality;
 
 #[derive(Serialize)]
@@ -217,42 +217,60 @@ struct RecentPage {
     recording: bool,
 }
 
+/// A page of a list: `limit` (default 100, at most [`MAX_RECENT_PAGE`]), `before` (what the
+/// last item of the previous page gave), and for recent faces an optional `group`.
+struct PageQuery {
+    limit: usize,
+    before: i64,
+    group: Option<i64>,
+}
+
+impl PageQuery {
+    fn parse(req: &HttpRequest) -> Result<PageQuery, ApiError> {
+        let mut page = PageQuery {
+            limit: 100,
+            before: i64::MAX,
+            group: None,
+        };
+        for (key, value) in req
+            .query_string()
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+        {
+            let bad = || ApiError::InvalidParameter {
+                reason: format!("{key}: expected a whole number, got {value:?}"),
+            };
+            match key {
+                "limit" => {
+                    page.limit = value.parse().map_err(|_| bad())?;
+                    if !(1..=MAX_RECENT_PAGE).contains(&page.limit) {
+                        return Err(ApiError::InvalidParameter {
+                            reason: format!("limit: from 1 to {MAX_RECENT_PAGE}"),
+                        });
+                    }
+                }
+                "before" => page.before = value.parse().map_err(|_| bad())?,
+                "group" => page.group = Some(value.parse().map_err(|_| bad())?),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+}
+
 /// GET /v1/gallery/recent?limit=N&before=ID&group=G: the faces recognize saw, newest first,
-/// `limit` of them (default 100, at most 500) with an id below `before` (the next page: the
-/// last id of this one), only those of stranger group `G` if given.
+/// `limit` of them with an id below `before` (the next page: the last id of this one), only
+/// those of stranger group `G` if given.
 pub async fn recent(
     state: web::Data<AppState>,
     req: HttpRequest,
     form: Form,
 ) -> Result<HttpResponse, ApiError> {
     state.access.gallery_route(&req, &form)?;
-    let mut limit = 100;
-    let mut before = i64::MAX;
-    let mut group = None;
-    for (key, value) in req
-        .query_string()
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-    {
-        let bad = || ApiError::InvalidParameter {
-            reason: format!("{key}: expected a whole number, got {value:?}"),
-        };
-        match key {
-            "limit" => {
-                limit = value.parse().map_err(|_| bad())?;
-                if !(1..=MAX_RECENT_PAGE).contains(&limit) {
-                    return Err(ApiError::InvalidParameter {
-                        reason: format!("limit: from 1 to {MAX_RECENT_PAGE}"),
-                    });
-                }
-            }
-            "before" => before = value.parse().map_err(|_| bad())?,
-            "group" => group = Some(value.parse().map_err(|_| bad())?),
-            _ => {}
-        }
-    }
+    let page = PageQuery::parse(&req)?;
     let gallery = state.gallery.clone();
-    let (faces, total) = blocking(move || gallery.recent_faces(before, limit, group)).await?;
+    let (faces, total) =
+        blocking(move || gallery.recent_faces(page.before, page.limit, page.group)).await?;
     let recording = state.recent.is_some();
     Ok(success(
         RecentPage {
@@ -262,6 +280,46 @@ pub async fn recent(
         },
         0,
     ))
+}
+
+#[derive(Serialize)]
+struct StrangersPage {
+    /// The most recently seen first.
+    groups: Vec<StrangerGroup>,
+    /// How many groups there are.
+    total: usize,
+}
+
+/// GET /v1/gallery/strangers?limit=N&before=MS: the stranger groups of recent faces, the
+/// most recently seen first, `limit` of them last seen before `before` (unix ms: the next
+/// page starts at the last one's `last_seen`), each with its best face in `cover`.
+pub async fn strangers(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let page = PageQuery::parse(&req)?;
+    let gallery = state.gallery.clone();
+    let (groups, total) = blocking(move || gallery.recent_groups(page.before, page.limit)).await?;
+    Ok(success(StrangersPage { groups, total }, 0))
+}
+
+/// DELETE /v1/gallery/strangers/{group}: forgets every face of a stranger group.
+pub async fn delete_stranger(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    group: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let group: i64 = group.parse().map_err(|_| ApiError::UnknownStranger)?;
+    let gallery = state.gallery.clone();
+    let deleted = blocking(move || gallery.delete_recent_group(group)).await?;
+    if deleted == 0 {
+        return Err(ApiError::UnknownStranger);
+    }
+    Ok(success(Deleted { deleted }, 0))
 }
 
 /// GET /v1/gallery/recent/{id}/crop.jpg: the aligned 112x112 crop of a recent face.

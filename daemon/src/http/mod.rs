@@ -111,6 +111,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/gallery/recent/{id}",
             web::delete().to(gallery::delete_recent),
         )
+        .route("/v1/gallery/strangers", web::get().to(gallery::strangers))
+        .route(
+            "/v1/gallery/strangers/{group}",
+            web::delete().to(gallery::delete_stranger),
+        )
         .route("/v1/gallery/reembed", web::post().to(reembed::start))
         .route("/openapi.json", web::get().to(page::openapi))
         .route("/", web::get().to(page::index))

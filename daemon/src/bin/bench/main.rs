@@ -75,6 +75,10 @@ usage:
       --repeat N     requests per latency median (default 20)
       --duration S   seconds of each throughput run (default 10)
       --load S       seconds of the mixed load for peak memory (default 20)
+  deepstack-bench recent-faces [--repeat N]
+      only the recent-faces row of `targets`: recognize of the 4-face 720p photo on a daemon
+      keeping recent faces (filled to RECENT_FACES_MAX, all strangers, grouped) minus one
+      not keeping them, requests alternating (default 20 each way, x 2)
   deepstack-bench profile [--repeat N] [--size WxH]
       YuNet's time by op kind, with tract's kernels only and with ours (conv_ops), on
       one thread, and the largest difference between the two plans' outputs
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
         Some("stages") => stages::run(&args[1..]),
         Some("profile") => profile::run(&args[1..]),
         Some("shared-gallery") => shared::run(&args[1..]),
+        Some("recent-faces") => targets::run_recent_faces(&args[1..]),
         _ => {
             args.retain(|a| a != "--bench"); // passed by `cargo bench`
             stages::run(&args)

@@ -3,7 +3,7 @@
 //! them.
 
 use super::PostgresGallery;
-use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace};
+use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace, StrangerGroup};
 use crate::gallery::sqlite::schema::encode_embedding;
 use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{now_ms, GalleryError};
@@ -57,6 +57,7 @@ impl PostgresGallery {
                             model,
                             crop,
                             &placement.group_id(),
+                            &f64::from(f.quality),
                         ],
                     )?
                     .get(0);
@@ -92,6 +93,7 @@ impl PostgresGallery {
                         row.get(5),
                         [row.get(6), row.get(7), row.get(8), row.get(9)],
                         row.get(10),
+                        row.get(11),
                     )
                 })
                 .collect();
@@ -117,6 +119,35 @@ impl PostgresGallery {
                 None => client.execute(recent::DELETE_ALL, &[])?,
             };
             Ok(n as usize)
+        })
+    }
+
+    /// Deletes the faces of stranger group `group`; how many were deleted.
+    pub fn delete_recent_group(&self, group: i64) -> Result<usize, GalleryError> {
+        self.with_client(|client| Ok(client.execute(recent::DELETE_GROUP, &[&group])? as usize))
+    }
+
+    /// Up to `limit` stranger groups last seen before `before`, the most recently seen
+    /// first, and how many groups there are.
+    pub fn recent_groups(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<(Vec<StrangerGroup>, usize), GalleryError> {
+        self.with_client(|client| {
+            let groups = client
+                .query(recent::GROUPS, &[&before, &(limit as i64)])?
+                .iter()
+                .map(|row| StrangerGroup {
+                    group: row.get(0),
+                    faces: row.get(1),
+                    first_seen: row.get(2),
+                    last_seen: row.get(3),
+                    cover: row.get(4),
+                })
+                .collect();
+            let total: i64 = client.query_one(recent::COUNT_GROUPS, &[])?.get(0);
+            Ok((groups, total as usize))
         })
     }
 }

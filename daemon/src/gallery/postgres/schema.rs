@@ -85,7 +85,8 @@ const MIGRATIONS: &[&str] = &[
     // 3: strangers grouped, as in SQLite's version 5.
     r"
     ALTER TABLE recent_faces ADD COLUMN group_id BIGINT;
-    CREATE INDEX recent_faces_by_group ON recent_faces(group_id);
+    ALTER TABLE recent_faces ADD COLUMN quality DOUBLE PRECISION NOT NULL DEFAULT 0;
+    CREATE INDEX recent_faces_by_group ON recent_faces(group_id, quality, seen_at);
     ",
 ];
 

@@ -3,7 +3,7 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{schema, SqliteGallery};
-use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace};
+use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace, StrangerGroup};
 use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{now_ms, GalleryError};
 
@@ -61,6 +61,7 @@ impl SqliteGallery {
                         model,
                         crop,
                         placement.group_id(),
+                        f64::from(f.quality),
                     ],
                     |row| row.get(0),
                 )?;
@@ -94,6 +95,7 @@ impl SqliteGallery {
                 row.get(5)?,
                 [row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?],
                 row.get(10)?,
+                row.get(11)?,
             ))
         })?;
         let faces = rows.collect::<Result<_, _>>()?;
@@ -117,6 +119,35 @@ impl SqliteGallery {
             None => conn.execute(recent::DELETE_ALL, [])?,
         })
     }
+
+    /// Deletes the faces of stranger group `group`; how many were deleted.
+    pub fn delete_recent_group(&self, group: i64) -> Result<usize, GalleryError> {
+        Ok(self.conn().execute(recent::DELETE_GROUP, [group])?)
+    }
+
+    /// Up to `limit` stranger groups last seen before `before`, the most recently seen
+    /// first, and how many groups there are.
+    pub fn recent_groups(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<(Vec<StrangerGroup>, usize), GalleryError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(recent::GROUPS)?;
+        let groups = stmt
+            .query_map(params![before, limit as i64], |row| {
+                Ok(StrangerGroup {
+                    group: row.get(0)?,
+                    faces: row.get(1)?,
+                    first_seen: row.get(2)?,
+                    last_seen: row.get(3)?,
+                    cover: row.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let total: i64 = conn.query_row(recent::COUNT_GROUPS, [], |row| row.get(0))?;
+        Ok((groups, total as usize))
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +167,7 @@ mod tests {
                 userid: None,
                 confidence: 0.0,
                 det_score: 0.9,
+                quality: 0.5,
                 bbox: FaceBox {
                     y_min: 1,
                     x_min: 2,
