@@ -145,12 +145,11 @@ fn store_batches(
 
 fn seen_face(face: NewRecentFace, model: &str) -> Option<SeenFace> {
     let mut sighting = face.sighting;
-    sighting.quality = Quality::measure(
+    sighting.quality = Some(Quality::measure(
         &face.face,
         &face.crop,
         detection_confidence(face.face.score),
-    )
-    .score;
+    ));
     match crate::vision::crop_jpeg(&face.crop) {
         Ok(crop) => Some(SeenFace {
             sighting,

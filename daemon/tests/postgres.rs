@@ -202,6 +202,24 @@ fn a_change_on_one_node_shows_on_the_other() {
     );
     assert_eq!(forgotten.unwrap().json()["deleted"], 2);
     assert_eq!(a.get("/v1/gallery/strangers").json()["total"], 0);
+
+    // "This is Obama" on A, for a face B saw: one transaction on the shared gallery, and B
+    // recognises him from then on.
+    assert_eq!(recognized(&b, "obama3.jpg"), ["unknown"]);
+    eventually(VISIBLE_WITHIN, "B's stranger stored", || {
+        groups().len() == 3
+    });
+    let id = groups()[0].0.clone();
+    let named = a.post(
+        &format!("/v1/gallery/recent/{id}/name"),
+        &fields(&[("userid", "Obama")]).body(),
+    );
+    assert_eq!(named.json()["message"], "face added", "{}", named.text());
+    assert_eq!(groups().len(), 2, "the named face left the recent faces");
+    eventually(VISIBLE_WITHIN, "B lists the user named on A", || {
+        names(&b) == ["Obama"]
+    });
+    assert_eq!(recognized(&b, "obama.jpg"), ["Obama"]);
 }
 
 #[test]

@@ -248,7 +248,7 @@ fn unknown_faces_of_one_stranger_share_a_group_shown_by_its_best_face_and_forgot
             .unwrap()
             .iter()
             .find(|f| f["id"] == json!(id))
-            .and_then(|f| f["quality"].as_f64())
+            .and_then(|f| f["quality"]["score"].as_f64())
             .unwrap()
     };
     let best = [faces[0].0, faces[2].0, faces[3].0]
@@ -288,4 +288,119 @@ fn unknown_faces_of_one_stranger_share_a_group_shown_by_its_best_face_and_forgot
     let page = recent_when(&d, |p| p["total"] == json!(4));
     assert_eq!(page["faces"][0]["userid"], json!("Barack Obama"));
     assert_eq!(page["faces"][0]["group"], Value::Null);
+}
+
+/// A photo blurred so much that its face scores under MIN_FACE_QUALITY (0.30).
+fn blurred(name: &str) -> Vec<u8> {
+    let img = image::load_from_memory(&common::photo_bytes(name))
+        .unwrap()
+        .blur(8.0);
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn name(d: &Daemon, path: &str, userid: &str) -> harness::Response {
+    d.post(path, &fields(&[("userid", userid)]).body())
+}
+
+#[test]
+fn naming_a_stranger_turns_the_faces_into_samples_in_one_step() {
+    let d = Server::start(&[FACES_ON]);
+    for photo in ["obama.jpg", "obama2.jpg", "obama3.jpg"] {
+        recognize(&d, photo, Some("door"));
+    }
+    let page = recent_when(&d, |p| p["total"] == json!(3));
+    let group = page["faces"][0]["group"].as_i64().unwrap();
+    assert!(page["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["group"] == json!(group) && f["quality"]["score"].as_f64() > Some(0.3)));
+
+    // Checked before anything is read: the userid as registration checks it, the group.
+    let res = d.post(&format!("{STRANGERS}/{group}/name"), &fields(&[]).body());
+    assert_eq!(
+        (res.status, res.json()["error"].clone()),
+        (400, json!("userid not specified")),
+        "{}",
+        res.text()
+    );
+    for path in [
+        format!("{STRANGERS}/999999/name"),
+        format!("{STRANGERS}/x/name"),
+    ] {
+        let res = name(&d, &path, "Barack Obama");
+        assert_eq!(res.status, 404, "{path}");
+        assert_eq!(res.json()["error"], json!("group not found"), "{path}");
+    }
+
+    // "This is Barack Obama": three samples of a new user, and the faces leave recent faces.
+    let named = ok(name(
+        &d,
+        &format!("{STRANGERS}/{group}/name"),
+        "Barack Obama",
+    ));
+    assert_eq!(named["message"], json!("face added"), "{named}");
+    assert_eq!(named["samples"], json!(3), "{named}");
+    assert_eq!(named["userid"], json!("Barack Obama"));
+    assert_eq!(recent(&d, "")["total"], json!(0));
+    assert_eq!(ok(d.get(STRANGERS))["total"], json!(0));
+    let samples = ok(d.get("/v1/gallery/users/Barack%20Obama/samples"));
+    assert_eq!(samples["samples"].as_array().unwrap().len(), 3, "{samples}");
+    let answer = recognize(&d, "obama_1280x720.jpg", None);
+    assert_eq!(answer["predictions"][0]["userid"], json!("Barack Obama"));
+
+    // One face, onto an existing user: "face updated". Then it is gone.
+    recognize(&d, "biden.jpg", None);
+    // Kept: the named face of the 720p photo, then this one.
+    let page = recent_when(&d, |p| p["total"] == json!(2));
+    assert_eq!(page["faces"][0]["userid"], Value::Null, "{page}");
+    let biden = page["faces"][0]["id"].as_i64().unwrap();
+    ok(d.post(
+        REGISTER,
+        &Multipart::new()
+            .file("image", &common::photo_bytes("biden.jpg"))
+            .text("userid", "Joe Biden")
+            .body(),
+    ));
+    let named = ok(name(&d, &format!("{RECENT}/{biden}/name"), "Joe Biden"));
+    assert_eq!(named["message"], json!("face updated"), "{named}");
+    assert_eq!(named["samples"], json!(1));
+    let res = name(&d, &format!("{RECENT}/{biden}/name"), "Joe Biden");
+    assert_eq!(res.status, 404);
+    assert_eq!(res.json()["error"], json!("face not found"));
+
+    // A face under MIN_FACE_QUALITY is refused as registration refuses it, and stays.
+    let blurry = Multipart::new().file("image", &blurred("biden.jpg"));
+    let answer = ok(d.post(RECOGNIZE, &blurry.body()));
+    assert_eq!(
+        answer["predictions"].as_array().unwrap().len(),
+        1,
+        "{answer}"
+    );
+    let page = recent_when(&d, |p| p["total"] == json!(2));
+    let weak = &page["faces"][0];
+    assert!(weak["quality"]["score"].as_f64() < Some(0.3), "{page}");
+    let res = name(&d, &format!("{RECENT}/{}/name", weak["id"]), "Joe Biden");
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert_eq!(res.json()["error"], json!("no face detected"));
+    assert!(
+        res.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("below MIN_FACE_QUALITY"),
+        "{}",
+        res.text()
+    );
+    assert_eq!(recent(&d, "")["faces"][0]["id"], weak["id"]);
+
+    // The samples outlive a restart, as any registration's.
+    let data_dir = d.data_dir();
+    let Server { daemon, tmp } = d;
+    assert!(daemon.terminate().success());
+    let d = Daemon::start(&data_dir, &[FACES_ON]);
+    let users = ok(d.get("/v1/gallery/users"));
+    assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
+    drop(tmp);
 }

@@ -45,6 +45,9 @@ pub enum GalleryError {
     /// A rename onto an existing user without asking to merge.
     #[error("the target userid already exists")]
     UserExists,
+    /// A recent face being named was deleted meanwhile; nothing was registered.
+    #[error("recent face {0} is gone")]
+    RecentFaceGone(i64),
     /// A re-embedding is already running.
     #[error("a re-embedding is already running")]
     ReembedRunning,

@@ -28,7 +28,9 @@ use serde::Serialize;
 
 pub use error::GalleryError;
 pub use postgres::PostgresGallery;
-pub use recent::{FaceBox, RecentBounds, RecentFace, SeenFace, Sighting, StrangerGroup};
+pub use recent::{
+    FaceBox, RecentBounds, RecentFace, RecentFaces, RecentSample, SeenFace, Sighting, StrangerGroup,
+};
 pub use reembed::{ReembedProgress, ReembedState, StoredCrop, RESTORED_MEANWHILE};
 pub use sqlite::{SqliteGallery, DB_FILE_NAME};
 
@@ -223,7 +225,31 @@ impl Gallery {
         if samples.is_empty() {
             return Err(GalleryError::NoSamples);
         }
-        on_store!(self, g => g.register(userid, samples))
+        on_store!(self, g => g.register(userid, samples, &[]))
+    }
+
+    /// Names recent faces: `samples` (made from some of them) go to `userid` as
+    /// [`Gallery::register`] stores them, and the recent faces `consumed` are deleted, in one
+    /// transaction; if one of those is gone meanwhile, nothing is changed
+    /// ([`GalleryError::RecentFaceGone`]).
+    pub fn register_recent(
+        &self,
+        userid: &str,
+        samples: Vec<NewSample>,
+        consumed: &[i64],
+    ) -> Result<RegisterOutcome, GalleryError> {
+        if userid.is_empty() {
+            return Err(GalleryError::EmptyUserid);
+        }
+        if samples.is_empty() {
+            return Err(GalleryError::NoSamples);
+        }
+        on_store!(self, g => g.register(userid, samples, consumed))
+    }
+
+    /// The recent faces `which` names, as registration samples, oldest first.
+    pub fn recent_samples(&self, which: RecentFaces) -> Result<Vec<RecentSample>, GalleryError> {
+        on_store!(self, g => g.recent_samples(which))
     }
 
     /// Removes `userid` and its samples; `Ok(false)` if it was not registered.

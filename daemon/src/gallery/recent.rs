@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::gallery::sqlite::schema::decode_embedding;
-use crate::gallery::GalleryError;
+use crate::gallery::{GalleryError, NewSample};
+use crate::vision::calibration::detection_confidence;
+use crate::vision::quality::Quality;
 
 /// What recognize saw of one face and answered for it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,9 +31,10 @@ pub struct Sighting {
     pub confidence: f32,
     /// Detector confidence of the face.
     pub det_score: f32,
-    /// The face's quality score, 0..1, as registration measures it (`vision::quality`):
-    /// what puts a group's best crop in front.
-    pub quality: f32,
+    /// The face's quality figures as registration measures them (`vision::quality`): the
+    /// score puts a group's best crop in front and gates naming a stranger. `None` for faces
+    /// kept before they were measured.
+    pub quality: Option<Quality>,
     /// Where it was in the photo.
     pub bbox: FaceBox,
 }
@@ -90,8 +93,9 @@ impl RecentBounds {
 }
 
 pub(crate) const INSERT: &str = "INSERT INTO recent_faces(seen_at, camera, userid, confidence,
-    det_score, x_min, y_min, x_max, y_max, embedding, model, crop, group_id, quality)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id";
+    det_score, x_min, y_min, x_max, y_max, embedding, model, crop, group_id, quality, face_px, sharpness, yaw, pitch)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+    RETURNING id";
 
 /// A face that starts a group is its first face.
 pub(crate) const START_GROUP: &str = "UPDATE recent_faces SET group_id = id WHERE id = $1";
@@ -114,7 +118,8 @@ pub(crate) const PRUNE_COUNT: &str = "DELETE FROM recent_faces WHERE id <=
 
 /// Newest first, below an id, of one group if `$2` is not NULL.
 pub(crate) const LIST: &str = "SELECT id, seen_at, camera, userid, confidence, det_score,
-    x_min, y_min, x_max, y_max, group_id, quality FROM recent_faces
+    x_min, y_min, x_max, y_max, group_id, quality, face_px, sharpness, yaw, pitch
+    FROM recent_faces
     WHERE id < $1 AND (CAST($2 AS BIGINT) IS NULL OR group_id = $2) ORDER BY id DESC LIMIT $3";
 
 /// All kept, or of one group.
@@ -159,13 +164,97 @@ pub(crate) fn grouped(
     group: i64,
     embedding: &[u8],
 ) -> Result<(i64, i64, Vec<f32>), GalleryError> {
-    let embedding = decode_embedding(embedding).ok_or_else(|| {
+    Ok((id, group, embedding_of(id, embedding)?))
+}
+
+/// The embedding of recent face `id` from its stored bytes.
+fn embedding_of(id: i64, bytes: &[u8]) -> Result<Vec<f32>, GalleryError> {
+    decode_embedding(bytes).ok_or_else(|| {
         GalleryError::Corrupt(format!(
             "recent face {id}: an embedding of {} bytes",
-            embedding.len()
+            bytes.len()
         ))
-    })?;
-    Ok((id, group, embedding))
+    })
+}
+
+/// The quality columns of a row, as both stores read them (`face_px` NULL: never measured).
+pub(crate) struct QualityColumns {
+    pub score: f64,
+    pub face_px: Option<i64>,
+    pub sharpness: Option<f64>,
+    pub yaw: Option<f64>,
+    pub pitch: Option<f64>,
+}
+
+impl QualityColumns {
+    /// The columns of `quality` (`None`: NULLs) in [`INSERT`]'s order.
+    pub fn of(quality: Option<&Quality>) -> QualityColumns {
+        QualityColumns {
+            score: quality.map_or(0.0, |q| f64::from(q.score)),
+            face_px: quality.map(|q| i64::from(q.face_px)),
+            sharpness: quality.map(|q| f64::from(q.sharpness)),
+            yaw: quality.map(|q| f64::from(q.yaw)),
+            pitch: quality.map(|q| f64::from(q.pitch)),
+        }
+    }
+
+    /// The figures of a face whose detector score was `det_score` (the detector's own scale).
+    pub fn figures(&self, det_score: f32) -> Option<Quality> {
+        let face_px = self.face_px?;
+        Some(Quality {
+            score: self.score as f32,
+            face_px: face_px.clamp(0, i64::from(u32::MAX)) as u32,
+            sharpness: self.sharpness.unwrap_or(0.0) as f32,
+            det_score: detection_confidence(det_score),
+            yaw: self.yaw.unwrap_or(0.0) as f32,
+            pitch: self.pitch.unwrap_or(0.0) as f32,
+        })
+    }
+}
+
+/// Recent faces as samples, for naming them: by group, or one face.
+pub(crate) const AS_SAMPLES_OF_GROUP: &str = "SELECT id, embedding, model, crop, det_score,
+    quality, face_px, sharpness, yaw, pitch FROM recent_faces WHERE group_id = $1 ORDER BY id";
+pub(crate) const AS_SAMPLE: &str = "SELECT id, embedding, model, crop, det_score,
+    quality, face_px, sharpness, yaw, pitch FROM recent_faces WHERE id = $1";
+
+/// Which recent faces to name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecentFaces {
+    /// Every face of a stranger group.
+    Group(i64),
+    /// One face.
+    Face(i64),
+}
+
+/// A recent face as a registration sample would be: its id and the sample.
+#[derive(Debug, Clone)]
+pub struct RecentSample {
+    pub id: i64,
+    pub sample: NewSample,
+}
+
+/// A row of [`AS_SAMPLE`] / [`AS_SAMPLES_OF_GROUP`].
+pub(crate) fn as_sample(
+    id: i64,
+    embedding: &[u8],
+    model: String,
+    crop: Vec<u8>,
+    det_score: f64,
+    quality: QualityColumns,
+) -> Result<RecentSample, GalleryError> {
+    let quality = quality.figures(det_score as f32);
+    Ok(RecentSample {
+        id,
+        sample: NewSample {
+            embedding: embedding_of(id, embedding)?,
+            model,
+            crop,
+            source: format!("recent face {id}"),
+            det_score: detection_confidence(det_score as f32),
+            quality,
+        },
+    })
 }
 
 /// A listed row from its columns in [`LIST`]'s order (both stores read them as these types).
@@ -179,7 +268,7 @@ pub(crate) fn listed(
     det_score: f64,
     corners: [i64; 4],
     group: Option<i64>,
-    quality: f64,
+    quality: QualityColumns,
 ) -> RecentFace {
     let px = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
     RecentFace {
@@ -191,7 +280,7 @@ pub(crate) fn listed(
             userid,
             confidence: confidence as f32,
             det_score: det_score as f32,
-            quality: quality as f32,
+            quality: quality.figures(det_score as f32),
             bbox: FaceBox {
                 x_min: px(corners[0]),
                 y_min: px(corners[1]),

@@ -287,6 +287,7 @@ impl From<GalleryError> for ApiError {
             GalleryError::EmptyUserid => ApiError::NoUserid,
             GalleryError::UnknownUser => ApiError::UnknownUserid,
             GalleryError::UserExists => ApiError::UseridExists,
+            GalleryError::RecentFaceGone(_) => ApiError::UnknownRecentFace,
             GalleryError::ReembedRunning => ApiError::ReembedRunning,
             other => match storage_problem(&other) {
                 Some(reason) => ApiError::StorageUnavailable {

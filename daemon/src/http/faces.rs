@@ -122,7 +122,7 @@ fn invalid_userid(reason: String) -> ApiError {
 }
 
 /// The userid of a registration: [`userid`], at most `max_bytes` long, no control characters.
-fn new_userid(form: &Form, max_bytes: usize) -> Result<String, ApiError> {
+pub(super) fn new_userid(form: &Form, max_bytes: usize) -> Result<String, ApiError> {
     check_new_userid(userid(form)?, max_bytes)
 }
 
@@ -198,7 +198,7 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
                 userid: f.userid,
                 confidence: f.confidence,
                 det_score: f.seen.face.score,
-                quality: 0.0, // measured by the recorder, off the request path
+                quality: None, // measured by the recorder, off the request path
                 bbox: FaceBox {
                     y_min: f.bbox.y_min,
                     x_min: f.bbox.x_min,

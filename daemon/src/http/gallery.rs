@@ -12,10 +12,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::faces::{check_new_userid, success, Nothing};
+use super::faces::{check_new_userid, new_userid, success, Nothing};
 use super::form::{FieldProblem, Form};
+use super::jobs::{self, Skipped};
 use super::AppState;
-use crate::gallery::{RecentFace, RenameOutcome, SampleInfo, StrangerGroup, UserSummary};
+use crate::gallery::{
+    RecentFace, RecentFaces, RegisterOutcome, RenameOutcome, SampleInfo, StrangerGroup, UserSummary,
+};
 use crate::vision::quality::Quality;
 
 #[derive(Serialize)]
@@ -303,6 +306,71 @@ pub async fn strangers(
     let gallery = state.gallery.clone();
     let (groups, total) = blocking(move || gallery.recent_groups(page.before, page.limit)).await?;
     Ok(success(StrangersPage { groups, total }, 0))
+}
+
+#[derive(Serialize)]
+struct Named {
+    /// "face added" (a new user) or "face updated", as registration says.
+    message: &'static str,
+    userid: String,
+    /// Samples stored.
+    samples: usize,
+    /// Faces that gave no sample, and why (they left the recent faces too).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<Skipped>,
+}
+
+/// POST /v1/gallery/strangers/{group}/name (field `userid`): "this is ...": the group's
+/// faces become samples of that user, new or existing (see [`jobs::name_recent`]).
+pub async fn name_stranger(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    group: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let group = group.parse().map_err(|_| ApiError::UnknownStranger)?;
+    name_recent(state, req, form, RecentFaces::Group(group)).await
+}
+
+/// POST /v1/gallery/recent/{id}/name (field `userid`): one recent face becomes a sample.
+pub async fn name_recent_face(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = recent_id(&id)?;
+    name_recent(state, req, form, RecentFaces::Face(id)).await
+}
+
+async fn name_recent(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    which: RecentFaces,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let userid = new_userid(&form, state.limits.max_userid_bytes)?;
+    let min_quality = state.limits.min_face_quality;
+    let model = state.pool.pipeline().models().recognizer.sha256.clone();
+    let gallery = state.gallery.clone();
+    let target = userid.clone();
+    let done = web::block(move || jobs::name_recent(&gallery, which, &target, min_quality, &model))
+        .await
+        .map_err(ApiError::internal)??;
+    let message = match done.outcome {
+        RegisterOutcome::Added => "face added",
+        RegisterOutcome::Updated => "face updated",
+    };
+    Ok(success(
+        Named {
+            message,
+            userid,
+            samples: done.samples,
+            skipped: done.skipped,
+        },
+        0,
+    ))
 }
 
 /// DELETE /v1/gallery/strangers/{group}: forgets every face of a stranger group.

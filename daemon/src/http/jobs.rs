@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::form::FilePart;
 use crate::budget::{MemoryBudget, Reservation};
-use crate::gallery::{FaceStore, NewSample, RegisterOutcome};
+use crate::gallery::{FaceStore, Gallery, NewSample, RecentFaces, RecentSample, RegisterOutcome};
 use crate::vision::calibration::{
     detection_confidence, detection_score_for, recognition_confidence, recognition_cosine_for,
     Enrolment, DEFAULT_DETECTION_CONFIDENCE, MATCH_MIN_SCORE,
@@ -343,6 +343,64 @@ pub fn register(
         skipped,
     })
 }
+
+/// "This is `userid`": the recent faces `which` names become samples of `userid` (new or
+/// existing), gated on MIN_FACE_QUALITY as registration is, and leave the recent faces (all of
+/// them: the weak ones too, listed in `skipped`), in one transaction. A face embedded by
+/// another model than the loaded one is skipped: its embedding would not compare.
+pub fn name_recent(
+    gallery: &Gallery,
+    which: RecentFaces,
+    userid: &str,
+    min_face_quality: f32,
+    model: &str,
+) -> Result<Registered, ApiError> {
+    let faces = gallery.recent_samples(which)?;
+    if faces.is_empty() {
+        return Err(match which {
+            RecentFaces::Group(_) => ApiError::UnknownStranger,
+            RecentFaces::Face(_) => ApiError::UnknownRecentFace,
+        });
+    }
+    let consumed: Vec<i64> = faces.iter().map(|f| f.id).collect();
+    let (mut samples, mut skipped) = (Vec::new(), Vec::new());
+    for RecentSample { sample, .. } in faces {
+        let refused = match sample.quality {
+            _ if sample.model != model => Some(SKIP_OTHER_MODEL.to_owned()),
+            Some(q) if q.score < min_face_quality => Some(low_quality_reason(&q, min_face_quality)),
+            None => Some(SKIP_NOT_MEASURED.to_owned()),
+            Some(_) => None,
+        };
+        match refused {
+            Some(reason) => skipped.push(Skipped {
+                file: sample.source.clone(),
+                reason,
+                quality: sample.quality,
+            }),
+            None => samples.push(sample),
+        }
+    }
+    if samples.is_empty() {
+        let reason = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.file, s.reason))
+            .collect::<Vec<_>>();
+        return Err(ApiError::NoFaceDetected {
+            reason: Some(reason.join("; ")),
+        });
+    }
+    let count = samples.len();
+    let outcome = gallery.register_recent(userid, samples, &consumed)?;
+    Ok(Registered {
+        outcome,
+        samples: count,
+        skipped,
+    })
+}
+
+/// Skip reasons of naming recent faces.
+const SKIP_OTHER_MODEL: &str = "embedded by another model than the loaded one";
+const SKIP_NOT_MEASURED: &str = "face quality never measured";
 
 fn skip(file: &FilePart, reason: &'static str) -> Skipped {
     Skipped {

@@ -111,7 +111,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/gallery/recent/{id}",
             web::delete().to(gallery::delete_recent),
         )
+        .route(
+            "/v1/gallery/recent/{id}/name",
+            web::post().to(gallery::name_recent_face),
+        )
         .route("/v1/gallery/strangers", web::get().to(gallery::strangers))
+        .route(
+            "/v1/gallery/strangers/{group}/name",
+            web::post().to(gallery::name_stranger),
+        )
         .route(
             "/v1/gallery/strangers/{group}",
             web::delete().to(gallery::delete_stranger),

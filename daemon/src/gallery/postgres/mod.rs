@@ -189,6 +189,7 @@ impl PostgresGallery {
         &self,
         userid: &str,
         samples: Vec<NewSample>,
+        consumed: &[i64],
     ) -> Result<RegisterOutcome, GalleryError> {
         for sample in &samples {
             check_embedding(&sample.embedding)?;
@@ -239,6 +240,11 @@ impl PostgresGallery {
                     sample_id: id,
                     embedding: &sample.embedding,
                 });
+            }
+            for &id in consumed {
+                if tx.execute(crate::gallery::recent::DELETE_ONE, &[&id])? != 1 {
+                    return Err(GalleryError::RecentFaceGone(id));
+                }
             }
             Ok((outcome, changes))
         })

@@ -3,7 +3,12 @@
 //! them.
 
 use super::PostgresGallery;
-use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace, StrangerGroup};
+use postgres::Row;
+
+use crate::gallery::recent::{
+    self, QualityColumns, RecentBounds, RecentFace, RecentFaces, RecentSample, SeenFace,
+    StrangerGroup,
+};
 use crate::gallery::sqlite::schema::encode_embedding;
 use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{now_ms, GalleryError};
@@ -40,6 +45,8 @@ impl PostgresGallery {
             } in faces
             {
                 let placement = groups.place(f.userid.as_deref(), embedding);
+                let q = QualityColumns::of(f.quality.as_ref());
+                let face_px = q.face_px.map(|px| px.clamp(0, i64::from(i32::MAX)) as i32);
                 let id: i64 = tx
                     .query_one(
                         &insert,
@@ -57,7 +64,11 @@ impl PostgresGallery {
                             model,
                             crop,
                             &placement.group_id(),
-                            &f64::from(f.quality),
+                            &q.score,
+                            &face_px,
+                            &q.sharpness,
+                            &q.yaw,
+                            &q.pitch,
                         ],
                     )?
                     .get(0);
@@ -93,7 +104,7 @@ impl PostgresGallery {
                         row.get(5),
                         [row.get(6), row.get(7), row.get(8), row.get(9)],
                         row.get(10),
-                        row.get(11),
+                        quality_columns(row, 11),
                     )
                 })
                 .collect();
@@ -119,6 +130,30 @@ impl PostgresGallery {
                 None => client.execute(recent::DELETE_ALL, &[])?,
             };
             Ok(n as usize)
+        })
+    }
+
+    /// The recent faces `which` names, as samples, oldest first (none: no such faces).
+    pub fn recent_samples(&self, which: RecentFaces) -> Result<Vec<RecentSample>, GalleryError> {
+        let (sql, id) = match which {
+            RecentFaces::Group(group) => (recent::AS_SAMPLES_OF_GROUP, group),
+            RecentFaces::Face(id) => (recent::AS_SAMPLE, id),
+        };
+        self.with_client(|client| {
+            client
+                .query(sql, &[&id])?
+                .iter()
+                .map(|row| {
+                    recent::as_sample(
+                        row.get(0),
+                        row.get(1),
+                        row.get(2),
+                        row.get(3),
+                        row.get(4),
+                        quality_columns(row, 5),
+                    )
+                })
+                .collect()
         })
     }
 
@@ -149,5 +184,16 @@ impl PostgresGallery {
             let total: i64 = client.query_one(recent::COUNT_GROUPS, &[])?.get(0);
             Ok((groups, total as usize))
         })
+    }
+}
+
+/// The quality columns starting at `at` (score, face_px, sharpness, yaw, pitch).
+fn quality_columns(row: &Row, at: usize) -> QualityColumns {
+    QualityColumns {
+        score: row.get(at),
+        face_px: row.get::<_, Option<i32>>(at + 1).map(i64::from),
+        sharpness: row.get(at + 2),
+        yaw: row.get(at + 3),
+        pitch: row.get(at + 4),
     }
 }

@@ -86,6 +86,10 @@ const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE recent_faces ADD COLUMN group_id BIGINT;
     ALTER TABLE recent_faces ADD COLUMN quality DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE recent_faces ADD COLUMN face_px INTEGER;
+    ALTER TABLE recent_faces ADD COLUMN sharpness DOUBLE PRECISION;
+    ALTER TABLE recent_faces ADD COLUMN yaw DOUBLE PRECISION;
+    ALTER TABLE recent_faces ADD COLUMN pitch DOUBLE PRECISION;
     CREATE INDEX recent_faces_by_group ON recent_faces(group_id, quality, seen_at);
     ",
 ];

@@ -144,13 +144,16 @@ impl SqliteGallery {
         &self.db_path
     }
 
-    /// Appends `samples` to `userid` (created if new) in one transaction; all or none are stored.
+    /// Appends `samples` to `userid` (created if new) and deletes the recent faces `consumed`
+    /// (those the samples came from, when a stranger is named), in one transaction: all or
+    /// none.
     ///
     /// The index is updated before returning, so the very next query sees the new samples.
     pub fn register(
         &self,
         userid: &str,
         samples: Vec<NewSample>,
+        consumed: &[i64],
     ) -> Result<RegisterOutcome, GalleryError> {
         // An empty userid or no samples: refused by `Gallery::register` for both stores.
         let mut conn = self.conn();
@@ -199,6 +202,7 @@ impl SqliteGallery {
                 embeddings.push((id, sample.embedding));
             }
         }
+        recent::consume(&tx, consumed)?;
         tx.commit()?;
 
         // Still under the connection lock: a concurrent delete cannot slip in between.

@@ -3,7 +3,10 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{schema, SqliteGallery};
-use crate::gallery::recent::{self, RecentBounds, RecentFace, SeenFace, StrangerGroup};
+use crate::gallery::recent::{
+    self, QualityColumns, RecentBounds, RecentFace, RecentFaces, RecentSample, SeenFace,
+    StrangerGroup,
+};
 use crate::gallery::strangers::StrangerGroups;
 use crate::gallery::{now_ms, GalleryError};
 
@@ -46,6 +49,7 @@ impl SqliteGallery {
             } in faces
             {
                 let placement = groups.place(f.userid.as_deref(), embedding);
+                let q = QualityColumns::of(f.quality.as_ref());
                 let id: i64 = insert.query_row(
                     params![
                         f.seen_at,
@@ -61,7 +65,11 @@ impl SqliteGallery {
                         model,
                         crop,
                         placement.group_id(),
-                        f64::from(f.quality),
+                        q.score,
+                        q.face_px,
+                        q.sharpness,
+                        q.yaw,
+                        q.pitch,
                     ],
                     |row| row.get(0),
                 )?;
@@ -95,7 +103,13 @@ impl SqliteGallery {
                 row.get(5)?,
                 [row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?],
                 row.get(10)?,
-                row.get(11)?,
+                QualityColumns {
+                    score: row.get(11)?,
+                    face_px: row.get(12)?,
+                    sharpness: row.get(13)?,
+                    yaw: row.get(14)?,
+                    pitch: row.get(15)?,
+                },
             ))
         })?;
         let faces = rows.collect::<Result<_, _>>()?;
@@ -118,6 +132,39 @@ impl SqliteGallery {
             Some(id) => conn.execute(recent::DELETE_ONE, [id])?,
             None => conn.execute(recent::DELETE_ALL, [])?,
         })
+    }
+
+    /// The recent faces `which` names, as samples, oldest first (none: no such faces).
+    pub fn recent_samples(&self, which: RecentFaces) -> Result<Vec<RecentSample>, GalleryError> {
+        let conn = self.conn();
+        let (sql, id) = match which {
+            RecentFaces::Group(group) => (recent::AS_SAMPLES_OF_GROUP, group),
+            RecentFaces::Face(id) => (recent::AS_SAMPLE, id),
+        };
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt
+            .query_map([id], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    QualityColumns {
+                        score: row.get(5)?,
+                        face_px: row.get(6)?,
+                        sharpness: row.get(7)?,
+                        yaw: row.get(8)?,
+                        pitch: row.get(9)?,
+                    },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, embedding, model, crop, det_score, q)| {
+                recent::as_sample(id, &embedding, model, crop, det_score, q)
+            })
+            .collect()
     }
 
     /// Deletes the faces of stranger group `group`; how many were deleted.
@@ -150,6 +197,18 @@ impl SqliteGallery {
     }
 }
 
+/// Deletes the recent faces `ids` inside a registration's transaction; one already gone
+/// fails it (and so rolls the registration back).
+pub(super) fn consume(tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<(), GalleryError> {
+    let mut delete = tx.prepare_cached(recent::DELETE_ONE)?;
+    for &id in ids {
+        if delete.execute([id])? != 1 {
+            return Err(GalleryError::RecentFaceGone(id));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -167,7 +226,7 @@ mod tests {
                 userid: None,
                 confidence: 0.0,
                 det_score: 0.9,
-                quality: 0.5,
+                quality: None,
                 bbox: FaceBox {
                     y_min: 1,
                     x_min: 2,

@@ -84,12 +84,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX recent_faces_by_time ON recent_faces(seen_at);
     ",
     // 5: strangers grouped (gallery::strangers): an unknown face's group, the id of the
-    // group's first face (NULL for named faces), and each face's quality (the group's best
-    // goes in front). Indexed: the recorder reads which groups are left at every batch and
-    // the group list reads counts, times and best faces, without walking the rows' crops.
+    // group's first face (NULL for named faces), and each face's quality figures as samples
+    // keep them (the group's best goes in front; naming a group gates on them). Indexed: the
+    // recorder reads which groups are left at every batch and the group list reads counts,
+    // times and best faces, without walking the rows' crops.
     r"
     ALTER TABLE recent_faces ADD COLUMN group_id INTEGER;
     ALTER TABLE recent_faces ADD COLUMN quality REAL NOT NULL DEFAULT 0;
+    ALTER TABLE recent_faces ADD COLUMN face_px INTEGER;
+    ALTER TABLE recent_faces ADD COLUMN sharpness REAL;
+    ALTER TABLE recent_faces ADD COLUMN yaw REAL;
+    ALTER TABLE recent_faces ADD COLUMN pitch REAL;
     CREATE INDEX recent_faces_by_group ON recent_faces(group_id, quality, seen_at);
     ",
 ];
