@@ -2,7 +2,8 @@
 //! `chromium` driven by Playwright (`playwright-core` from npm, no browser download) running
 //! `tests/web/gallery_page.mjs`: register a person from two photos (a third without a face
 //! is shown as skipped), see two thumbnails, remove one, rename, drop a photo onto the
-//! person, "try it", delete. Screenshots of every step go to
+//! person, "try it", see a stranger tried on the page under "Who came by" and name them
+//! there, delete. Screenshots of every step go to
 //! `target/web-screenshots/` (CI keeps them as artifacts).
 //!
 //! Needs `chromium`, `node` and `npm` (`.ci/run` installs them). Without them the test fails,
@@ -98,7 +99,9 @@ fn the_gallery_page_in_headless_chromium() {
         "04-renamed",
         "05-dropped",
         "06-try-it",
-        "07-deleted",
+        "07-stranger",
+        "08-named",
+        "09-deleted",
     ] {
         let path = shots.join(format!("{step}.png"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -133,6 +133,25 @@ try {
   await page.locator('#try').scrollIntoViewIfNeeded();
   await shot(page, '06-try-it');
 
+  step = 'a stranger tried on the page shows under "Who came by", and is named there';
+  await page.setInputFiles('#try-files', photo('biden.jpg'));
+  await page.locator('#try-results li', { hasText: 'unknown' }).waitFor();
+  const stranger = page.locator('.stranger').first();
+  await stranger.locator('img.cover[src^="blob:"]').waitFor();
+  const coverWidth = await stranger.locator('img.cover').evaluate((i) => i.decode().then(() => i.naturalWidth));
+  if (coverWidth !== 112) throw new Error(`the stranger's cover is ${coverWidth} px wide`);
+  const seen = await stranger.locator('.meta').textContent();
+  if (!seen.startsWith('seen 1 time,')) throw new Error(`the stranger says ${JSON.stringify(seen)}`);
+  await page.locator('#strangers-section').scrollIntoViewIfNeeded();
+  await shot(page, '07-stranger');
+  await stranger.locator('.this-is').fill('Joe Biden');
+  await stranger.locator('.name-it').click();
+  await page.locator('#strangers-message', { hasText: '1 photo added to Joe Biden' }).waitFor();
+  await loadedThumbs('Joe Biden').first().waitFor();
+  await page.waitForFunction(() => document.querySelectorAll('.stranger').length === 0);
+  await page.locator('#strangers-count', { hasText: '(0)' }).waitFor();
+  await shot(page, '08-named');
+
   step = 'the key stays in this session only';
   const stored = await page.evaluate(() => ({ local: localStorage.length, cookies: document.cookie }));
   if (stored.local !== 0 || stored.cookies !== '') throw new Error(`key kept beyond the session: ${JSON.stringify(stored)}`);
@@ -141,12 +160,14 @@ try {
   await other.locator('#key-form').waitFor({ state: 'visible', timeout: TIMEOUT });
   await other.context().close();
 
-  step = 'delete the person';
-  page.once('dialog', (dialog) => dialog.accept());
+  step = 'delete the people';
+  page.on('dialog', (dialog) => dialog.accept());
   await person('Barack Obama').locator('.delete').click();
+  await page.waitForFunction(() => document.querySelectorAll('.person').length === 1);
+  await person('Joe Biden').locator('.delete').click();
   await page.waitForFunction(() => document.querySelectorAll('.person').length === 0);
   await page.locator('#status', { hasText: '0 people' }).waitFor();
-  await shot(page, '07-deleted');
+  await shot(page, '09-deleted');
 
   if (problems.length) throw new Error(problems.join('\n'));
   console.log(JSON.stringify({ ok: true, screenshots: saved }));

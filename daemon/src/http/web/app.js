@@ -175,7 +175,69 @@ function refresh() {
     people.textContent = '';
     users.users.forEach(function (u) { people.appendChild(personCard(u)); });
     $('people-count').textContent = '(' + users.users.length + ')';
+    return refreshStrangers();
   });
+}
+
+// "Who came by": the stranger groups of the recent faces, each with its best crop.
+var coverUrls = [], strangersTotal = 0;
+
+function strangerCard(g) {
+  var card = document.getElementById('stranger-tpl').content.firstElementChild.cloneNode(true);
+  var path = '/v1/gallery/strangers/' + g.group;
+  var message = $('strangers-message');
+  card.dataset.group = g.group;
+  var img = card.querySelector('.cover');
+  img.alt = 'stranger ' + g.group;
+  call('GET', '/v1/gallery/recent/' + g.cover + '/crop.jpg').then(function (r) {
+    if (r.status !== 200) return;
+    var url = URL.createObjectURL(r.body);
+    coverUrls.push(url);
+    img.src = url;
+  });
+  card.querySelector('.meta').textContent = 'seen ' + g.faces + (g.faces === 1 ? ' time' : ' times') +
+    ', last ' + when(g.last_seen);
+  card.querySelector('.name-it').addEventListener('click', function () {
+    var userid = card.querySelector('.this-is').value.trim();
+    if (!userid) { message.textContent = 'Type who this is first.'; return; }
+    var form = new URLSearchParams();
+    form.append('userid', userid);
+    call('POST', path + '/name', form).then(function (r) {
+      var b = r.body;
+      message.textContent = b.success
+        ? b.samples + (b.samples === 1 ? ' photo' : ' photos') + ' added to ' + b.userid +
+          (b.skipped ? ', ' + b.skipped.length + ' too poor to keep' : '')
+        : errorText(b);
+      if (b.success) refresh();
+    });
+  });
+  card.querySelector('.forget').addEventListener('click', function () {
+    call('DELETE', path).then(function (r) {
+      if (r.body.success) refreshStrangers(); else message.textContent = errorText(r.body);
+    });
+  });
+  return card;
+}
+
+function refreshStrangers() {
+  return call('GET', '/v1/gallery/strangers?limit=50').then(function (r) {
+    if (!r.body.success) return 0;
+    coverUrls.forEach(function (u) { URL.revokeObjectURL(u); });
+    coverUrls = [];
+    var list = $('strangers');
+    list.textContent = '';
+    r.body.groups.forEach(function (g) { list.appendChild(strangerCard(g)); });
+    $('strangers-count').textContent = '(' + r.body.total + ')';
+    strangersTotal = r.body.total;
+    return r.body.total;
+  });
+}
+
+// Recognize keeps faces within about a second: look again a few times after a stranger.
+function watchStrangers(tries, before) {
+  setTimeout(function () {
+    refreshStrangers().then(function (n) { if (n === before && tries > 1) watchStrangers(tries - 1, before); });
+  }, 1000);
 }
 
 function showReembed(p) {
@@ -202,6 +264,7 @@ function tryIt(file) {
     faces.forEach(function (f) {
       li(list, f.userid + ' ' + f.confidence.toFixed(2), f.userid !== 'unknown');
     });
+    if (faces.some(function (f) { return f.userid === 'unknown'; })) watchStrangers(5, strangersTotal);
     var img = new Image();
     var url = URL.createObjectURL(file);
     img.onload = function () {
