@@ -306,7 +306,8 @@ fn name(d: &Daemon, path: &str, userid: &str) -> harness::Response {
 
 #[test]
 fn naming_a_stranger_turns_the_faces_into_samples_in_one_step() {
-    let d = Server::start(&[FACES_ON]);
+    // MAX_FILES=2: a group gives at most as many samples as one registration could send.
+    let d = Server::start(&[FACES_ON, ("MAX_FILES", "2")]);
     for photo in ["obama.jpg", "obama2.jpg", "obama3.jpg"] {
         recognize(&d, photo, Some("door"));
     }
@@ -335,19 +336,40 @@ fn naming_a_stranger_turns_the_faces_into_samples_in_one_step() {
         assert_eq!(res.json()["error"], json!("group not found"), "{path}");
     }
 
-    // "This is Barack Obama": three samples of a new user, and the faces leave recent faces.
+    // "This is Barack Obama": the best two faces become samples of a new user, and all three
+    // leave the recent faces.
     let named = ok(name(
         &d,
         &format!("{STRANGERS}/{group}/name"),
         "Barack Obama",
     ));
     assert_eq!(named["message"], json!("face added"), "{named}");
-    assert_eq!(named["samples"], json!(3), "{named}");
+    assert_eq!(
+        (&named["faces"], &named["samples"]),
+        (&json!(3), &json!(2)),
+        "{named}"
+    );
     assert_eq!(named["userid"], json!("Barack Obama"));
     assert_eq!(recent(&d, "")["total"], json!(0));
     assert_eq!(ok(d.get(STRANGERS))["total"], json!(0));
-    let samples = ok(d.get("/v1/gallery/users/Barack%20Obama/samples"));
-    assert_eq!(samples["samples"].as_array().unwrap().len(), 3, "{samples}");
+    let kept = ok(d.get("/v1/gallery/users/Barack%20Obama/samples"));
+    let score = |q: &Value| q["quality"]["score"].as_f64().unwrap();
+    let mut kept: Vec<f64> = kept["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(score)
+        .collect();
+    let mut seen: Vec<f64> = page["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(score)
+        .collect();
+    kept.sort_by(f64::total_cmp);
+    seen.sort_by(f64::total_cmp);
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+    assert!(close(&kept, &seen[1..]), "kept {kept:?} of {seen:?}");
     let answer = recognize(&d, "obama_1280x720.jpg", None);
     assert_eq!(answer["predictions"][0]["userid"], json!("Barack Obama"));
 

@@ -313,9 +313,11 @@ struct Named {
     /// "face added" (a new user) or "face updated", as registration says.
     message: &'static str,
     userid: String,
-    /// Samples stored.
+    /// Recent faces named (they left the recent faces).
+    faces: usize,
+    /// Samples stored: the faces good enough, at most MAX_FILES (the best).
     samples: usize,
-    /// Faces that gave no sample, and why (they left the recent faces too).
+    /// Faces refused, and why (at most MAX_FILES listed).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     skipped: Vec<Skipped>,
 }
@@ -351,13 +353,14 @@ async fn name_recent(
 ) -> Result<HttpResponse, ApiError> {
     state.access.gallery_route(&req, &form)?;
     let userid = new_userid(&form, state.limits.max_userid_bytes)?;
-    let min_quality = state.limits.min_face_quality;
+    let limits = state.limits.clone();
     let model = state.pool.pipeline().models().recognizer.sha256.clone();
     let gallery = state.gallery.clone();
     let target = userid.clone();
-    let done = web::block(move || jobs::name_recent(&gallery, which, &target, min_quality, &model))
-        .await
-        .map_err(ApiError::internal)??;
+    let (done, faces) =
+        web::block(move || jobs::name_recent(&gallery, which, &target, &limits, &model))
+            .await
+            .map_err(ApiError::internal)??;
     let message = match done.outcome {
         RegisterOutcome::Added => "face added",
         RegisterOutcome::Updated => "face updated",
@@ -366,6 +369,7 @@ async fn name_recent(
         Named {
             message,
             userid,
+            faces,
             samples: done.samples,
             skipped: done.skipped,
         },

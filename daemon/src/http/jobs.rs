@@ -347,14 +347,17 @@ pub fn register(
 /// "This is `userid`": the recent faces `which` names become samples of `userid` (new or
 /// existing), gated on MIN_FACE_QUALITY as registration is, and leave the recent faces (all of
 /// them: the weak ones too, listed in `skipped`), in one transaction. A face embedded by
-/// another model than the loaded one is skipped: its embedding would not compare.
+/// another model than the loaded one is skipped: its embedding would not compare. A group seen
+/// hundreds of times gives at most MAX_FILES samples, as one registration could: its best
+/// faces. Returns the registration and how many recent faces were named.
 pub fn name_recent(
     gallery: &Gallery,
     which: RecentFaces,
     userid: &str,
-    min_face_quality: f32,
+    limits: &UploadLimits,
     model: &str,
-) -> Result<Registered, ApiError> {
+) -> Result<(Registered, usize), ApiError> {
+    let min_face_quality = limits.min_face_quality;
     let faces = gallery.recent_samples(which)?;
     if faces.is_empty() {
         return Err(match which {
@@ -380,22 +383,42 @@ pub fn name_recent(
             None => samples.push(sample),
         }
     }
+    // What is listed of the skipped faces: as many as one registration could have sent.
+    let skipped_total = skipped.len();
+    skipped.truncate(limits.max_files);
     if samples.is_empty() {
-        let reason = skipped
+        let mut reason: Vec<String> = skipped
             .iter()
+            .take(SKIPPED_IN_REASON)
             .map(|s| format!("{}: {}", s.file, s.reason))
-            .collect::<Vec<_>>();
+            .collect();
+        if skipped_total > reason.len() {
+            reason.push(format!("and {} more", skipped_total - reason.len()));
+        }
         return Err(ApiError::NoFaceDetected {
             reason: Some(reason.join("; ")),
         });
     }
+    // The best first (stable: among equals, the oldest).
+    samples.sort_by(|a, b| quality_score(b).total_cmp(&quality_score(a)));
+    samples.truncate(limits.max_files);
     let count = samples.len();
     let outcome = gallery.register_recent(userid, samples, &consumed)?;
-    Ok(Registered {
-        outcome,
-        samples: count,
-        skipped,
-    })
+    Ok((
+        Registered {
+            outcome,
+            samples: count,
+            skipped,
+        },
+        consumed.len(),
+    ))
+}
+
+/// Skipped faces named in the reason of a refused naming.
+const SKIPPED_IN_REASON: usize = 5;
+
+fn quality_score(sample: &NewSample) -> f32 {
+    sample.quality.map_or(0.0, |q| q.score)
 }
 
 /// Skip reasons of naming recent faces.
