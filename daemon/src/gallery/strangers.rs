@@ -102,7 +102,9 @@ impl StrangerGroups {
         kept: &[i64],
         stored: impl IntoIterator<Item = (i64, i64, Vec<f32>)>,
     ) {
-        self.retain(|id| kept.contains(&id));
+        let mut kept = kept.to_vec();
+        kept.sort_unstable();
+        self.retain(|id| kept.binary_search(&id).is_ok());
         for (id, group, embedding) in stored {
             self.add(group, &embedding);
             self.seen_up_to = self.seen_up_to.max(id);

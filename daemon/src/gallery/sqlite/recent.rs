@@ -103,13 +103,7 @@ impl SqliteGallery {
                 row.get(5)?,
                 [row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?],
                 row.get(10)?,
-                QualityColumns {
-                    score: row.get(11)?,
-                    face_px: row.get(12)?,
-                    sharpness: row.get(13)?,
-                    yaw: row.get(14)?,
-                    pitch: row.get(15)?,
-                },
+                quality_columns(row, 11)?,
             ))
         })?;
         let faces = rows.collect::<Result<_, _>>()?;
@@ -150,13 +144,7 @@ impl SqliteGallery {
                     row.get(2)?,
                     row.get(3)?,
                     row.get(4)?,
-                    QualityColumns {
-                        score: row.get(5)?,
-                        face_px: row.get(6)?,
-                        sharpness: row.get(7)?,
-                        yaw: row.get(8)?,
-                        pitch: row.get(9)?,
-                    },
+                    quality_columns(row, 5)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -195,6 +183,17 @@ impl SqliteGallery {
         let total: i64 = conn.query_row(recent::COUNT_GROUPS, [], |row| row.get(0))?;
         Ok((groups, total as usize))
     }
+}
+
+/// The quality columns starting at `at` (score, face_px, sharpness, yaw, pitch).
+fn quality_columns(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<QualityColumns> {
+    Ok(QualityColumns {
+        score: row.get(at)?,
+        face_px: row.get(at + 1)?,
+        sharpness: row.get(at + 2)?,
+        yaw: row.get(at + 3)?,
+        pitch: row.get(at + 4)?,
+    })
 }
 
 /// Deletes the recent faces `ids` inside a registration's transaction; one already gone
