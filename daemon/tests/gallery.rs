@@ -66,6 +66,7 @@ impl Rng {
             source: source.into(),
             det_score: 0.5 + self.uniform() / 2.0,
             quality: None,
+            negative: false,
         }
     }
 }
@@ -95,7 +96,7 @@ fn fingerprint(db: &Path) -> String {
     for sql in [
         "SELECT key, value FROM meta ORDER BY key",
         "SELECT id, userid, created_at FROM users ORDER BY id",
-        "SELECT id, user_id, embedding, model, crop, source, det_score, added_at
+        "SELECT id, user_id, embedding, model, crop, source, det_score, added_at, negative
          FROM samples ORDER BY id",
         "SELECT name, seq FROM sqlite_sequence ORDER BY name",
     ] {
@@ -401,7 +402,7 @@ fn the_database_file_is_in_wal_mode_at_the_current_schema() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let format: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)
@@ -428,7 +429,7 @@ fn a_newer_or_foreign_database_is_refused_and_left_untouched() {
         Gallery::open(dir.path()),
         Err(GalleryError::TooNew {
             found: 99,
-            supported: 5
+            supported: 6
         })
     ));
     assert_eq!(std::fs::read(&db).unwrap(), before);
@@ -925,6 +926,7 @@ fn bare_sample(embedding: Vec<f32>) -> NewSample {
         source: "image".into(),
         det_score: 0.9,
         quality: None,
+        negative: false,
     }
 }
 

@@ -29,6 +29,7 @@ fn sample(i: usize) -> NewSample {
         source: format!("image{i}"),
         det_score: 0.9,
         quality: None,
+        negative: false,
     }
 }
 

@@ -70,7 +70,13 @@ fn names(d: &Daemon) -> Vec<String> {
 }
 
 fn recognized(d: &Daemon, photo_name: &str) -> Vec<String> {
-    let form = Multipart::new().file("image", &photo(photo_name));
+    recognized_at(d, photo_name, "0.67")
+}
+
+fn recognized_at(d: &Daemon, photo_name: &str, min_confidence: &str) -> Vec<String> {
+    let form = Multipart::new()
+        .file("image", &photo(photo_name))
+        .text("min_confidence", min_confidence);
     let res = d.post(RECOGNIZE, &form.body());
     let body = res.json();
     assert_eq!(body["success"], Value::Bool(true), "{}", res.text());
@@ -220,6 +226,25 @@ fn a_change_on_one_node_shows_on_the_other() {
         names(&b) == ["Obama"]
     });
     assert_eq!(recognized(&b, "obama.jpg"), ["Obama"]);
+
+    // "Not Obama" on A, for the face B gave him at min_confidence 0: B stops giving it to him.
+    assert_eq!(recognized_at(&b, "biden.jpg", "0"), ["Obama"]);
+    // Kept: two from before, B's face of Obama, and this one.
+    eventually(VISIBLE_WITHIN, "B's face stored", || groups().len() == 4);
+    let id = groups()[0].0.clone();
+    let rejected = a.post(&format!("/v1/gallery/recent/{id}/not"), &fields(&[]).body());
+    assert_eq!(
+        rejected.json()["message"],
+        "negative sample added",
+        "{}",
+        rejected.text()
+    );
+    eventually(
+        VISIBLE_WITHIN,
+        "B vetoes the face A said is not Obama",
+        || recognized_at(&b, "biden.jpg", "0") == ["unknown"],
+    );
+    assert_eq!(recognized(&b, "obama2.jpg"), ["Obama"]);
 }
 
 #[test]
@@ -317,7 +342,30 @@ fn a_restarted_node_catches_up_and_backups_move_between_the_stores() {
     let pg = start_postgres();
     let a = Node::start(&pg.url());
     register(&a, "Barack Obama", "obama.jpg");
+    // A negative sample ("not Barack Obama" for Biden's face) is read by a node that starts
+    // later, and travels with the backups.
+    assert_eq!(recognized_at(&a, "biden.jpg", "0"), ["Barack Obama"]);
+    let seen = || a.get("/v1/gallery/recent").json()["faces"].clone();
+    eventually(VISIBLE_WITHIN, "A's face stored", || {
+        seen()
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["userid"] == "Barack Obama"))
+    });
+    let wrong = seen()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["userid"] == "Barack Obama")
+        .unwrap()["id"]
+        .clone();
+    let res = a.post(
+        &format!("/v1/gallery/recent/{wrong}/not"),
+        &fields(&[]).body(),
+    );
+    assert_eq!(res.json()["success"], true, "{}", res.text());
+
     let b = Node::start(&pg.url());
+    assert_eq!(recognized_at(&b, "biden.jpg", "0"), ["unknown"]);
     assert_eq!(names(&b), ["Barack Obama"]);
     let b_dir = b._dir.path().to_owned();
     b.daemon.kill();
@@ -346,6 +394,10 @@ fn a_restarted_node_catches_up_and_backups_move_between_the_stores() {
     restore(&single, &backup.body);
     assert_eq!(names(&single), ["Barack Obama", "Joe Biden"]);
     assert_eq!(recognized(&single, "obama2.jpg"), ["Barack Obama"]);
+    let samples = single
+        .get("/v1/gallery/users/Barack%20Obama/samples")
+        .json();
+    assert_eq!(samples["samples"][1]["negative"], true, "{samples}");
 
     // SQLite -> PostgreSQL: a board's gallery moves into the shared one; every node reloads.
     register(&single, "Kamala Harris", "obama.jpg");

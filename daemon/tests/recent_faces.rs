@@ -426,3 +426,133 @@ fn naming_a_stranger_turns_the_faces_into_samples_in_one_step() {
     assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
     drop(tmp);
 }
+
+fn recognize_at(d: &Daemon, photo: &str, min_confidence: &str) -> Value {
+    let form = Multipart::new()
+        .file("image", &common::photo_bytes(photo))
+        .text("min_confidence", min_confidence);
+    ok(d.post(RECOGNIZE, &form.body()))
+}
+
+fn user_of(answer: &Value) -> Value {
+    answer["predictions"][0]["userid"].clone()
+}
+
+#[test]
+fn not_this_person_keeps_the_face_from_that_user_for_good() {
+    let d = Server::start(&[FACES_ON]);
+    ok(d.post(
+        REGISTER,
+        &Multipart::new()
+            .file("image", &common::photo_bytes("obama.jpg"))
+            .text("userid", "Barack Obama")
+            .body(),
+    ));
+    // At min_confidence 0 anybody is given to the one user: Biden is named Obama.
+    assert_eq!(
+        user_of(&recognize_at(&d, "biden.jpg", "0")),
+        json!("Barack Obama")
+    );
+    recognize(&d, "obama2.jpg", None);
+    let page = recent_when(&d, |p| p["total"] == json!(2));
+    let (obama2, biden) = (&page["faces"][0], &page["faces"][1]);
+    assert_eq!(biden["userid"], json!("Barack Obama"), "{page}");
+
+    // Checked before anything changes: the face, the user, whom an unknown face is not.
+    let res = d.post(&format!("{RECENT}/999999/not"), &fields(&[]).body());
+    assert_eq!(
+        (res.status, res.json()["error"].clone()),
+        (404, json!("face not found"))
+    );
+    let res = d.post(
+        &format!("{RECENT}/{}/not", biden["id"]),
+        &fields(&[("userid", "Nobody")]).body(),
+    );
+    assert_eq!(
+        (res.status, res.json()["error"].clone()),
+        (404, json!("userid not found")),
+        "{}",
+        res.text()
+    );
+    assert_eq!(recent(&d, "")["total"], json!(2));
+
+    // "Not Barack Obama": the face becomes his negative sample and leaves the recent faces.
+    let rejected = ok(d.post(
+        &format!("{RECENT}/{}/not", biden["id"]),
+        &fields(&[]).body(),
+    ));
+    assert_eq!(
+        (&rejected["message"], &rejected["userid"]),
+        (&json!("negative sample added"), &json!("Barack Obama")),
+        "{rejected}"
+    );
+    assert_eq!(recent(&d, "")["faces"][0]["id"], obama2["id"]);
+    assert_eq!(recent(&d, "")["total"], json!(1));
+    let samples = ok(d.get("/v1/gallery/users/Barack%20Obama/samples"));
+    let negatives: Vec<bool> = samples["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["negative"].as_bool().unwrap())
+        .collect();
+    assert_eq!(negatives, [false, true], "{samples}");
+    let users = ok(d.get("/v1/gallery/users"));
+    assert_eq!(
+        (
+            &users["users"][0]["samples"],
+            &users["users"][0]["negatives"]
+        ),
+        (&json!(1), &json!(1)),
+        "{users}"
+    );
+
+    // Biden is no longer given to him, even at 0; Obama's own photos still are, and the
+    // DeepStack list still has one user.
+    assert_eq!(
+        user_of(&recognize_at(&d, "biden.jpg", "0")),
+        json!("unknown")
+    );
+    assert_eq!(
+        user_of(&recognize(&d, "obama_1280x720.jpg", None)),
+        json!("Barack Obama")
+    );
+    let list = ok(d.post(LIST, &fields(&[]).body()));
+    assert_eq!(list["faces"], json!(["Barack Obama"]));
+
+    // A face given to nobody needs to be told whom it is not.
+    let page = recent_when(&d, |p| p["total"] == json!(3));
+    let unknown = page["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["userid"].is_null())
+        .unwrap_or_else(|| panic!("{page}"))
+        .clone();
+    let res = d.post(
+        &format!("{RECENT}/{}/not", unknown["id"]),
+        &fields(&[]).body(),
+    );
+    assert_eq!(res.status, 400, "{}", res.text());
+
+    // Across a restart the veto stands; deleting the negative sample lifts it.
+    let data_dir = d.data_dir();
+    let Server { daemon, tmp } = d;
+    assert!(daemon.terminate().success());
+    let d = Daemon::start(&data_dir, &[FACES_ON]);
+    assert_eq!(
+        user_of(&recognize_at(&d, "biden.jpg", "0")),
+        json!("unknown")
+    );
+    let negative = samples["samples"][1]["id"].as_i64().unwrap();
+    ok(d.request(
+        "DELETE",
+        &format!("/v1/gallery/samples/{negative}"),
+        &Body::Empty,
+    )
+    .unwrap());
+    assert_eq!(
+        user_of(&recognize_at(&d, "biden.jpg", "0")),
+        json!("Barack Obama")
+    );
+    drop(tmp);
+}

@@ -7,12 +7,24 @@
 //! over `users x 128` floats the CPU prefetches and vectorises, exact in f32: 1,000 users are
 //! 0.5 MB and scan in tens of microseconds. Users are small integer slots, so a change is an
 //! array update: adding a sample adds its embedding to the sum, removing one subtracts it.
+//!
+//! A user may also have negative samples: faces someone said were "not" that person (a
+//! stranger the gallery named). They never enter the template; a face that resembles one of
+//! them more than the user's template (by [`NEGATIVE_MARGIN`]) is not given to that user
+//! ([`Index::best_users`]). There are few of them, and only users a face already reaches are
+//! checked against theirs.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::EMBEDDING_DIM;
 use crate::vision::calibration::Enrolment;
+
+/// How much more a face must resemble one of a user's negative samples than the user's
+/// template for the user to be vetoed: `cosine(face, negative) > cosine(face, template) +
+/// NEGATIVE_MARGIN`. Chosen by `deepstack-eval evaluate` ("Negative samples") on the
+/// calibration half of celeba-dev, reported on the other half (README).
+pub const NEGATIVE_MARGIN: f32 = 0.0;
 
 /// Every user's template plus which user each sample is.
 #[derive(Debug, Default)]
@@ -29,6 +41,12 @@ pub struct Index {
     users: Vec<String>,
     /// Userid -> slot.
     slots: HashMap<String, u32>,
+    /// Negative samples of each slot: database id and embedding.
+    negatives: Vec<Vec<(i64, Box<[f32]>)>>,
+    /// Database id -> slot of every negative sample.
+    negative_user: HashMap<i64, u32>,
+    /// [`NEGATIVE_MARGIN`], but for the evaluation's sweep.
+    negative_margin: f32,
     /// [`Index::enrolment`], computed on first use after a change.
     enrolment: OnceLock<Enrolment>,
 }
@@ -36,7 +54,16 @@ pub struct Index {
 impl Index {
     /// An empty index.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_negative_margin(NEGATIVE_MARGIN)
+    }
+
+    /// An empty index that vetoes users by another margin than [`NEGATIVE_MARGIN`] (to
+    /// measure which one to ship).
+    pub fn with_negative_margin(margin: f32) -> Self {
+        Self {
+            negative_margin: margin,
+            ..Self::default()
+        }
     }
 
     /// Makes sure `userid` has a slot and returns it.
@@ -50,7 +77,27 @@ impl Index {
         self.sums.extend([0f32; EMBEDDING_DIM]);
         self.inverse_norms.push(0.0);
         self.samples.push(0);
+        self.negatives.push(Vec::new());
         slot
+    }
+
+    /// Adds a sample or (`negative`) a negative sample.
+    pub fn add(&mut self, userid: &str, sample_id: i64, negative: bool, embedding: &[f32]) {
+        if negative {
+            self.add_negative(userid, sample_id, embedding);
+        } else {
+            self.add_sample(userid, sample_id, embedding);
+        }
+    }
+
+    /// Adds one negative sample ("not this person") to its user; the caller checked
+    /// `embedding.len() == EMBEDDING_DIM`.
+    pub fn add_negative(&mut self, userid: &str, sample_id: i64, embedding: &[f32]) {
+        debug_assert_eq!(embedding.len(), EMBEDDING_DIM);
+        let slot = self.add_user(userid);
+        let previous = self.negative_user.insert(sample_id, slot);
+        debug_assert!(previous.is_none(), "negative {sample_id} added twice");
+        self.negatives[slot as usize].push((sample_id, embedding.into()));
     }
 
     /// Adds one sample to its user's template; the caller checked
@@ -95,9 +142,9 @@ impl Index {
         };
     }
 
-    /// Whether the sample of database id `sample_id` is in the index.
+    /// Whether the sample (or negative sample) of database id `sample_id` is in the index.
     pub fn has_sample(&self, sample_id: i64) -> bool {
-        self.sample_user.contains_key(&sample_id)
+        self.sample_user.contains_key(&sample_id) || self.negative_user.contains_key(&sample_id)
     }
 
     /// Drops a user and its samples; returns whether it existed.
@@ -106,13 +153,18 @@ impl Index {
             return false;
         };
         self.sample_user.retain(|_, s| *s != slot);
+        self.negative_user.retain(|_, s| *s != slot);
         self.free_slot(slot);
         true
     }
 
-    /// Drops one sample (whose stored embedding is `embedding`) from its user's template;
-    /// returns whether it was there. Its user stays.
+    /// Drops one sample (whose stored embedding is `embedding`) from its user's template, or
+    /// one negative sample; returns whether it was there. Its user stays.
     pub fn remove_sample(&mut self, sample_id: i64, embedding: &[f32]) -> bool {
+        if let Some(slot) = self.negative_user.remove(&sample_id) {
+            self.negatives[slot as usize].retain(|(id, _)| *id != sample_id);
+            return true;
+        }
         let Some(slot) = self.sample_user.remove(&sample_id) else {
             return false;
         };
@@ -137,11 +189,17 @@ impl Index {
                 self.slots.insert(to.to_owned(), slot);
             }
             Some(&target) => {
-                for user in self.sample_user.values_mut() {
+                for user in self
+                    .sample_user
+                    .values_mut()
+                    .chain(self.negative_user.values_mut())
+                {
                     if *user == slot {
                         *user = target;
                     }
                 }
+                let negatives = std::mem::take(&mut self.negatives[slot as usize]);
+                self.negatives[target as usize].extend(negatives);
                 let at = slot as usize * EMBEDDING_DIM;
                 let moved: Vec<f32> = self.sums[at..at + EMBEDDING_DIM].to_vec();
                 self.samples[target as usize] += self.samples[slot as usize];
@@ -160,12 +218,17 @@ impl Index {
         self.users.swap_remove(slot as usize);
         self.inverse_norms.swap_remove(slot as usize);
         self.samples.swap_remove(slot as usize);
+        self.negatives.swap_remove(slot as usize);
         let (at, end) = (slot as usize * EMBEDDING_DIM, last as usize * EMBEDDING_DIM);
         self.sums.copy_within(end..end + EMBEDDING_DIM, at);
         self.sums.truncate(end);
         if slot != last {
             self.slots.insert(self.users[slot as usize].clone(), slot);
-            for user in self.sample_user.values_mut() {
+            for user in self
+                .sample_user
+                .values_mut()
+                .chain(self.negative_user.values_mut())
+            {
                 if *user == last {
                     *user = slot;
                 }
@@ -175,8 +238,9 @@ impl Index {
 
     /// The users whose template cosine with the unit-length `query` is at least
     /// `min_cosine`, at most `top` of them, highest first (ties by userid, for stable
-    /// answers: the same photo registered under two names). A query of the wrong length
-    /// matches nobody.
+    /// answers: the same photo registered under two names). A user one of whose negative
+    /// samples `query` resembles more (see [`NEGATIVE_MARGIN`]) is left out. A query of the
+    /// wrong length matches nobody.
     pub fn best_users(&self, query: &[f32], min_cosine: f32, top: usize) -> Vec<(String, f32)> {
         if query.len() != EMBEDDING_DIM || top == 0 {
             return Vec::new();
@@ -189,6 +253,7 @@ impl Index {
             .filter(|(_, (_, &inverse))| inverse > 0.0)
             .map(|(slot, (sum, &inverse))| (slot as u32, crate::dot::dot(sum, query) * inverse))
             .filter(|&(_, cosine)| cosine >= min_cosine)
+            .filter(|&(slot, cosine)| !self.vetoed(slot, query, cosine))
             .collect();
         hits.sort_by(|a, b| {
             b.1.total_cmp(&a.1)
@@ -198,6 +263,14 @@ impl Index {
         hits.into_iter()
             .map(|(slot, cosine)| (self.users[slot as usize].clone(), cosine.min(1.0)))
             .collect()
+    }
+
+    /// Whether one of `slot`'s negative samples resembles `query` more than the slot's
+    /// template does (`cosine`).
+    fn vetoed(&self, slot: u32, query: &[f32], cosine: f32) -> bool {
+        self.negatives[slot as usize]
+            .iter()
+            .any(|(_, negative)| crate::dot::dot(negative, query) > cosine + self.negative_margin)
     }
 
     /// All userids, sorted bytewise (what SQLite's BINARY collation and DeepStack return).
@@ -221,9 +294,14 @@ impl Index {
         self.users.len()
     }
 
-    /// Number of samples.
+    /// Number of samples (not counting negative ones).
     pub fn sample_count(&self) -> usize {
         self.sample_user.len()
+    }
+
+    /// Number of negative samples.
+    pub fn negative_count(&self) -> usize {
+        self.negative_user.len()
     }
 }
 
@@ -358,6 +436,57 @@ mod tests {
         assert_eq!(index.enrolment(), Enrolment::of([2]));
         assert!(index.remove_user("a"));
         assert_eq!(index.enrolment(), Enrolment::default());
+    }
+
+    #[test]
+    fn a_face_like_a_negative_sample_is_not_given_to_that_user() {
+        let mut index = Index::new();
+        index.add_sample("anna", 1, &axis(0));
+        index.add_sample("bob", 2, &axis(1));
+        // A stranger the gallery named Anna: cosine 0.6 with her template.
+        let stranger = unit(&[&[0.6f32, 0.0, 0.8][..], &[0.0; EMBEDDING_DIM - 3]].concat());
+        assert_eq!(users_of(&index.best_users(&stranger, 0.5, 5)), ["anna"]);
+        index.add_negative("anna", 3, &stranger);
+        assert!(index.best_users(&stranger, 0.5, 5).is_empty());
+        assert_eq!(index.sample_count(), 2, "a negative is no sample");
+        assert_eq!(index.negative_count(), 1);
+        assert_eq!(index.enrolment(), Enrolment::of([1, 1]));
+        // Anna's own face resembles her template more than the stranger: still hers.
+        assert_eq!(users_of(&index.best_users(&axis(0), 0.5, 5)), ["anna"]);
+        // Only Anna is vetoed: the next user may take the face.
+        let near_both = unit(&[&[0.5f32, 0.45, 0.6][..], &[0.0; EMBEDDING_DIM - 3]].concat());
+        assert_eq!(users_of(&index.best_users(&near_both, 0.3, 5)), ["bob"]);
+        assert!(index.has_sample(3));
+        assert!(index.remove_sample(3, &stranger));
+        assert!(!index.has_sample(3));
+        assert_eq!(users_of(&index.best_users(&stranger, 0.5, 5)), ["anna"]);
+    }
+
+    #[test]
+    fn negative_samples_follow_renames_merges_and_removals() {
+        let mut index = Index::new();
+        let stranger = unit(&[&[0.6f32, 0.0, 0.8][..], &[0.0; EMBEDDING_DIM - 3]].concat());
+        index.add_sample("gone", 9, &axis(5));
+        index.add_sample("anna", 1, &axis(0));
+        index.add_negative("anna", 3, &stranger);
+        index.add_sample("a2", 2, &axis(0));
+        // Anna moves into the slot "gone" frees: her negative moves with her.
+        assert!(index.remove_user("gone"));
+        assert_eq!(users_of(&index.best_users(&stranger, 0.5, 5)), ["a2"]);
+        assert!(index.rename_user("anna", "anne"));
+        assert_eq!(users_of(&index.best_users(&stranger, 0.5, 5)), ["a2"]);
+        // Merged into a2: a2 now carries the negative.
+        assert!(index.rename_user("anne", "a2"));
+        assert!(index.best_users(&stranger, 0.5, 5).is_empty());
+        assert!(
+            index.remove_sample(3, &stranger),
+            "still found by id after the merge"
+        );
+        assert_eq!(users_of(&index.best_users(&stranger, 0.5, 5)), ["a2"]);
+        index.add_negative("a2", 4, &stranger);
+        assert!(index.remove_user("a2"));
+        assert!(!index.has_sample(4));
+        assert_eq!(index.negative_count(), 0);
     }
 
     #[test]

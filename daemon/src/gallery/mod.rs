@@ -14,7 +14,7 @@
 //! into either.
 
 mod error;
-mod index;
+pub mod index;
 pub mod postgres;
 pub mod recent;
 mod reembed;
@@ -58,6 +58,8 @@ pub struct NewSample {
     pub det_score: f32,
     /// The face's quality figures, when they were measured.
     pub quality: Option<Quality>,
+    /// A negative sample: a face that is *not* this user ("not ..." on a recent face).
+    pub negative: bool,
 }
 
 /// What a successful registration did to the user.
@@ -84,6 +86,8 @@ pub struct SampleInfo {
     pub added_at: i64,
     /// Quality figures; `None` for samples stored before they were measured.
     pub quality: Option<Quality>,
+    /// A negative sample ("not this user"): it vetoes the user instead of matching.
+    pub negative: bool,
 }
 
 /// What the face routes need from a gallery.
@@ -118,8 +122,11 @@ pub trait FaceStore: Send + Sync {
 pub struct UserSummary {
     /// The userid.
     pub userid: String,
-    /// Number of stored samples (0 after its last sample was removed).
+    /// Number of stored samples (0 after its last sample was removed), negative ones not
+    /// counted.
     pub samples: usize,
+    /// Number of negative samples ("not this user").
+    pub negatives: usize,
     /// When the user was created, unix milliseconds.
     pub created_at: i64,
     /// When its newest sample was added, unix milliseconds; `None` without samples.

@@ -214,9 +214,10 @@ impl QualityColumns {
 
 /// Recent faces as samples, for naming them: by group, or one face.
 pub(crate) const AS_SAMPLES_OF_GROUP: &str = "SELECT id, embedding, model, crop, det_score,
-    quality, face_px, sharpness, yaw, pitch FROM recent_faces WHERE group_id = $1 ORDER BY id";
+    quality, face_px, sharpness, yaw, pitch, userid FROM recent_faces WHERE group_id = $1
+    ORDER BY id";
 pub(crate) const AS_SAMPLE: &str = "SELECT id, embedding, model, crop, det_score,
-    quality, face_px, sharpness, yaw, pitch FROM recent_faces WHERE id = $1";
+    quality, face_px, sharpness, yaw, pitch, userid FROM recent_faces WHERE id = $1";
 
 /// Which recent faces to name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +232,8 @@ pub enum RecentFaces {
 #[derive(Debug, Clone)]
 pub struct RecentSample {
     pub id: i64,
+    /// The user recognize gave the face to, `None` for an unknown face.
+    pub answer: Option<String>,
     pub sample: NewSample,
 }
 
@@ -242,10 +245,12 @@ pub(crate) fn as_sample(
     crop: Vec<u8>,
     det_score: f64,
     quality: QualityColumns,
+    answer: Option<String>,
 ) -> Result<RecentSample, GalleryError> {
     let quality = quality.figures(det_score as f32);
     Ok(RecentSample {
         id,
+        answer,
         sample: NewSample {
             embedding: embedding_of(id, embedding)?,
             model,
@@ -253,6 +258,7 @@ pub(crate) fn as_sample(
             source: format!("recent face {id}"),
             det_score: detection_confidence(det_score as f32),
             quality,
+            negative: false,
         },
     })
 }

@@ -35,6 +35,8 @@ struct Sample {
     model: String,
     /// `null` for samples registered before quality was measured.
     quality: Option<Quality>,
+    /// A negative sample: a face someone said was not this user.
+    negative: bool,
 }
 
 impl From<SampleInfo> for Sample {
@@ -46,6 +48,7 @@ impl From<SampleInfo> for Sample {
             det_score: s.det_score,
             model: s.model,
             quality: s.quality,
+            negative: s.negative,
         }
     }
 }
@@ -372,6 +375,39 @@ async fn name_recent(
             faces,
             samples: done.samples,
             skipped: done.skipped,
+        },
+        0,
+    ))
+}
+
+#[derive(Serialize)]
+struct Rejected {
+    message: &'static str,
+    userid: String,
+}
+
+/// POST /v1/gallery/recent/{id}/not (field `userid`, by default the user the face was given
+/// to): "not ...": the face becomes a negative sample of that user (see
+/// [`jobs::reject_recent`]).
+pub async fn reject_recent_face(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Form,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.gallery_route(&req, &form)?;
+    let id = recent_id(&id)?;
+    let userid = match form.field_checked("userid") {
+        None | Some(Ok("")) => None,
+        Some(_) => Some(new_userid(&form, state.limits.max_userid_bytes)?),
+    };
+    let model = state.pool.pipeline().models().recognizer.sha256.clone();
+    let gallery = state.gallery.clone();
+    let userid = blocking(move || Ok(jobs::reject_recent(&gallery, id, userid, &model))).await??;
+    Ok(success(
+        Rejected {
+            message: "negative sample added",
+            userid,
         },
         0,
     ))

@@ -321,6 +321,7 @@ pub fn register(
             source: file.name.clone(),
             det_score,
             quality: Some(quality),
+            negative: false,
         });
     }
     if samples.is_empty() {
@@ -412,6 +413,38 @@ pub fn name_recent(
         },
         consumed.len(),
     ))
+}
+
+/// "Not ...": recent face `id` becomes a negative sample of `userid` (by default the user
+/// recognize gave it to) and leaves the recent faces, in one transaction. From then on a face
+/// that resembles it more than that user's own samples is not given to that user (see
+/// `gallery::index`). Returns the user.
+pub fn reject_recent(
+    gallery: &Gallery,
+    id: i64,
+    userid: Option<String>,
+    model: &str,
+) -> Result<String, ApiError> {
+    let Some(face) = gallery.recent_samples(RecentFaces::Face(id))?.pop() else {
+        return Err(ApiError::UnknownRecentFace);
+    };
+    let userid = userid
+        .or(face.answer)
+        .ok_or_else(|| ApiError::InvalidParameter {
+            reason: "the face was given to nobody: say whom it is not (userid)".into(),
+        })?;
+    if face.sample.model != model {
+        // Its embedding could not be compared with the faces the loaded model embeds.
+        return Err(ApiError::InvalidParameter {
+            reason: SKIP_OTHER_MODEL.into(),
+        });
+    }
+    let negative = NewSample {
+        negative: true,
+        ..face.sample
+    };
+    gallery.register_recent(&userid, vec![negative], &[id])?;
+    Ok(userid)
 }
 
 /// Skipped faces named in the reason of a refused naming.

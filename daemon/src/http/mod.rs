@@ -115,6 +115,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/gallery/recent/{id}/name",
             web::post().to(gallery::name_recent_face),
         )
+        .route(
+            "/v1/gallery/recent/{id}/not",
+            web::post().to(gallery::reject_recent_face),
+        )
         .route("/v1/gallery/strangers", web::get().to(gallery::strangers))
         .route(
             "/v1/gallery/strangers/{group}/name",

@@ -727,6 +727,7 @@ pub fn gallery_100k(p: &Pipeline, group: &[u8]) -> Result<PathBuf, Error> {
                 source: "image".into(),
                 det_score: 0.9,
                 quality: None,
+                negative: false,
             })
             .collect();
         gallery.register(&format!("user-{u:04}"), samples)?;
@@ -794,6 +795,7 @@ pub fn probe_sample(p: &Pipeline, photo: &[u8]) -> Result<NewSample, Error> {
         source: "image".into(),
         det_score: 0.9,
         quality: None,
+        negative: false,
     })
 }
 

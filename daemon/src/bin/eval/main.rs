@@ -13,6 +13,7 @@
 
 mod cache;
 mod grouping;
+mod negatives;
 mod open_set;
 
 use std::path::{Path, PathBuf};
@@ -560,6 +561,7 @@ fn evaluate(
         open_set::print_report(&rows, probe);
     }
     grouping::print_report(&labelled);
+    negatives::print_report(&labelled);
     if print_constants {
         print_calibration(&labelled, &det_scores, match_score, &negative_scores, dir);
     }

@@ -39,7 +39,7 @@ impl PostgresGallery {
             }
             let mut insert = out.prepare(&format!(
                 "INSERT INTO samples({SAMPLES_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
             ))?;
             for row in tx.query(&format!("SELECT {SAMPLES_COLUMNS} FROM samples"), &[])? {
                 insert.execute(params![
@@ -56,6 +56,7 @@ impl PostgresGallery {
                     row.get::<_, Option<f64>>(10),
                     row.get::<_, Option<f64>>(11),
                     row.get::<_, Option<f64>>(12),
+                    row.get::<_, bool>(13),
                 ])?;
             }
             tx.commit()?;
@@ -93,7 +94,7 @@ impl PostgresGallery {
             }
             let insert_sample = tx.prepare(&format!(
                 "INSERT INTO samples({SAMPLES_COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ))?;
             let mut count = 0usize;
             while let Some(r) = samples.next()? {
@@ -113,6 +114,7 @@ impl PostgresGallery {
                         &r.get::<_, Option<f64>>(10)?,
                         &r.get::<_, Option<f64>>(11)?,
                         &r.get::<_, Option<f64>>(12)?,
+                        &r.get::<_, bool>(13)?,
                     ],
                 )
                 .map_err(invalid_if_constraint)?;

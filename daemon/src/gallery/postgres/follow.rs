@@ -107,7 +107,7 @@ impl Shared {
     pub fn catch_up(&self, client: &mut Client) -> Result<(), GalleryError> {
         let mut applied = self.applied();
         let rows = client.query(
-            "SELECT seq, kind, userid, other, sample_id, embedding FROM changes
+            "SELECT seq, kind, userid, other, sample_id, embedding, negative FROM changes
              WHERE seq > $1 ORDER BY seq LIMIT $2",
             &[&*applied, &MAX_INCREMENTAL],
         )?;
@@ -139,7 +139,7 @@ impl Shared {
                 "add" => {
                     let (id, embedding) = sample_of(row)?;
                     if !index.has_sample(id) {
-                        index.add_sample(userid, id, &embedding);
+                        index.add(userid, id, row.get(6), &embedding);
                     }
                 }
                 "delete_user" => {
@@ -195,7 +195,7 @@ fn load_all(client: &mut Client) -> Result<(Index, i64), GalleryError> {
         names.insert(row.get::<_, i64>(0), userid);
     }
     let none: [&(dyn postgres::types::ToSql + Sync); 0] = [];
-    let mut rows = tx.query_raw("SELECT id, user_id, embedding FROM samples", none)?;
+    let mut rows = tx.query_raw("SELECT id, user_id, embedding, negative FROM samples", none)?;
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0);
         let userid = names
@@ -204,7 +204,7 @@ fn load_all(client: &mut Client) -> Result<(Index, i64), GalleryError> {
         let embedding = decode_embedding(row.get(2)).ok_or_else(|| {
             GalleryError::Corrupt(format!("sample {id} has a malformed embedding"))
         })?;
-        index.add_sample(userid, id, &embedding);
+        index.add(userid, id, row.get(3), &embedding);
     }
     drop(rows);
     tx.commit()?;

@@ -43,6 +43,7 @@ enum Change<'a> {
     Add {
         userid: &'a str,
         sample_id: i64,
+        negative: bool,
         embedding: &'a [f32],
     },
     DeleteUser {
@@ -199,6 +200,10 @@ impl PostgresGallery {
             let existing = tx.query_opt("SELECT id FROM users WHERE userid = $1", &[&userid])?;
             let (user_id, outcome): (i64, _) = match existing {
                 Some(row) => (row.get(0), RegisterOutcome::Updated),
+                // "Not ..." needs the user it is about.
+                None if samples.iter().all(|s| s.negative) => {
+                    return Err(GalleryError::UnknownUser)
+                }
                 None => (
                     tx.query_one(
                         "INSERT INTO users(userid, created_at) VALUES ($1, $2) RETURNING id",
@@ -210,8 +215,8 @@ impl PostgresGallery {
             };
             let insert = tx.prepare(
                 "INSERT INTO samples(user_id, embedding, model, crop, source, det_score,
-                                     added_at, quality, face_px, sharpness, yaw, pitch)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                                     added_at, quality, face_px, sharpness, yaw, pitch, negative)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
             )?;
             let mut changes = Vec::with_capacity(samples.len());
             for sample in &samples {
@@ -232,12 +237,14 @@ impl PostgresGallery {
                             &q.map(|q| f64::from(q.sharpness)),
                             &q.map(|q| f64::from(q.yaw)),
                             &q.map(|q| f64::from(q.pitch)),
+                            &sample.negative,
                         ],
                     )?
                     .get(0);
                 changes.push(Change::Add {
                     userid,
                     sample_id: id,
+                    negative: sample.negative,
                     embedding: &sample.embedding,
                 });
             }
@@ -328,8 +335,9 @@ impl PostgresGallery {
     pub fn user_summaries(&self) -> Result<Vec<UserSummary>, GalleryError> {
         self.with_client(|client| {
             let rows = client.query(
-                "SELECT u.userid, count(s.id), u.created_at, max(s.added_at), max(s.id)
-                 FROM users u LEFT JOIN samples s ON s.user_id = u.id
+                "SELECT u.userid, count(s.id), u.created_at, max(s.added_at), max(s.id),
+                        (SELECT count(*) FROM samples n WHERE n.user_id = u.id AND n.negative)
+                 FROM users u LEFT JOIN samples s ON s.user_id = u.id AND NOT s.negative
                  GROUP BY u.id ORDER BY u.userid COLLATE \"C\"",
                 &[],
             )?;
@@ -341,6 +349,7 @@ impl PostgresGallery {
                     created_at: row.get(2),
                     last_added_at: row.get(3),
                     newest_sample: row.get(4),
+                    negatives: row.get::<_, i64>(5) as usize,
                 })
                 .collect())
         })
@@ -360,7 +369,7 @@ impl PostgresGallery {
         self.with_client(|client| {
             let rows = client.query(
                 "SELECT s.id, s.model, s.source, s.det_score, s.added_at,
-                        s.quality, s.face_px, s.sharpness, s.yaw, s.pitch
+                        s.quality, s.face_px, s.sharpness, s.yaw, s.pitch, s.negative
                  FROM samples s JOIN users u ON u.id = s.user_id
                  WHERE u.userid = $1 ORDER BY s.id",
                 &[&userid],
@@ -384,6 +393,7 @@ impl PostgresGallery {
                         det_score,
                         added_at: row.get(4),
                         quality,
+                        negative: row.get(10),
                     }
                 })
                 .collect())
@@ -507,19 +517,21 @@ fn append_changes(tx: &mut Transaction<'_>, changes: &[Change<'_>]) -> Result<()
         .query_one("SELECT coalesce(max(seq), 0)::bigint FROM changes", &[])?
         .get(0);
     let insert = tx.prepare(
-        "INSERT INTO changes(seq, at, kind, userid, other, sample_id, embedding)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO changes(seq, at, kind, userid, other, sample_id, embedding, negative)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )?;
     let now = now_ms();
     let mut seq = newest;
     for change in changes {
         seq += 1;
         let none: Option<&str> = None;
+        let negative = matches!(change, Change::Add { negative: true, .. });
         let (kind, userid, other, sample_id, embedding) = match change {
             Change::Add {
                 userid,
                 sample_id,
                 embedding,
+                ..
             } => (
                 "add",
                 Some(*userid),
@@ -543,7 +555,9 @@ fn append_changes(tx: &mut Transaction<'_>, changes: &[Change<'_>]) -> Result<()
         };
         tx.execute(
             &insert,
-            &[&seq, &now, &kind, &userid, &other, &sample_id, &embedding],
+            &[
+                &seq, &now, &kind, &userid, &other, &sample_id, &embedding, &negative,
+            ],
         )?;
     }
     tx.execute(

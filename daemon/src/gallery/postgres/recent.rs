@@ -151,6 +151,7 @@ impl PostgresGallery {
                         row.get(3),
                         row.get(4),
                         quality_columns(row, 5),
+                        row.get(10),
                     )
                 })
                 .collect()

@@ -92,6 +92,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recent_faces ADD COLUMN pitch DOUBLE PRECISION;
     CREATE INDEX recent_faces_by_group ON recent_faces(group_id, quality, seen_at);
     ",
+    // 4: negative samples, as in SQLite's version 6; an `add` change says which kind it adds.
+    r"
+    ALTER TABLE samples ADD COLUMN negative BOOLEAN NOT NULL DEFAULT false;
+    ALTER TABLE changes ADD COLUMN negative BOOLEAN NOT NULL DEFAULT false;
+    ",
 ];
 
 /// The schema version this build writes and the newest it reads.

@@ -27,7 +27,7 @@ const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 pub(crate) const USERS_COLUMNS: &str = "id, userid, created_at";
 pub(crate) const SAMPLES_COLUMNS: &str =
     "id, user_id, embedding, model, crop, source, det_score, added_at, \
-     quality, face_px, sharpness, yaw, pitch";
+     quality, face_px, sharpness, yaw, pitch, negative";
 
 /// Retries of a backup step that found a lock (about 10 s in total).
 const BUSY_RETRIES: u32 = 500;

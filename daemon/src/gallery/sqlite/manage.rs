@@ -14,8 +14,9 @@ impl SqliteGallery {
     pub fn user_summaries(&self) -> Result<Vec<UserSummary>, GalleryError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT u.userid, count(s.id), u.created_at, max(s.added_at), max(s.id)
-             FROM users u LEFT JOIN samples s ON s.user_id = u.id
+            "SELECT u.userid, count(s.id), u.created_at, max(s.added_at), max(s.id),
+                    (SELECT count(*) FROM samples n WHERE n.user_id = u.id AND n.negative)
+             FROM users u LEFT JOIN samples s ON s.user_id = u.id AND NOT s.negative
              GROUP BY u.id ORDER BY u.userid",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -25,6 +26,7 @@ impl SqliteGallery {
                 created_at: row.get(2)?,
                 last_added_at: row.get(3)?,
                 newest_sample: row.get(4)?,
+                negatives: row.get::<_, i64>(5)? as usize,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -166,6 +166,8 @@ impl SqliteGallery {
             .optional()?;
         let (user_id, outcome) = match existing {
             Some(id) => (id, RegisterOutcome::Updated),
+            // "Not ..." needs the user it is about.
+            None if samples.iter().all(|s| s.negative) => return Err(GalleryError::UnknownUser),
             None => {
                 tx.execute(
                     "INSERT INTO users(userid, created_at) VALUES (?1, ?2)",
@@ -178,8 +180,8 @@ impl SqliteGallery {
         {
             let mut insert = tx.prepare(
                 "INSERT INTO samples(user_id, embedding, model, crop, source, det_score, added_at,
-                                     quality, face_px, sharpness, yaw, pitch)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                     quality, face_px, sharpness, yaw, pitch, negative)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for sample in samples {
                 // Checked inside the transaction on purpose: whichever sample fails, ours or
@@ -198,8 +200,9 @@ impl SqliteGallery {
                     sample.quality.map(|q| f64::from(q.sharpness)),
                     sample.quality.map(|q| f64::from(q.yaw)),
                     sample.quality.map(|q| f64::from(q.pitch)),
+                    sample.negative,
                 ])?;
-                embeddings.push((id, sample.embedding));
+                embeddings.push((id, sample.negative, sample.embedding));
             }
         }
         recent::consume(&tx, consumed)?;
@@ -208,8 +211,8 @@ impl SqliteGallery {
         // Still under the connection lock: a concurrent delete cannot slip in between.
         let mut index = self.index_mut();
         index.add_user(userid);
-        for (id, embedding) in &embeddings {
-            index.add_sample(userid, *id, embedding);
+        for (id, negative, embedding) in &embeddings {
+            index.add(userid, *id, *negative, embedding);
         }
         Ok(outcome)
     }
@@ -229,7 +232,7 @@ impl SqliteGallery {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT s.id, s.model, s.source, s.det_score, s.added_at,
-                    s.quality, s.face_px, s.sharpness, s.yaw, s.pitch
+                    s.quality, s.face_px, s.sharpness, s.yaw, s.pitch, s.negative
              FROM samples s JOIN users u ON u.id = s.user_id
              WHERE u.userid = ?1 ORDER BY s.id",
         )?;
@@ -254,6 +257,7 @@ impl SqliteGallery {
                 det_score,
                 added_at: row.get(4)?,
                 quality,
+                negative: row.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -292,7 +296,7 @@ impl SqliteGallery {
 }
 
 /// What start-up reads of every sample.
-const LOAD_SAMPLES: &str = "SELECT id, user_id, embedding FROM samples";
+const LOAD_SAMPLES: &str = "SELECT id, user_id, negative, embedding FROM samples";
 
 /// Builds the index from the database `conn` sees (also inside an open transaction).
 fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
@@ -305,7 +309,7 @@ fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
         index.add_user(&userid);
         names.insert(row.get(0)?, userid);
     }
-    // Served by the covering index samples_embeddings (schema migration 3), in user order.
+    // Served by the covering index samples_loaded (schema migration 6), in user order.
     let mut samples = conn.prepare(LOAD_SAMPLES)?;
     let mut rows = samples.query([])?;
     while let Some(row) = rows.next()? {
@@ -313,15 +317,16 @@ fn load_index(conn: &Connection) -> Result<Index, GalleryError> {
         let userid = names.get(&row.get::<_, i64>(1)?).ok_or_else(|| {
             GalleryError::Corrupt(format!("sample {sample_id} belongs to no user"))
         })?;
+        let negative: bool = row.get(2)?;
         let embedding = row
-            .get_ref(2)?
+            .get_ref(3)?
             .as_blob()
             .ok()
             .and_then(schema::decode_embedding)
             .ok_or_else(|| {
                 GalleryError::Corrupt(format!("sample {sample_id} has a malformed embedding"))
             })?;
-        index.add_sample(userid, sample_id, &embedding);
+        index.add(userid, sample_id, negative, &embedding);
     }
     Ok(index)
 }
@@ -392,6 +397,6 @@ mod tests {
                 r.get(3)
             })
             .unwrap();
-        assert!(plan.contains("COVERING INDEX samples_embeddings"), "{plan}");
+        assert!(plan.contains("COVERING INDEX samples_loaded"), "{plan}");
     }
 }

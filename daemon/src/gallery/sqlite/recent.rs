@@ -145,12 +145,13 @@ impl SqliteGallery {
                     row.get(3)?,
                     row.get(4)?,
                     quality_columns(row, 5)?,
+                    row.get(10)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(id, embedding, model, crop, det_score, q)| {
-                recent::as_sample(id, &embedding, model, crop, det_score, q)
+            .map(|(id, embedding, model, crop, det_score, q, answer)| {
+                recent::as_sample(id, &embedding, model, crop, det_score, q, answer)
             })
             .collect()
     }

@@ -97,6 +97,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recent_faces ADD COLUMN pitch REAL;
     CREATE INDEX recent_faces_by_group ON recent_faces(group_id, quality, seen_at);
     ",
+    // 6: negative samples ("not this person", gallery::index): faces someone said were not
+    // the user they were given to. They stay out of the user's template and veto the user
+    // for faces that resemble them more. Start-up's covering index gains the flag.
+    r"
+    ALTER TABLE samples ADD COLUMN negative INTEGER NOT NULL DEFAULT 0 CHECK (negative IN (0, 1));
+    DROP INDEX samples_embeddings;
+    CREATE INDEX samples_loaded ON samples(user_id, negative, embedding);
+    ",
 ];
 
 /// The schema version this build writes and the newest it can read.
