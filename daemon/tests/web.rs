@@ -101,7 +101,9 @@ fn the_gallery_page_in_headless_chromium() {
         "06-try-it",
         "07-stranger",
         "08-named",
-        "09-deleted",
+        "09-not",
+        "10-forgotten",
+        "11-deleted",
     ] {
         let path = shots.join(format!("{step}.png"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -152,6 +152,27 @@ try {
   await page.locator('#strangers-count', { hasText: '(0)' }).waitFor();
   await shot(page, '08-named');
 
+  step = '"not" on a named face keeps it as a photo that is not that person';
+  const named = page.locator('.named-face', { hasText: 'Barack Obama' }).first();
+  await named.locator('img.cover[src^="blob:"]').waitFor();
+  await named.locator('.not', { hasText: 'Not Barack Obama' }).click();
+  await page.locator('#named-message', { hasText: 'not Barack Obama' }).waitFor();
+  await page.locator('.person[data-userid="Barack Obama"] .thumb.negative img[src^="blob:"]').waitFor();
+  await page.waitForFunction(() => document.querySelectorAll('.named-face').length === 0);
+  const obamaMeta = await person('Barack Obama').locator('.meta').textContent();
+  if (!obamaMeta.startsWith('2 photos, 1 not Barack Obama')) throw new Error(`the person says ${JSON.stringify(obamaMeta)}`);
+  await page.locator('#people-section').scrollIntoViewIfNeeded();
+  await shot(page, '09-not');
+
+  step = '"forget" drops a stranger group';
+  await page.setInputFiles('#try-files', photo('astronaut.png'));
+  await page.locator('#try-results li', { hasText: 'unknown' }).waitFor();
+  await page.waitForFunction(() => document.querySelectorAll('.stranger').length === 1, null, { timeout: TIMEOUT });
+  await page.locator('.stranger .forget').click();
+  await page.waitForFunction(() => document.querySelectorAll('.stranger').length === 0);
+  await page.locator('#strangers-count', { hasText: '(0)' }).waitFor();
+  await shot(page, '10-forgotten');
+
   step = 'the key stays in this session only';
   const stored = await page.evaluate(() => ({ local: localStorage.length, cookies: document.cookie }));
   if (stored.local !== 0 || stored.cookies !== '') throw new Error(`key kept beyond the session: ${JSON.stringify(stored)}`);
@@ -167,7 +188,7 @@ try {
   await person('Joe Biden').locator('.delete').click();
   await page.waitForFunction(() => document.querySelectorAll('.person').length === 0);
   await page.locator('#status', { hasText: '0 people' }).waitFor();
-  await shot(page, '09-deleted');
+  await shot(page, '11-deleted');
 
   if (problems.length) throw new Error(problems.join('\n'));
   console.log(JSON.stringify({ ok: true, screenshots: saved }));

@@ -92,12 +92,12 @@ var thumbUrls = [];
 
 function thumb(sample, userid, card) {
   var box = document.createElement('div');
-  box.className = 'thumb';
+  box.className = sample.negative ? 'thumb negative' : 'thumb';
   box.dataset.sample = sample.id;
   var img = document.createElement('img');
   var q = sample.quality;
-  img.alt = userid + ', sample ' + sample.id;
-  img.title = 'added ' + when(sample.added_at) + ' from field "' + sample.source + '", detection ' +
+  img.alt = (sample.negative ? 'not ' : '') + userid + ', sample ' + sample.id;
+  img.title = (sample.negative ? 'not ' + userid + ' (a face said to be someone else): ' : '') + 'added ' + when(sample.added_at) + ' from field "' + sample.source + '", detection ' +
     sample.det_score.toFixed(2) + (q ? ', quality ' + q.score.toFixed(2) + ' (' + q.face_px + ' px)' : '');
   call('GET', '/v1/gallery/samples/' + sample.id + '/crop.jpg').then(function (r) {
     if (r.status !== 200) return;
@@ -127,6 +127,7 @@ function personCard(user) {
   card.dataset.userid = user.userid;
   card.querySelector('.name').textContent = user.userid;
   card.querySelector('.meta').textContent = user.samples + (user.samples === 1 ? ' photo' : ' photos') +
+    (user.negatives ? ', ' + user.negatives + ' not ' + user.userid : '') +
     ', last added ' + when(user.last_added_at);
   call('GET', path + '/samples').then(function (r) {
     if (!r.body.success) { message.textContent = errorText(r.body); return; }
@@ -175,7 +176,7 @@ function refresh() {
     people.textContent = '';
     users.users.forEach(function (u) { people.appendChild(personCard(u)); });
     $('people-count').textContent = '(' + users.users.length + ')';
-    return refreshStrangers();
+    return Promise.all([refreshStrangers(), refreshNamed()]);
   });
 }
 
@@ -233,9 +234,53 @@ function refreshStrangers() {
   });
 }
 
+// "Recognised lately": the recent faces that were given a name, each with "Not <name>".
+var namedUrls = [];
+
+function namedCard(f) {
+  var card = document.getElementById('named-tpl').content.firstElementChild.cloneNode(true);
+  var message = $('named-message');
+  card.dataset.face = f.id;
+  var img = card.querySelector('.cover');
+  img.alt = f.userid + ', recent face ' + f.id;
+  call('GET', '/v1/gallery/recent/' + f.id + '/crop.jpg').then(function (r) {
+    if (r.status !== 200) return;
+    var url = URL.createObjectURL(r.body);
+    namedUrls.push(url);
+    img.src = url;
+  });
+  card.querySelector('.meta').textContent = f.userid + ' ' + f.confidence.toFixed(2) +
+    (f.camera ? ', ' + f.camera : '') + ', ' + when(f.seen_at);
+  var not = card.querySelector('.not');
+  not.textContent = 'Not ' + f.userid;
+  not.addEventListener('click', function () {
+    call('POST', '/v1/gallery/recent/' + f.id + '/not', new URLSearchParams()).then(function (r) {
+      message.textContent = r.body.success
+        ? 'Kept as a photo that is not ' + r.body.userid + '.'
+        : errorText(r.body);
+      if (r.body.success) refresh();
+    });
+  });
+  return card;
+}
+
+function refreshNamed() {
+  return call('GET', '/v1/gallery/recent?limit=200').then(function (r) {
+    if (!r.body.success) return;
+    namedUrls.forEach(function (u) { URL.revokeObjectURL(u); });
+    namedUrls = [];
+    var list = $('named');
+    list.textContent = '';
+    var named = r.body.faces.filter(function (f) { return f.userid; }).slice(0, 50);
+    named.forEach(function (f) { list.appendChild(namedCard(f)); });
+    $('named-count').textContent = '(' + named.length + ')';
+  });
+}
+
 // Recognize keeps faces within about a second: look again a few times after a stranger.
 function watchStrangers(tries, before) {
   setTimeout(function () {
+    refreshNamed();
     refreshStrangers().then(function (n) { if (n === before && tries > 1) watchStrangers(tries - 1, before); });
   }, 1000);
 }
@@ -264,7 +309,7 @@ function tryIt(file) {
     faces.forEach(function (f) {
       li(list, f.userid + ' ' + f.confidence.toFixed(2), f.userid !== 'unknown');
     });
-    if (faces.some(function (f) { return f.userid === 'unknown'; })) watchStrangers(5, strangersTotal);
+    if (faces.length) watchStrangers(5, strangersTotal);
     var img = new Image();
     var url = URL.createObjectURL(file);
     img.onload = function () {
