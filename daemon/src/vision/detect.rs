@@ -256,6 +256,18 @@ pub fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tens
     let mut data = vec![0f32; 3 * plane];
     let (rx, ry) = (w as f32 / sw as f32, h as f32 / sh as f32);
     let raw = img.as_raw();
+    if (sw, sh) == (w, h) {
+        // Not scaled: every sample falls on a pixel, and the interpolation gives it back.
+        for (y, row) in raw.chunks_exact(3 * w as usize).enumerate() {
+            let out = y * pw as usize;
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    data[(2 - c) * plane + out + x] = px[c] as f32;
+                }
+            }
+        }
+        return planes_tensor(data, pw, ph);
+    }
     let xs: Vec<(usize, usize, f32)> = (0..sw).map(|x| sample_axis(x, rx, w)).collect();
     for y in 0..sh {
         let (y0, y1, wy) = sample_axis(y, ry, h);
@@ -275,8 +287,14 @@ pub fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tens
             }
         }
     }
-    Tensor::from_shape(&[1, 3, ph as usize, pw as usize], &data)
+    planes_tensor(data, pw, ph)
+}
+
+/// The `[1, 3, ph, pw]` tensor of `data`, without copying it.
+fn planes_tensor(data: Vec<f32>, pw: u32, ph: u32) -> Tensor {
+    tract_ndarray::Array4::from_shape_vec((1, 3, ph as usize, pw as usize), data)
         .expect("buffer length matches the shape")
+        .into()
 }
 
 /// Source pixels and weight for destination index `i` at ratio `r` (source/destination).
@@ -370,6 +388,29 @@ mod tests {
             assert!(shapes
                 .windows(2)
                 .all(|p| p[0].0 * p[0].1 <= p[1].0 * p[1].1));
+        }
+    }
+
+    #[test]
+    fn letterbox_places_bgr_planes_top_left_and_pads_with_zeros() {
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        for (sw, sh) in [(5, 3), (3, 2)] {
+            let t = letterbox_bgr(&img, sw, sh, 8, 4);
+            let v = t.to_plain_array_view::<f32>().unwrap();
+            assert_eq!(v.shape(), &[1, 3, 4, 8]);
+            for y in 0..4 {
+                for x in 0..8 {
+                    let inside = x < sw as usize && y < sh as usize;
+                    assert_eq!(v[[0, 0, y, x]], if inside { 7.0 } else { 0.0 });
+                    if !inside {
+                        assert_eq!((v[[0, 1, y, x]], v[[0, 2, y, x]]), (0.0, 0.0));
+                    }
+                }
+            }
+            if (sw, sh) == (5, 3) {
+                // Unscaled: the pixels themselves (R is the last plane, G the middle one).
+                assert_eq!((v[[0, 2, 1, 4]], v[[0, 1, 2, 3]]), (4.0, 2.0));
+            }
         }
     }
 
