@@ -190,17 +190,38 @@ fn the_detectors_own_kernels_give_tracts_outputs() {
             .filter(|n| n.op().name() == name)
             .count()
     };
-    // 53 convolutions: the stem, 26 pointwise, 26 depthwise (the heads' 3x3 too); the stem's
-    // ReLU is the only one left to tract.
-    assert_eq!(count("DeepstackdPointwise"), 26);
-    assert_eq!(count("DeepstackdDepthwise3x3"), 26);
-    assert_eq!(count("DeepstackdMaxPool2x2"), 4);
+    // 53 convolutions (the stem, 26 pointwise, 26 depthwise: the heads' 3x3 too), their
+    // ReLUs and the 4 max pools run in 17 chains: the backbone from the input to 80x60, the
+    // 40x30 and 20x15 stages, the two neck units and the 12 heads. No convolution, pool or
+    // ReLU is left to tract.
+    assert_eq!(count("DeepstackdChain"), 17);
+    let left_to_tract: Vec<String> = ours
+        .model()
+        .nodes()
+        .iter()
+        .map(|n| n.op().name().to_string())
+        .filter(|name| {
+            ["Conv", "MatMul", "Pool", "Max"]
+                .iter()
+                .any(|kind| name.contains(kind))
+        })
+        .collect();
+    assert!(left_to_tract.is_empty(), "{left_to_tract:?}");
     let (w32, h32) = (w as u32, h as u32);
     let photo = decode("group_1280x720.jpg");
     let input = deepstackd::vision::detect::letterbox_bgr(photo.pixels(), w32, h32, w32, h32);
     let expected = tract_only.run(tvec!(input.clone().into())).unwrap();
-    let got = ours.run(tvec!(input.into())).unwrap();
+    let got = ours.run(tvec!(input.clone().into())).unwrap();
+    // A lone request shares the backbone's rows with an idle thread: the same outputs.
+    let shared =
+        deepstackd::vision::conv_chain::with_helpers(1, || ours.run(tvec!(input.into())).unwrap());
     assert_eq!(got.len(), 12);
+    for (a, b) in got.iter().zip(shared.iter()) {
+        assert_eq!(
+            a.to_plain_array_view::<f32>().unwrap(),
+            b.to_plain_array_view::<f32>().unwrap()
+        );
+    }
     for (k, (a, b)) in got.iter().zip(expected.iter()).enumerate() {
         let (a, b) = (
             a.to_plain_array_view::<f32>().unwrap(),

@@ -19,12 +19,26 @@ use std::sync::OnceLock;
 
 /// Multiply-add, fused where the target has it.
 trait MulAdd {
+    /// Whether the target has 32 vector registers of 512 bits (AVX-512), room for wider
+    /// register tiles.
+    const WIDE: bool = false;
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
 
 /// `a * b + c` in one rounding: for code compiled with FMA (x86 with `fma`, aarch64).
 struct Fused;
 impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// [`Fused`] on AVX-512.
+#[allow(dead_code)] // x86-64 only
+struct Fused512;
+impl MulAdd for Fused512 {
+    const WIDE: bool = true;
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
@@ -103,7 +117,7 @@ macro_rules! dispatch {
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
-                    $body::<Fused>($($arg),*)
+                    $body::<Fused512>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
@@ -156,6 +170,138 @@ impl Depthwise3x3 {
         {
             depthwise_plane(x, y, w, &self.taps[c], self.bias[c], self.relu);
         }
+    }
+}
+
+impl Depthwise3x3 {
+    /// One output row of every channel, from the three input rows around it (`above` and
+    /// `below` are zeros at the image's edge). Each argument holds `channels` rows of
+    /// `pitch` floats, of which the first `w` are pixels; only those are written.
+    pub fn run_row(
+        &self,
+        [above, mid, below]: [&[f32]; 3],
+        output: &mut [f32],
+        pitch: usize,
+        w: usize,
+    ) {
+        let len = self.channels() * pitch;
+        assert!(w <= pitch, "depthwise row: {w} pixels in rows of {pitch}");
+        for row in [above, mid, below] {
+            assert_eq!(row.len(), len, "depthwise row input size");
+        }
+        assert_eq!(output.len(), len, "depthwise row output size");
+        if w == 0 {
+            return;
+        }
+        depthwise_row([above, mid, below], output, pitch, w, self);
+    }
+}
+
+/// Up to [`ROW_BLOCK`] pixels (`out.len()`) of a depthwise row from `start` of the nine
+/// shifted input runs. (A function, not a closure: a closure is compiled without the
+/// caller's target features unless inlined, and `mul_add` would then call libm.)
+#[inline(always)]
+fn depthwise_block<M: MulAdd>(
+    taps: &[&[f32]; 9],
+    start: usize,
+    k: &[f32; 9],
+    bias: f32,
+    apply_relu: bool,
+    out: &mut [f32],
+) {
+    let mut acc = [bias; ROW_BLOCK];
+    let len = out.len();
+    for (t, x) in taps.iter().enumerate() {
+        for (a, &v) in acc.iter_mut().zip(&x[start..start + len]) {
+            *a = M::mul_add(k[t], v, *a);
+        }
+    }
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = if apply_relu { relu(a) } else { a };
+    }
+}
+
+/// Pixel `x` (the first or last) of a depthwise row, with the zero padding.
+#[inline(always)]
+fn depthwise_edge<M: MulAdd>(
+    rows: &[&[f32]; 3],
+    x: usize,
+    w: usize,
+    k: &[f32; 9],
+    bias: f32,
+    apply_relu: bool,
+) -> f32 {
+    let mut acc = bias;
+    for (dy, row) in rows.iter().enumerate() {
+        for dx in 0..3 {
+            if let Some(xx) = (x + dx).checked_sub(1).filter(|&xx| xx < w) {
+                acc = M::mul_add(k[dy * 3 + dx], row[xx], acc);
+            }
+        }
+    }
+    if apply_relu {
+        relu(acc)
+    } else {
+        acc
+    }
+}
+
+/// Pixels of a depthwise row computed as one block (a 512-bit vector of floats).
+const ROW_BLOCK: usize = 16;
+
+dispatch! {
+    fn depthwise_row(rows: [&[f32]; 3], y: &mut [f32], pitch: usize, w: usize, layer: &Depthwise3x3) => depthwise_row_body
+}
+
+/// [`Depthwise3x3::run_row`]: per channel, the pixels off the left and right edges in one
+/// vectorised loop over shifted slices, then the two edge pixels with the padding.
+#[inline(always)]
+fn depthwise_row_body<M: MulAdd>(
+    [above, mid, below]: [&[f32]; 3],
+    y: &mut [f32],
+    pitch: usize,
+    w: usize,
+    layer: &Depthwise3x3,
+) {
+    let apply_relu = layer.relu;
+    for (c, (k, &b)) in layer.taps.iter().zip(&layer.bias).enumerate() {
+        let rows = [
+            &above[c * pitch..][..w],
+            &mid[c * pitch..][..w],
+            &below[c * pitch..][..w],
+        ];
+        let out = &mut y[c * pitch..][..w];
+        if w >= 3 {
+            let n = w - 2;
+            let [a0, a1, a2] = [&rows[0][..n], &rows[0][1..n + 1], &rows[0][2..n + 2]];
+            let [b0, b1, b2] = [&rows[1][..n], &rows[1][1..n + 1], &rows[1][2..n + 2]];
+            let [c0, c1, c2] = [&rows[2][..n], &rows[2][1..n + 1], &rows[2][2..n + 2]];
+            let inner = &mut out[1..n + 1];
+            let taps = [a0, a1, a2, b0, b1, b2, c0, c1, c2];
+            // Whole blocks of ROW_BLOCK pixels, the last one overlapping the one before
+            // (rows are short: a remainder loop would be much of the work).
+            if n >= ROW_BLOCK {
+                let mut start = 0;
+                loop {
+                    depthwise_block::<M>(
+                        &taps,
+                        start,
+                        k,
+                        b,
+                        apply_relu,
+                        &mut inner[start..start + ROW_BLOCK],
+                    );
+                    if start + ROW_BLOCK == n {
+                        break;
+                    }
+                    start = (start + ROW_BLOCK).min(n - ROW_BLOCK);
+                }
+            } else {
+                depthwise_block::<M>(&taps, 0, k, b, apply_relu, inner);
+            }
+        }
+        out[0] = depthwise_edge::<M>(&rows, 0, w, k, b, apply_relu);
+        out[w - 1] = depthwise_edge::<M>(&rows, w - 1, w, k, b, apply_relu);
     }
 }
 
@@ -239,7 +385,7 @@ fn depthwise_plane_body<M: MulAdd>(
 const POINTWISE_CHANNELS: usize = 6;
 /// Pixels per step of the pointwise kernel: with [`POINTWISE_CHANNELS`], 12 accumulators of
 /// 256 bits (of AVX2's 16 registers) or 24 of 128 (of NEON's 32).
-const POINTWISE_PIXELS: usize = 16;
+pub const POINTWISE_PIXELS: usize = 16;
 
 /// A 1x1 convolution with bias and optional ReLU: `y[o] = b[o] + sum_i W[o][i] x[i]` per
 /// pixel.
@@ -330,6 +476,93 @@ impl Pointwise {
     }
 }
 
+impl Pointwise {
+    /// One row of every channel: `input` holds `inputs` rows of `pitch` pixels, `output`
+    /// `outputs` rows of `pitch`; `pitch` is a multiple of [`POINTWISE_PIXELS`] (a row's
+    /// padding is computed like its pixels). The rows of one tile of pixels stay in the L1
+    /// cache while every output is computed for it.
+    pub fn run_row(&self, input: &[f32], output: &mut [f32], pitch: usize) {
+        assert_eq!(pitch % POINTWISE_PIXELS, 0, "pointwise row pitch {pitch}");
+        assert_eq!(input.len(), self.inputs * pitch, "pointwise row input size");
+        assert_eq!(
+            output.len(),
+            self.outputs * pitch,
+            "pointwise row output size"
+        );
+        if self.inputs == 0 {
+            return;
+        }
+        pointwise_row(input, output, pitch, &self.packed, &self.bias, self.relu);
+    }
+}
+
+dispatch! {
+    fn pointwise_row(x: &[f32], y: &mut [f32], pitch: usize, packed: &[f32], bias: &[f32], relu: bool) => pointwise_row_body
+}
+
+#[inline(always)]
+fn pointwise_row_body<M: MulAdd>(
+    x: &[f32],
+    y: &mut [f32],
+    pitch: usize,
+    packed: &[f32],
+    bias: &[f32],
+    apply_relu: bool,
+) {
+    const P: usize = POINTWISE_PIXELS;
+    let inputs = x.len() / pitch;
+    let mut tile = vec![0f32; inputs * 2 * P];
+    let mut p = 0;
+    // With AVX-512's 32 registers, two tiles at once: 12 accumulators, and each weight
+    // broadcast serves twice the pixels.
+    if M::WIDE {
+        while p + 2 * P <= pitch {
+            pointwise_row_tile::<M, { 2 * P }>(x, y, pitch, p, &mut tile, packed, bias, apply_relu);
+            p += 2 * P;
+        }
+    }
+    while p < pitch {
+        pointwise_row_tile::<M, P>(x, y, pitch, p, &mut tile, packed, bias, apply_relu);
+        p += P;
+    }
+}
+
+/// Pixels `p..p + T` of a [`Pointwise::run_row`], every output.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pointwise_row_tile<M: MulAdd, const T: usize>(
+    x: &[f32],
+    y: &mut [f32],
+    pitch: usize,
+    p: usize,
+    tile: &mut [f32],
+    packed: &[f32],
+    bias: &[f32],
+    apply_relu: bool,
+) {
+    const K: usize = POINTWISE_CHANNELS;
+    let inputs = x.len() / pitch;
+    let outputs = bias.len();
+    let tile = &mut tile[..inputs * T];
+    for (i, row) in tile.chunks_exact_mut(T).enumerate() {
+        row.copy_from_slice(&x[i * pitch + p..][..T]);
+    }
+    for block in 0..outputs.div_ceil(K) {
+        let first = block * K;
+        let count = K.min(outputs - first);
+        let weights = &packed[block * inputs * K..][..inputs * K];
+        let mut b = [0f32; K];
+        b[..count].copy_from_slice(&bias[first..first + count]);
+        let acc = pointwise_tile::<M, T>(tile, weights, &b);
+        for (k, a) in acc.iter().enumerate().take(count) {
+            let out: &mut [f32; T] = (&mut y[(first + k) * pitch + p..][..T])
+                .try_into()
+                .expect("T");
+            *out = if apply_relu { a.map(relu) } else { *a };
+        }
+    }
+}
+
 /// Input floats a pointwise chunk may keep in the L1 data cache (16 KiB of the 32-48 KiB
 /// of current x86 and ARM cores, the rest for outputs and weights).
 const L1_FLOATS: usize = 4096;
@@ -361,7 +594,7 @@ fn pointwise_block_body<M: MulAdd>(
         return;
     }
     for (t, tile) in tiles.chunks_exact(P * inputs).enumerate() {
-        let acc = pointwise_tile::<M>(tile, weights, &b);
+        let acc = pointwise_tile::<M, P>(tile, weights, &b);
         let p = start + t * P;
         for (k, a) in acc.iter().enumerate().take(count) {
             let out: &mut [f32; P] = (&mut y[k * plane + p..][..P]).try_into().expect("P");
@@ -373,13 +606,12 @@ fn pointwise_block_body<M: MulAdd>(
 /// One tile of [`POINTWISE_PIXELS`] pixels (`[input][pixel]`) for [`POINTWISE_CHANNELS`]
 /// outputs. The accumulators are indexed by constants only, so they stay in registers.
 #[inline(always)]
-fn pointwise_tile<M: MulAdd>(
+fn pointwise_tile<M: MulAdd, const P: usize>(
     tile: &[f32],
     weights: &[f32],
     bias: &[f32; POINTWISE_CHANNELS],
-) -> [[f32; POINTWISE_PIXELS]; POINTWISE_CHANNELS] {
+) -> [[f32; P]; POINTWISE_CHANNELS] {
     const K: usize = POINTWISE_CHANNELS;
-    const P: usize = POINTWISE_PIXELS;
     let mut acc = bias.map(|b| [b; P]);
     for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact(K)) {
         let xs: &[f32; P] = xs.try_into().expect("P pixels");
@@ -434,6 +666,44 @@ pub fn max_pool_2x2(input: &[f32], output: &mut [f32], channels: usize, h: usize
         .zip(output.chunks_exact_mut(oh * ow))
     {
         max_pool_plane(x, y, w, &mut pairs);
+    }
+}
+
+/// One output row of a 2x2 max pool (stride 2) of every channel: `top` and `bottom` hold
+/// `channels` input rows of `pitch` floats, `output` as many output rows of `out_pitch`, of
+/// which the first `ow` are written.
+pub fn max_pool_2x2_row(
+    top: &[f32],
+    bottom: &[f32],
+    output: &mut [f32],
+    pitch: usize,
+    out_pitch: usize,
+    ow: usize,
+) {
+    assert!(2 * ow <= pitch && ow <= out_pitch, "max pool row sizes");
+    assert_eq!(top.len(), bottom.len(), "max pool rows");
+    let channels = top.len() / pitch.max(1);
+    assert_eq!(
+        output.len(),
+        channels * out_pitch,
+        "max pool row output size"
+    );
+    for c in 0..channels {
+        let (t, b) = (&top[c * pitch..][..2 * ow], &bottom[c * pitch..][..2 * ow]);
+        let out = &mut output[c * out_pitch..][..ow];
+        for (j, o) in out.iter_mut().enumerate() {
+            let l = if t[2 * j] > b[2 * j] {
+                t[2 * j]
+            } else {
+                b[2 * j]
+            };
+            let r = if t[2 * j + 1] > b[2 * j + 1] {
+                t[2 * j + 1]
+            } else {
+                b[2 * j + 1]
+            };
+            *o = if l > r { l } else { r };
+        }
     }
 }
 

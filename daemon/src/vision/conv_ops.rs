@@ -4,9 +4,14 @@
 //! (after `onnx_rewrite` has turned the weights into f32 constants):
 //! - `Conv` 3x3, stride 1, padding 1, one group per channel -> `DeepstackdDepthwise3x3`;
 //! - `Conv` 1x1, stride 1, no padding, one group -> `DeepstackdPointwise`;
+//! - `Conv` 3x3, stride 2, padding 1, one group (YuNet's first layer) -> `DeepstackdStem`,
+//!   which only runs inside a chain (below), if need be a chain of one;
 //! - either of those followed by its only consumer `Relu` -> the same with `relu=1`, and the
 //!   `Relu` goes;
-//! - `MaxPool` 2x2, stride 2, no padding, `ceil_mode=0` -> `DeepstackdMaxPool2x2`.
+//! - `MaxPool` 2x2, stride 2, no padding, `ceil_mode=0` -> `DeepstackdMaxPool2x2`;
+//! - then a run of those nodes, each the only reader of the one before, with at least one
+//!   convolution among them and two nodes or a stem -> one `DeepstackdChain` that computes them row by row
+//!   (`conv_chain`), its inputs the run's input and every layer's weights in order.
 //!
 //! [`register`] teaches tract's ONNX parser those names; at typing, each becomes one
 //! [`KernelOp`] holding its weights, with the activation as its only input. Any other node
@@ -18,12 +23,15 @@ use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
+use super::conv_chain::{Chain, Dims, Stage, Stem};
 use super::conv_kernels::{max_pool_2x2, Depthwise3x3, Pointwise};
 use super::linear_head::floats;
 
 const DEPTHWISE: &str = "DeepstackdDepthwise3x3";
 const POINTWISE: &str = "DeepstackdPointwise";
 const MAX_POOL: &str = "DeepstackdMaxPool2x2";
+const CHAIN: &str = "DeepstackdChain";
+const STEM: &str = "DeepstackdStem";
 
 /// Adds the kernels' node types to tract's ONNX parser.
 pub fn register(ops: &mut OnnxOpRegister) {
@@ -35,6 +43,37 @@ pub fn register(ops: &mut OnnxOpRegister) {
     });
     ops.insert(MAX_POOL, |_: &ParsingContext, _| {
         Ok((expand(KernelNode::MaxPool), vec![]))
+    });
+    ops.insert(CHAIN, |_, node| {
+        let kinds: Vec<i64> = node.get_attr_vec("kinds")?;
+        let relus: Vec<i64> = node.get_attr_vec("relus")?;
+        let arity: Vec<i64> = node.get_attr_vec("arity")?;
+        let channels: i64 = node.get_attr("channels")?;
+        ensure!(
+            kinds.len() == relus.len() && kinds.len() == arity.len() && channels > 0,
+            "{CHAIN}: malformed attributes"
+        );
+        let stages = kinds
+            .iter()
+            .zip(&relus)
+            .zip(&arity)
+            .map(|((&kind, &relu), &arity)| {
+                let kind = match kind {
+                    0 => StageKind::Pointwise,
+                    1 => StageKind::Depthwise,
+                    2 => StageKind::MaxPool,
+                    3 => StageKind::Stem,
+                    other => bail!("{CHAIN}: unknown layer kind {other}"),
+                };
+                ensure!((0..=2).contains(&arity), "{CHAIN}: arity {arity}");
+                Ok((kind, relu != 0, arity as usize))
+            })
+            .collect::<TractResult<Vec<_>>>()?;
+        let chain = KernelNode::Chain {
+            stages,
+            channels: channels as usize,
+        };
+        Ok((expand(chain), vec![]))
     });
 }
 
@@ -98,7 +137,113 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
         at += 1;
         !fused_relus.contains(&(at - 1))
     });
+    merge_chains(graph);
     renamed
+}
+
+/// Merges each run of renamed nodes, where every node but the first is the only reader of
+/// the one before (as its data input), into one `CHAIN` node at the place of the run's last
+/// node; returns how many runs. A run needs a convolution, whose weights give its channels.
+fn merge_chains(graph: &mut tract_onnx::pb::GraphProto) -> usize {
+    let is_kernel =
+        |n: &NodeProto| [DEPTHWISE, POINTWISE, MAX_POOL, STEM].contains(&n.op_type.as_str());
+    let mut readers: std::collections::HashMap<&str, usize> = Default::default();
+    for name in graph.node.iter().flat_map(|n| &n.input) {
+        *readers.entry(name).or_default() += 1;
+    }
+    for out in &graph.output {
+        *readers.entry(&out.name).or_default() += 1;
+    }
+    // The node after each kernel node in a run.
+    let mut next = std::collections::HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        if !is_kernel(n) || readers.get(n.output[0].as_str()) != Some(&1) {
+            continue;
+        }
+        if let Some(j) = graph
+            .node
+            .iter()
+            .position(|r| is_kernel(r) && r.input.first() == Some(&n.output[0]))
+        {
+            next.insert(i, j);
+        }
+    }
+    let follows: std::collections::HashSet<usize> = next.values().copied().collect();
+    let weight_dims = |name: &str| {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.dims.clone())
+    };
+    let mut merged = Vec::new();
+    for start in
+        (0..graph.node.len()).filter(|i| is_kernel(&graph.node[*i]) && !follows.contains(i))
+    {
+        let mut run = vec![start];
+        while let Some(&j) = next.get(run.last().expect("a node")) {
+            run.push(j);
+        }
+        let channels = run
+            .iter()
+            .rev()
+            .map(|&i| &graph.node[i])
+            .find(|n| n.op_type != MAX_POOL)
+            .and_then(|n| weight_dims(&n.input[1]))
+            .and_then(|d| d.first().copied());
+        let has_stem = run.iter().any(|&i| graph.node[i].op_type == STEM);
+        let (Some(channels), true) = (channels, run.len() >= 2 || has_stem) else {
+            continue;
+        };
+        let nodes: Vec<&NodeProto> = run.iter().map(|&i| &graph.node[i]).collect();
+        let ints = |name: &str, f: &dyn Fn(&NodeProto) -> i64| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints: nodes.iter().map(|n| f(n)).collect(),
+            ..Default::default()
+        };
+        let node = NodeProto {
+            op_type: CHAIN.into(),
+            name: nodes[0].name.clone(),
+            input: std::iter::once(nodes[0].input[0].clone())
+                .chain(nodes.iter().flat_map(|n| n.input[1..].iter().cloned()))
+                .collect(),
+            output: nodes[nodes.len() - 1].output.clone(),
+            attribute: vec![
+                ints("kinds", &|n| match n.op_type.as_str() {
+                    POINTWISE => 0,
+                    DEPTHWISE => 1,
+                    MAX_POOL => 2,
+                    _ => 3,
+                }),
+                ints("relus", &|n| int(n, "relu").unwrap_or(0)),
+                ints("arity", &|n| n.input.len() as i64 - 1),
+                AttributeProto {
+                    name: "channels".into(),
+                    r#type: AttributeType::Int as i32,
+                    i: channels,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        merged.push((run, node));
+    }
+    let count = merged.len();
+    let mut replace = std::collections::HashMap::new();
+    let mut drop = std::collections::HashSet::new();
+    for (run, node) in merged {
+        drop.extend(run[..run.len() - 1].iter().copied());
+        replace.insert(run[run.len() - 1], node);
+    }
+    let nodes = std::mem::take(&mut graph.node);
+    graph.node = nodes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.contains(i))
+        .map(|(i, n)| replace.remove(&i).unwrap_or(n))
+        .collect();
+    count
 }
 
 fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
@@ -142,7 +287,16 @@ fn conv_kind(
     let dilations = ints(n, "dilations").or(ones.clone());
     let pads = ints(n, "pads").unwrap_or(vec![0; 4]);
     let group = int(n, "group").unwrap_or(1);
-    if strides != ones || dilations != ones {
+    if dilations != ones {
+        return None;
+    }
+    if strides == Some(vec![2, 2]) {
+        return match dims[..] {
+            [_, _, 3, 3] if group == 1 && pads == [1, 1, 1, 1] => Some(STEM),
+            _ => None,
+        };
+    }
+    if strides != ones {
         return None;
     }
     match dims[..] {
@@ -175,11 +329,29 @@ fn is_max_pool_2x2(n: &NodeProto) -> bool {
 }
 
 /// A renamed node, before typing: its weights are still inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum KernelNode {
-    Depthwise { relu: bool },
-    Pointwise { relu: bool },
+    Depthwise {
+        relu: bool,
+    },
+    Pointwise {
+        relu: bool,
+    },
     MaxPool,
+    /// Layers of those kinds in a row, each with its ReLU and its number of weight inputs;
+    /// `channels` out.
+    Chain {
+        stages: Vec<(StageKind, bool, usize)>,
+        channels: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum StageKind {
+    Pointwise,
+    Depthwise,
+    MaxPool,
+    Stem,
 }
 
 impl Expansion for KernelNode {
@@ -188,6 +360,7 @@ impl Expansion for KernelNode {
             KernelNode::Depthwise { .. } => DEPTHWISE.into(),
             KernelNode::Pointwise { .. } => POINTWISE.into(),
             KernelNode::MaxPool => MAX_POOL.into(),
+            KernelNode::Chain { .. } => CHAIN.into(),
         }
     }
 
@@ -198,10 +371,13 @@ impl Expansion for KernelNode {
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
         check_output_arity(outputs, 1)?;
-        let arity = if *self == KernelNode::MaxPool {
-            1..=1
-        } else {
-            2..=3
+        let arity = match self {
+            KernelNode::MaxPool => 1..=1,
+            KernelNode::Chain { stages, .. } => {
+                let n = 1 + stages.iter().map(|s| s.2).sum::<usize>();
+                n..=n
+            }
+            _ => 2..=3,
         };
         if !arity.contains(&inputs.len()) {
             bail!(
@@ -228,6 +404,20 @@ impl Expansion for KernelNode {
                 out[3] = shape[3].clone() / 2;
                 s.equals(&outputs[0].shape, ShapeFactoid::from(out))
             }),
+            KernelNode::Chain { stages, channels } => {
+                let halvings = halvings(stages.iter().map(|s| s.0));
+                let channels = *channels;
+                s.given(&inputs[0].shape, move |s, shape| {
+                    let mut out = shape.clone();
+                    out[1] = channels.to_dim();
+                    for &round_up in &halvings {
+                        for side in [2, 3] {
+                            out[side] = (out[side].clone() + round_up as i64) / 2;
+                        }
+                    }
+                    s.equals(&outputs[0].shape, ShapeFactoid::from(out))
+                })
+            }
         }
     }
 
@@ -245,12 +435,13 @@ impl Expansion for KernelNode {
                 .with_context(|| format!("{prefix}: input {i} is not a constant"))
         };
         let channels_in = model.outlet_fact(inputs[0])?.shape[1].to_usize()?;
-        let weights_and_bias = || -> TractResult<(Vec<f32>, Vec<f32>)> {
-            let w = constant(1)?;
+        // The weights at input `at` and the bias after them if there are `arity` = 2.
+        let weights_at = |at: usize, arity: usize| -> TractResult<(Vec<f32>, Vec<f32>)> {
+            let w = constant(at)?;
             let outputs = w.shape()[0];
             let w = w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-            let b = if inputs.len() == 3 {
-                let b = constant(2)?;
+            let b = if arity == 2 {
+                let b = constant(at + 1)?;
                 ensure!(
                     b.len() == outputs,
                     "{prefix}: {} biases for {outputs} outputs",
@@ -262,30 +453,73 @@ impl Expansion for KernelNode {
             };
             Ok((w, b))
         };
-        let layer = match *self {
+        let depthwise = |(w, bias): (Vec<f32>, Vec<f32>), channels: usize, relu| {
+            ensure!(
+                bias.len() == channels && w.len() == 9 * channels,
+                "{prefix}: depthwise weights for {} channels, input has {channels}",
+                bias.len()
+            );
+            let taps = w
+                .chunks_exact(9)
+                .map(|k| k.try_into().expect("9 taps"))
+                .collect();
+            Ok(Depthwise3x3 { taps, bias, relu })
+        };
+        let pointwise = |(w, bias): (Vec<f32>, Vec<f32>), channels: usize, relu| {
+            ensure!(
+                w.len() == bias.len() * channels,
+                "{prefix}: pointwise weights for {} inputs, input has {channels}",
+                w.len() / bias.len().max(1)
+            );
+            Ok(Pointwise::new(&w, bias, channels, relu))
+        };
+        let arity = inputs.len() - 1;
+        let layer = match self {
             KernelNode::Depthwise { relu } => {
-                let (w, bias) = weights_and_bias()?;
-                ensure!(
-                    bias.len() == channels_in && w.len() == 9 * channels_in,
-                    "{prefix}: depthwise weights for {} channels, input has {channels_in}",
-                    bias.len()
-                );
-                let taps = w
-                    .chunks_exact(9)
-                    .map(|k| k.try_into().expect("9 taps"))
-                    .collect();
-                Layer::Depthwise(Depthwise3x3 { taps, bias, relu })
+                Layer::Depthwise(depthwise(weights_at(1, arity)?, channels_in, *relu)?)
             }
             KernelNode::Pointwise { relu } => {
-                let (w, bias) = weights_and_bias()?;
-                ensure!(
-                    w.len() == bias.len() * channels_in,
-                    "{prefix}: pointwise weights for {} inputs, input has {channels_in}",
-                    w.len() / bias.len().max(1)
-                );
-                Layer::Pointwise(Pointwise::new(&w, bias, channels_in, relu))
+                Layer::Pointwise(pointwise(weights_at(1, arity)?, channels_in, *relu)?)
             }
             KernelNode::MaxPool => Layer::MaxPool,
+            KernelNode::Chain { stages, channels } => {
+                let (mut at, mut c) = (1, channels_in);
+                let mut built = Vec::with_capacity(stages.len());
+                for &(kind, relu, arity) in stages {
+                    built.push(match kind {
+                        StageKind::Pointwise => {
+                            let p = pointwise(weights_at(at, arity)?, c, relu)?;
+                            c = p.outputs();
+                            Stage::Pointwise(p)
+                        }
+                        StageKind::Depthwise => {
+                            Stage::Depthwise(depthwise(weights_at(at, arity)?, c, relu)?)
+                        }
+                        StageKind::MaxPool => Stage::MaxPool,
+                        StageKind::Stem => {
+                            let (w, bias) = weights_at(at, arity)?;
+                            ensure!(
+                                w.len() == bias.len() * 9 * c,
+                                "{prefix}: stem weights for {} inputs, input has {c}",
+                                w.len() / (9 * bias.len()).max(1)
+                            );
+                            let stem = Stem::new(&w, bias, c, relu);
+                            c = stem.outputs();
+                            Stage::Stem(stem)
+                        }
+                    });
+                    at += arity;
+                }
+                ensure!(
+                    c == *channels,
+                    "{prefix}: the layers give {c} channels, the node says {channels}"
+                );
+                Layer::Chain {
+                    chain: Chain::new(built),
+                    channels: c,
+                    halvings: halvings(stages.iter().map(|s| s.0)),
+                }
+            }
         };
         model.wire_node(prefix, KernelOp(Arc::new(layer)), &inputs[..1])
     }
@@ -297,6 +531,25 @@ enum Layer {
     Depthwise(Depthwise3x3),
     Pointwise(Pointwise),
     MaxPool,
+    Chain {
+        chain: Chain,
+        /// Out.
+        channels: usize,
+        /// See [`halvings`].
+        halvings: Vec<bool>,
+    },
+}
+
+/// Each time a chain's layers halve the height and width: rounding down (max pool, false)
+/// or up (stem, true).
+fn halvings(kinds: impl Iterator<Item = StageKind>) -> Vec<bool> {
+    kinds
+        .filter_map(|k| match k {
+            StageKind::MaxPool => Some(false),
+            StageKind::Stem => Some(true),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Layer {
@@ -309,6 +562,16 @@ impl Layer {
             Layer::MaxPool => {
                 out[2] = shape[2].clone() / 2;
                 out[3] = shape[3].clone() / 2;
+            }
+            Layer::Chain {
+                channels, halvings, ..
+            } => {
+                out[1] = D::from(*channels);
+                for &round_up in halvings {
+                    for side in [2, 3] {
+                        out[side] = (out[side].clone() + D::from(round_up as usize)) / 2;
+                    }
+                }
             }
         }
         out
@@ -334,6 +597,7 @@ impl Op for KernelOp {
             Layer::Depthwise(_) => DEPTHWISE.into(),
             Layer::Pointwise(_) => POINTWISE.into(),
             Layer::MaxPool => MAX_POOL.into(),
+            Layer::Chain { .. } => CHAIN.into(),
         }
     }
 
@@ -376,6 +640,11 @@ impl EvalOp for KernelOp {
                     p.run(x, y, h * w)
                 }
                 Layer::MaxPool => max_pool_2x2(x, y, c, h, w),
+                Layer::Chain { chain, .. } => {
+                    let dims = Dims { c, h, w };
+                    ensure!(chain.dims(dims).is_some(), "chain: {c} channels in");
+                    chain.run(x, y, dims)
+                }
             }
         }
         Ok(tvec!(output.into_tvalue()))

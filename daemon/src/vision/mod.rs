@@ -8,6 +8,7 @@
 pub mod align;
 pub mod calibration;
 pub mod compare;
+pub mod conv_chain;
 pub mod conv_kernels;
 pub mod conv_ops;
 pub mod decode;
@@ -189,10 +190,15 @@ impl Pipeline {
     }
 
     /// Faces with a YuNet score of at least `min_score`, best first, in the uploaded photo's
-    /// pixels (stage 2).
+    /// pixels (stage 2). The detector's large layers are shared with the idle threads (see
+    /// [`Pipeline::allow_threads`]), so that a lone request uses every core.
     pub fn detect(&self, photo: &Photo, min_score: f32) -> Result<Vec<Face>, VisionError> {
         let scale = photo.scale();
-        let faces = self.detector.detect(photo.pixels(), min_score)?;
+        let borrowed = self.threads.borrow(usize::MAX);
+        let faces = conv_chain::with_helpers(borrowed.0, || {
+            self.detector.detect(photo.pixels(), min_score)
+        })?;
+        drop(borrowed);
         Ok(if scale == 1.0 {
             faces
         } else {

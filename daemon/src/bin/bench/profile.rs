@@ -7,11 +7,13 @@
 //! Both plans run the same input (`group_1280x720.jpg` scaled to the size by the detector's own
 //! `letterbox_bgr`); the largest difference between their twelve outputs is printed, then
 //! each plan's median total and its time by op kind (the sum of per-node times, measured
-//! around each node's evaluation).
+//! around each node's evaluation), then our plan's whole runs on one thread and with the
+//! machine's other cores as helpers (as the daemon lends its idle threads to a lone request).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use deepstackd::vision::conv_chain::with_helpers;
 use deepstackd::vision::conv_kernels::Isa;
 use deepstackd::vision::detect::letterbox_bgr;
 use deepstackd::vision::{onnx_rewrite, ModelFiles};
@@ -103,6 +105,22 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                 ms / repeat as f64
             );
         }
+    }
+    // What a second thread buys a lone detection (the daemon lends its idle inference
+    // threads to the chains): our plan alone and with 1..cores-1 helpers, in turns.
+    let ours = &plans[1].1;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("\nour kernels, whole runs, helper threads alternating (median of {repeat}):");
+    let mut times = vec![Vec::with_capacity(repeat); cores];
+    for _ in 0..repeat {
+        for (helpers, t) in times.iter_mut().enumerate() {
+            let started = Instant::now();
+            with_helpers(helpers, || ours.run(tvec!(input.clone().into())))?;
+            t.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    for (helpers, t) in times.into_iter().enumerate() {
+        println!("  {} thread(s): {:.1} ms", helpers + 1, median(t));
     }
     Ok(())
 }

@@ -1,0 +1,586 @@
+//! A run of `conv_kernels` layers computed row by row, so that the activations between
+//! them never exist whole.
+//!
+//! Why: YuNet's large layers (16 to 64 channels at 320x240 and 160x120) do a few
+//! multiply-adds per byte they move. Run one after the other, each writes an activation of
+//! up to 4.9 MB that the next reads back: on the 2-core x86 machine of BENCHMARKS.md the
+//! depthwise layers and max pools ran at memory speed, not at the speed of their
+//! arithmetic. Here each layer's output is a ring of four rows of every channel; a row is
+//! computed when the next layer asks for it, from the rows of the layer before (the same
+//! row for a pointwise convolution, the row above and below too for a depthwise one, two
+//! rows for a max pool). What one output row needs stays in the L1 and L2 caches, and only
+//! the chain's input and output are whole tensors.
+//!
+//! The rows in the rings are padded to a multiple of the pointwise kernel's tile of pixels,
+//! so that it runs on whole tiles; the padding is computed like pixels and never read as
+//! one (the depthwise kernel takes its edge pixels with zero padding, the max pool reads
+//! only the pixels it pools). Results equal the layers run one by one up to float rounding
+//! (the same multiply-adds in the same order, but for the few pixels at the end of a plane
+//! that the plane-wise pointwise kernel adds up without fusing).
+
+use std::cell::Cell;
+use std::ops::Range;
+
+use super::conv_kernels::{max_pool_2x2_row, Depthwise3x3, Pointwise, POINTWISE_PIXELS};
+
+/// One layer of a [`Chain`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// A 1x1 convolution.
+    Pointwise(Pointwise),
+    /// A 3x3 depthwise convolution, stride 1, padding 1.
+    Depthwise(Depthwise3x3),
+    /// A 2x2 max pool, stride 2 (odd edges dropped).
+    MaxPool,
+    /// A dense 3x3 convolution, stride 2, padding 1 (YuNet's first layer), as a pointwise
+    /// convolution of the 9 x inputs taps of each output pixel (`Stem::new`).
+    Stem(Stem),
+}
+
+/// A dense 3x3 convolution with stride 2 and padding 1: each output row's taps are laid
+/// out as `9 x inputs` rows (im2col, from the input rows split into even and odd columns
+/// once), then multiplied by the pointwise kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stem {
+    inputs: usize,
+    taps: Pointwise,
+}
+
+impl Stem {
+    /// `weights` as ONNX lays them out, `[outputs][inputs][3][3]`.
+    pub fn new(weights: &[f32], bias: Vec<f32>, inputs: usize, relu: bool) -> Stem {
+        Stem {
+            inputs,
+            taps: Pointwise::new(weights, bias, 9 * inputs, relu),
+        }
+    }
+
+    /// Input channels.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Output channels.
+    pub fn outputs(&self) -> usize {
+        self.taps.outputs()
+    }
+
+    /// Output row from input rows `2r - 1`, `2r`, `2r + 1` (zeros past the edges), each
+    /// `inputs` rows of `pitch` floats with `w` pixels. `cols` is scratch.
+    fn run_row(
+        &self,
+        rows: [&[f32]; 3],
+        (pitch, w): (usize, usize),
+        output: &mut [f32],
+        (out_pitch, ow): (usize, usize),
+        cols: &mut Vec<f32>,
+    ) {
+        // Zeroed once: the columns past `ow` are never written.
+        let need = 9 * self.inputs * out_pitch + 2 * (ow + 1);
+        if cols.len() != need {
+            cols.clear();
+            cols.resize(need, 0.0);
+        }
+        let (cols, halves) = cols.split_at_mut(9 * self.inputs * out_pitch);
+        let (even, odd) = halves.split_at_mut(ow + 1);
+        for c in 0..self.inputs {
+            for (ky, row) in rows.iter().enumerate() {
+                // even[x] = in[2x], odd[x + 1] = in[2x + 1] (odd[0] is the left padding).
+                let src = &row[c * pitch..][..w];
+                let pairs = w / 2;
+                for ((e, o), pair) in even.iter_mut().zip(&mut odd[1..]).zip(src.chunks_exact(2)) {
+                    (*e, *o) = (pair[0], pair[1]);
+                }
+                odd[0] = 0.0;
+                if w % 2 == 1 {
+                    even[pairs] = src[w - 1];
+                    odd[pairs + 1] = 0.0;
+                }
+                let at = (c * 9 + ky * 3) * out_pitch;
+                cols[at..][..ow].copy_from_slice(&odd[..ow]);
+                cols[at + out_pitch..][..ow].copy_from_slice(&even[..ow]);
+                cols[at + 2 * out_pitch..][..ow].copy_from_slice(&odd[1..ow + 1]);
+            }
+        }
+        self.taps.run_row(cols, output, out_pitch);
+    }
+}
+
+thread_local! {
+    /// How many more threads the chains run on this thread may use (see [`with_helpers`]).
+    static HELPERS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Multiply-adds a band has at the least: starting a thread costs tens of microseconds,
+/// these a few hundred on one core.
+const MIN_BAND_WORK: usize = 1 << 20;
+/// Output rows a band has at the least.
+const MIN_BAND_ROWS: usize = 8;
+
+/// Runs `f` with `helpers` more threads allowed to share each chain it runs (idle inference
+/// threads lent to one request, so that a lone detection uses every core).
+pub fn with_helpers<T>(helpers: usize, f: impl FnOnce() -> T) -> T {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HELPERS.set(self.0);
+        }
+    }
+    let _restore = Restore(HELPERS.replace(helpers));
+    f()
+}
+
+/// Rows a ring keeps: a depthwise row needs three, and its producer runs one ahead.
+const RING: usize = 4;
+
+/// Layers run one after the other on NCHW f32, row by row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    stages: Vec<Stage>,
+}
+
+/// Channels, height and width of the activation between two stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Channels.
+    pub c: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+}
+
+impl Dims {
+    fn pitch(&self) -> usize {
+        self.w.div_ceil(POINTWISE_PIXELS).max(1) * POINTWISE_PIXELS
+    }
+}
+
+/// The rows of one activation that are in flight.
+struct Ring {
+    dims: Dims,
+    pitch: usize,
+    /// `RING` slots of `c` rows of `pitch` floats.
+    data: Vec<f32>,
+    /// Rows computed so far (row `r` is in slot `r % RING` while it is needed).
+    produced: usize,
+}
+
+impl Ring {
+    fn new(dims: Dims) -> Ring {
+        let pitch = dims.pitch();
+        Ring {
+            dims,
+            pitch,
+            data: vec![0.0; RING * dims.c * pitch],
+            produced: 0,
+        }
+    }
+
+    fn slot_len(&self) -> usize {
+        self.dims.c * self.pitch
+    }
+
+    fn row(&self, r: usize) -> &[f32] {
+        let len = self.slot_len();
+        &self.data[(r % RING) * len..][..len]
+    }
+
+    fn row_mut(&mut self, r: usize) -> &mut [f32] {
+        let len = self.slot_len();
+        &mut self.data[(r % RING) * len..][..len]
+    }
+}
+
+impl Chain {
+    /// A chain of `stages`, first to last.
+    pub fn new(stages: Vec<Stage>) -> Chain {
+        Chain { stages }
+    }
+
+    /// The layers.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// The activations: the input, then each stage's output; `None` where a stage does not
+    /// take the channels it is given.
+    pub fn dims(&self, input: Dims) -> Option<Vec<Dims>> {
+        let mut all = vec![input];
+        let mut d = input;
+        for stage in &self.stages {
+            d = match stage {
+                Stage::Pointwise(p) if p.inputs() == d.c => Dims {
+                    c: p.outputs(),
+                    ..d
+                },
+                Stage::Depthwise(k) if k.channels() == d.c => d,
+                Stage::MaxPool => Dims {
+                    c: d.c,
+                    h: d.h / 2,
+                    w: d.w / 2,
+                },
+                Stage::Stem(k) if k.inputs() == d.c => Dims {
+                    c: k.outputs(),
+                    h: d.h.div_ceil(2),
+                    w: d.w.div_ceil(2),
+                },
+                _ => return None,
+            };
+            all.push(d);
+        }
+        Some(all)
+    }
+
+    /// `input`: `dims.c` planes of `dims.h` x `dims.w`; `output`: the last stage's planes.
+    ///
+    /// With helper threads allowed on this thread ([`with_helpers`]) and enough work, the
+    /// output rows are shared among them in bands, each computed from the rows it needs
+    /// (the few rows around a band's edge are computed by both bands next to it).
+    ///
+    /// # Panics
+    /// When the stages do not fit `dims` or a buffer is not of its size.
+    pub fn run(&self, input: &[f32], output: &mut [f32], dims: Dims) {
+        let all = self.dims(dims).expect("the chain's channels fit its input");
+        let last = *all.last().expect("the input's dims");
+        assert_eq!(input.len(), dims.c * dims.h * dims.w, "chain input size");
+        assert_eq!(output.len(), last.c * last.h * last.w, "chain output size");
+        if all.iter().any(|d| d.h == 0 || d.w == 0) {
+            return;
+        }
+        let work: usize = self
+            .stages
+            .iter()
+            .zip(&all[1..])
+            .map(|(stage, out)| {
+                let per_pixel = match stage {
+                    Stage::Pointwise(p) => p.inputs() * p.outputs(),
+                    Stage::Depthwise(k) => 9 * k.channels(),
+                    Stage::MaxPool => out.c,
+                    Stage::Stem(k) => 9 * k.inputs() * k.outputs(),
+                };
+                per_pixel * out.h * out.w
+            })
+            .sum();
+        let bands = (HELPERS.get() + 1)
+            .min(work / MIN_BAND_WORK)
+            .min(last.h / MIN_BAND_ROWS)
+            .max(1);
+        if bands == 1 {
+            return self.run_band(input, &all, 0..last.h, output);
+        }
+        let band_rows = |i: usize| last.h * i / bands..last.h * (i + 1) / bands;
+        let plane = last.h * last.w;
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..bands)
+                .map(|i| {
+                    let all = &all;
+                    scope.spawn(move || {
+                        let rows = band_rows(i);
+                        let mut out = vec![0f32; last.c * rows.len() * last.w];
+                        self.run_band(input, all, rows, &mut out);
+                        out
+                    })
+                })
+                .collect();
+            let rows = band_rows(0);
+            let mut out = vec![0f32; last.c * rows.len() * last.w];
+            self.run_band(input, &all, rows, &mut out);
+            let results = std::iter::once(Ok(out)).chain(helpers.into_iter().map(|h| h.join()));
+            for (i, band) in results.enumerate() {
+                let band = band.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                let rows = band_rows(i);
+                let len = rows.len() * last.w;
+                for c in 0..last.c {
+                    output[c * plane + rows.start * last.w..][..len]
+                        .copy_from_slice(&band[c * len..][..len]);
+                }
+            }
+        });
+    }
+
+    /// Output rows `rows` of the chain into `output` (`c` planes of `rows.len()` rows).
+    fn run_band(&self, input: &[f32], all: &[Dims], rows: Range<usize>, output: &mut [f32]) {
+        let last = *all.last().expect("the input's dims");
+        let mut rings: Vec<Ring> = all.iter().map(|&d| Ring::new(d)).collect();
+        // The first row of each activation that the band needs.
+        let mut first = rows.start;
+        for (at, stage) in self.stages.iter().enumerate().rev() {
+            rings[at + 1].produced = first;
+            first = match stage {
+                Stage::Pointwise(_) => first,
+                Stage::Depthwise(_) => first.saturating_sub(1),
+                Stage::MaxPool => 2 * first,
+                Stage::Stem(_) => (2 * first).saturating_sub(1),
+            };
+        }
+        rings[0].produced = first;
+        let zeros = vec![0f32; all.iter().map(|d| d.c * d.pitch()).max().unwrap_or(0)];
+        let plane = rows.len() * last.w;
+        let mut scratch = Vec::new();
+        for (i, r) in rows.enumerate() {
+            self.produce(&mut rings, all.len() - 1, r, input, &zeros, &mut scratch);
+            let row = rings[all.len() - 1].row(r);
+            let pitch = last.pitch();
+            for c in 0..last.c {
+                output[c * plane + i * last.w..][..last.w]
+                    .copy_from_slice(&row[c * pitch..][..last.w]);
+            }
+        }
+    }
+
+    /// Computes the rows of activation `at` up to `row`, and what they need first.
+    fn produce(
+        &self,
+        rings: &mut [Ring],
+        at: usize,
+        row: usize,
+        input: &[f32],
+        zeros: &[f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        while rings[at].produced <= row {
+            let r = rings[at].produced;
+            if at == 0 {
+                let ring = &mut rings[0];
+                let Dims { c, h, w } = ring.dims;
+                let pitch = ring.pitch;
+                let dst = ring.row_mut(r);
+                for ch in 0..c {
+                    dst[ch * pitch..][..w].copy_from_slice(&input[ch * h * w + r * w..][..w]);
+                }
+            } else {
+                let source_h = rings[at - 1].dims.h;
+                let needed = match self.stages[at - 1] {
+                    Stage::Pointwise(_) => r,
+                    Stage::Depthwise(_) => (r + 1).min(source_h - 1),
+                    Stage::MaxPool => 2 * r + 1,
+                    Stage::Stem(_) => (2 * r + 1).min(source_h - 1),
+                };
+                self.produce(rings, at - 1, needed, input, zeros, scratch);
+                let (before, after) = rings.split_at_mut(at);
+                let (src, dst) = (&before[at - 1], &mut after[0]);
+                let (pitch, out_pitch, w) = (src.pitch, dst.pitch, dst.dims.w);
+                let len = src.slot_len();
+                // Row `i` of the source, zeros outside it.
+                let source = |i: Option<usize>| match i.filter(|&i| i < source_h) {
+                    Some(i) => src.row(i),
+                    None => &zeros[..len],
+                };
+                let out = dst.row_mut(r);
+                match &self.stages[at - 1] {
+                    Stage::Pointwise(p) => p.run_row(src.row(r), out, pitch),
+                    Stage::Depthwise(k) => k.run_row(
+                        [source(r.checked_sub(1)), src.row(r), source(Some(r + 1))],
+                        out,
+                        pitch,
+                        w,
+                    ),
+                    Stage::Stem(k) => k.run_row(
+                        [
+                            source((2 * r).checked_sub(1)),
+                            src.row(2 * r),
+                            source(Some(2 * r + 1)),
+                        ],
+                        (pitch, src.dims.w),
+                        out,
+                        (out_pitch, w),
+                        scratch,
+                    ),
+                    Stage::MaxPool => max_pool_2x2_row(
+                        src.row(2 * r),
+                        src.row(2 * r + 1),
+                        out,
+                        pitch,
+                        out_pitch,
+                        w,
+                    ),
+                }
+            }
+            rings[at].produced += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::conv_kernels::max_pool_2x2;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn pointwise(inputs: usize, outputs: usize, relu: bool, seed: u32) -> Pointwise {
+        Pointwise::new(
+            &values(inputs * outputs, seed),
+            values(outputs, seed + 1),
+            inputs,
+            relu,
+        )
+    }
+
+    fn depthwise(c: usize, relu: bool, seed: u32) -> Depthwise3x3 {
+        Depthwise3x3 {
+            taps: (0..c)
+                .map(|i| values(9, seed + i as u32).try_into().unwrap())
+                .collect(),
+            bias: values(c, seed + 100),
+            relu,
+        }
+    }
+
+    /// The same stages run one by one over whole planes.
+    fn layer_by_layer(stages: &[Stage], input: &[f32], dims: Dims) -> Vec<f32> {
+        let mut x = input.to_vec();
+        let mut d = dims;
+        for stage in stages {
+            let plane = d.h * d.w;
+            x = match stage {
+                Stage::Pointwise(p) => {
+                    let mut y = vec![0f32; p.outputs() * plane];
+                    p.run(&x, &mut y, plane);
+                    d.c = p.outputs();
+                    y
+                }
+                Stage::Depthwise(k) => {
+                    let mut y = vec![0f32; x.len()];
+                    k.run(&x, &mut y, d.h, d.w);
+                    y
+                }
+                Stage::MaxPool => {
+                    let mut y = vec![0f32; d.c * (d.h / 2) * (d.w / 2)];
+                    max_pool_2x2(&x, &mut y, d.c, d.h, d.w);
+                    d.h /= 2;
+                    d.w /= 2;
+                    y
+                }
+                Stage::Stem(_) => unreachable!("the stem is checked by its own test"),
+            };
+        }
+        x
+    }
+
+    #[test]
+    fn a_chain_equals_its_layers_run_one_by_one() {
+        // YuNet's shape of chain (pointwise, depthwise with ReLU, pools) on odd sizes, rows
+        // shorter and longer than a tile, and a pool of an odd height.
+        let stages = vec![
+            Stage::Pointwise(pointwise(3, 8, false, 1)),
+            Stage::Depthwise(depthwise(8, true, 20)),
+            Stage::MaxPool,
+            Stage::Pointwise(pointwise(8, 13, true, 40)),
+            Stage::Depthwise(depthwise(13, false, 60)),
+            Stage::Depthwise(depthwise(13, true, 80)),
+            Stage::MaxPool,
+        ];
+        let chain = Chain::new(stages.clone());
+        for (h, w) in [(23, 37), (8, 64), (4, 4), (7, 2), (2, 19)] {
+            let dims = Dims { c: 3, h, w };
+            let input = values(3 * h * w, h as u32 * 100 + w as u32);
+            let last = *chain.dims(dims).unwrap().last().unwrap();
+            let mut out = vec![f32::NAN; last.c * last.h * last.w];
+            chain.run(&input, &mut out, dims);
+            let expected = layer_by_layer(&stages, &input, dims);
+            assert_eq!(out.len(), expected.len());
+            for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{h}x{w} at {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_stem_is_a_strided_convolution_with_zero_padding() {
+        let (cin, cout) = (3, 7);
+        let weights = values(cout * cin * 9, 9);
+        let bias = values(cout, 10);
+        let chain = Chain::new(vec![Stage::Stem(Stem::new(
+            &weights,
+            bias.clone(),
+            cin,
+            true,
+        ))]);
+        for (h, w) in [(9, 37), (8, 64), (1, 1), (2, 3), (5, 2)] {
+            let dims = Dims { c: cin, h, w };
+            let input = values(cin * h * w, (h * 100 + w) as u32);
+            let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+            let mut out = vec![f32::NAN; cout * oh * ow];
+            chain.run(&input, &mut out, dims);
+            for o in 0..cout {
+                for r in 0..oh {
+                    for x in 0..ow {
+                        let mut acc = bias[o];
+                        for c in 0..cin {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (yy, xx) =
+                                        ((2 * r + ky) as isize - 1, (2 * x + kx) as isize - 1);
+                                    if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w
+                                    {
+                                        acc += weights[((o * cin + c) * 3 + ky) * 3 + kx]
+                                            * input[(c * h + yy as usize) * w + xx as usize];
+                                    }
+                                }
+                            }
+                        }
+                        let got = out[(o * oh + r) * ow + x];
+                        let want = acc.max(0.0);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{h}x{w} {o},{r},{x}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bands_on_helper_threads_give_the_same_output() {
+        let stages = vec![
+            Stage::Stem(Stem::new(&values(8 * 3 * 9, 1), values(8, 2), 3, true)),
+            Stage::Pointwise(pointwise(8, 16, false, 3)),
+            Stage::Depthwise(depthwise(16, true, 4)),
+            Stage::MaxPool,
+            Stage::Pointwise(pointwise(16, 16, false, 5)),
+            Stage::Depthwise(depthwise(16, true, 6)),
+        ];
+        let chain = Chain::new(stages);
+        let dims = Dims {
+            c: 3,
+            h: 301,
+            w: 250,
+        };
+        let input = values(3 * dims.h * dims.w, 7);
+        let last = *chain.dims(dims).unwrap().last().unwrap();
+        let mut alone = vec![f32::NAN; last.c * last.h * last.w];
+        chain.run(&input, &mut alone, dims);
+        for helpers in [1, 2, 5] {
+            let mut shared = vec![f32::NAN; alone.len()];
+            with_helpers(helpers, || chain.run(&input, &mut shared, dims));
+            assert_eq!(shared, alone, "{helpers} helpers");
+        }
+        assert_eq!(HELPERS.get(), 0, "with_helpers restores the count");
+    }
+
+    #[test]
+    fn channels_that_do_not_fit_are_refused() {
+        let chain = Chain::new(vec![
+            Stage::Pointwise(pointwise(4, 8, false, 1)),
+            Stage::Depthwise(depthwise(6, false, 2)),
+        ]);
+        assert_eq!(chain.dims(Dims { c: 4, h: 2, w: 2 }), None);
+        assert_eq!(chain.dims(Dims { c: 3, h: 2, w: 2 }), None);
+    }
+}
