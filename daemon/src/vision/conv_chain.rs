@@ -20,6 +20,7 @@
 
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 use super::conv_kernels::{max_pool_2x2_row, Depthwise3x3, Pointwise, POINTWISE_PIXELS};
 
@@ -66,15 +67,16 @@ impl Stem {
     }
 
     /// Output row from input rows `2r - 1`, `2r`, `2r + 1` (zeros past the edges), each
-    /// `inputs` rows of `pitch` floats with `w` pixels. `cols` is scratch.
+    /// `inputs` rows of `pitch` floats with `w` pixels.
     fn run_row(
         &self,
         rows: [&[f32]; 3],
         (pitch, w): (usize, usize),
         output: &mut [f32],
         (out_pitch, ow): (usize, usize),
-        cols: &mut Vec<f32>,
+        scratch: &mut Scratch,
     ) {
+        let cols = &mut scratch.cols;
         // Zeroed once: the columns past `ow` are never written.
         let need = 9 * self.inputs * out_pitch + 2 * (ow + 1);
         if cols.len() != need {
@@ -102,7 +104,8 @@ impl Stem {
                 cols[at + 2 * out_pitch..][..ow].copy_from_slice(&odd[1..ow + 1]);
             }
         }
-        self.taps.run_row(cols, output, out_pitch);
+        self.taps
+            .run_row(cols, output, out_pitch, &mut scratch.tile);
     }
 }
 
@@ -111,9 +114,11 @@ thread_local! {
     static HELPERS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Multiply-adds a band has at the least: starting a thread costs tens of microseconds,
-/// these a few hundred on one core.
-const MIN_BAND_WORK: usize = 1 << 20;
+/// Multiply-adds a band has at the least. Only YuNet's backbone (about 160 M at 640x480)
+/// is shared: one thread started per detection. On the 2-core VM of BENCHMARKS.md a helper
+/// often started milliseconds late, its core busy with the request's own thread, so
+/// sharing the smaller chains too (a thread each) did not pay over HTTP.
+const MIN_BAND_WORK: usize = 32 << 20;
 /// Output rows a band has at the least.
 const MIN_BAND_ROWS: usize = 8;
 
@@ -134,9 +139,26 @@ pub fn with_helpers<T>(helpers: usize, f: impl FnOnce() -> T) -> T {
 const RING: usize = 4;
 
 /// Layers run one after the other on NCHW f32, row by row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Chain {
     stages: Vec<Stage>,
+    /// Ring buffers of earlier runs, for the next: allocating and zeroing them on every run
+    /// (about 1.5 MB for YuNet's backbone) cost more than the second thread saved under the
+    /// daemon's one-arena malloc. What they hold is never read before it is written, but
+    /// for the padding past a row's pixels, which is only read into padding.
+    spare: Mutex<Vec<Vec<f32>>>,
+}
+
+impl Clone for Chain {
+    fn clone(&self) -> Chain {
+        Chain::new(self.stages.clone())
+    }
+}
+
+impl PartialEq for Chain {
+    fn eq(&self, other: &Chain) -> bool {
+        self.stages == other.stages
+    }
 }
 
 /// Channels, height and width of the activation between two stages.
@@ -156,6 +178,15 @@ impl Dims {
     }
 }
 
+/// Buffers a band reuses from row to row.
+#[derive(Default)]
+struct Scratch {
+    /// The stem's taps of one output row.
+    cols: Vec<f32>,
+    /// The pointwise kernel's tile.
+    tile: Vec<f32>,
+}
+
 /// The rows of one activation that are in flight.
 struct Ring {
     dims: Dims,
@@ -167,12 +198,14 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(dims: Dims) -> Ring {
+    /// A ring for `dims` in `data` (resized: zeros where it grows).
+    fn new(dims: Dims, mut data: Vec<f32>) -> Ring {
         let pitch = dims.pitch();
+        data.resize(RING * dims.c * pitch, 0.0);
         Ring {
             dims,
             pitch,
-            data: vec![0.0; RING * dims.c * pitch],
+            data,
             produced: 0,
         }
     }
@@ -195,7 +228,10 @@ impl Ring {
 impl Chain {
     /// A chain of `stages`, first to last.
     pub fn new(stages: Vec<Stage>) -> Chain {
-        Chain { stages }
+        Chain {
+            stages,
+            spare: Mutex::default(),
+        }
     }
 
     /// The layers.
@@ -302,7 +338,15 @@ impl Chain {
     /// Output rows `rows` of the chain into `output` (`c` planes of `rows.len()` rows).
     fn run_band(&self, input: &[f32], all: &[Dims], rows: Range<usize>, output: &mut [f32]) {
         let last = *all.last().expect("the input's dims");
-        let mut rings: Vec<Ring> = all.iter().map(|&d| Ring::new(d)).collect();
+        let mut spare = {
+            let mut pool = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+            let keep = pool.len().saturating_sub(all.len());
+            pool.split_off(keep)
+        };
+        let mut rings: Vec<Ring> = all
+            .iter()
+            .map(|&d| Ring::new(d, spare.pop().unwrap_or_default()))
+            .collect();
         // The first row of each activation that the band needs.
         let mut first = rows.start;
         for (at, stage) in self.stages.iter().enumerate().rev() {
@@ -317,7 +361,7 @@ impl Chain {
         rings[0].produced = first;
         let zeros = vec![0f32; all.iter().map(|d| d.c * d.pitch()).max().unwrap_or(0)];
         let plane = rows.len() * last.w;
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch::default();
         for (i, r) in rows.enumerate() {
             self.produce(&mut rings, all.len() - 1, r, input, &zeros, &mut scratch);
             let row = rings[all.len() - 1].row(r);
@@ -327,6 +371,9 @@ impl Chain {
                     .copy_from_slice(&row[c * pitch..][..last.w]);
             }
         }
+        // Back in the reverse order, so that the next run gives each ring the same buffer.
+        let mut pool = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.extend(rings.into_iter().rev().map(|ring| ring.data));
     }
 
     /// Computes the rows of activation `at` up to `row`, and what they need first.
@@ -337,7 +384,7 @@ impl Chain {
         row: usize,
         input: &[f32],
         zeros: &[f32],
-        scratch: &mut Vec<f32>,
+        scratch: &mut Scratch,
     ) {
         while rings[at].produced <= row {
             let r = rings[at].produced;
@@ -369,7 +416,7 @@ impl Chain {
                 };
                 let out = dst.row_mut(r);
                 match &self.stages[at - 1] {
-                    Stage::Pointwise(p) => p.run_row(src.row(r), out, pitch),
+                    Stage::Pointwise(p) => p.run_row(src.row(r), out, pitch, &mut scratch.tile),
                     Stage::Depthwise(k) => k.run_row(
                         [source(r.checked_sub(1)), src.row(r), source(Some(r + 1))],
                         out,
@@ -548,25 +595,26 @@ mod tests {
 
     #[test]
     fn bands_on_helper_threads_give_the_same_output() {
+        // About 117 M multiply-adds: enough for three bands.
         let stages = vec![
-            Stage::Stem(Stem::new(&values(8 * 3 * 9, 1), values(8, 2), 3, true)),
-            Stage::Pointwise(pointwise(8, 16, false, 3)),
-            Stage::Depthwise(depthwise(16, true, 4)),
+            Stage::Stem(Stem::new(&values(16 * 3 * 9, 1), values(16, 2), 3, true)),
+            Stage::Pointwise(pointwise(16, 32, false, 3)),
+            Stage::Depthwise(depthwise(32, true, 4)),
             Stage::MaxPool,
-            Stage::Pointwise(pointwise(16, 16, false, 5)),
-            Stage::Depthwise(depthwise(16, true, 6)),
+            Stage::Pointwise(pointwise(32, 32, false, 5)),
+            Stage::Depthwise(depthwise(32, true, 6)),
         ];
         let chain = Chain::new(stages);
         let dims = Dims {
             c: 3,
-            h: 301,
-            w: 250,
+            h: 601,
+            w: 500,
         };
         let input = values(3 * dims.h * dims.w, 7);
         let last = *chain.dims(dims).unwrap().last().unwrap();
         let mut alone = vec![f32::NAN; last.c * last.h * last.w];
         chain.run(&input, &mut alone, dims);
-        for helpers in [1, 2, 5] {
+        for helpers in [1, 2] {
             let mut shared = vec![f32::NAN; alone.len()];
             with_helpers(helpers, || chain.run(&input, &mut shared, dims));
             assert_eq!(shared, alone, "{helpers} helpers");

@@ -481,7 +481,9 @@ impl Pointwise {
     /// `outputs` rows of `pitch`; `pitch` is a multiple of [`POINTWISE_PIXELS`] (a row's
     /// padding is computed like its pixels). The rows of one tile of pixels stay in the L1
     /// cache while every output is computed for it.
-    pub fn run_row(&self, input: &[f32], output: &mut [f32], pitch: usize) {
+    /// `tile` is scratch, kept by the caller from row to row (the daemon's malloc has one
+    /// arena, which threads allocating on every row would queue for).
+    pub fn run_row(&self, input: &[f32], output: &mut [f32], pitch: usize, tile: &mut Vec<f32>) {
         assert_eq!(pitch % POINTWISE_PIXELS, 0, "pointwise row pitch {pitch}");
         assert_eq!(input.len(), self.inputs * pitch, "pointwise row input size");
         assert_eq!(
@@ -492,12 +494,16 @@ impl Pointwise {
         if self.inputs == 0 {
             return;
         }
-        pointwise_row(input, output, pitch, &self.packed, &self.bias, self.relu);
+        let len = self.inputs * 2 * POINTWISE_PIXELS;
+        if tile.len() < len {
+            tile.resize(len, 0.0);
+        }
+        pointwise_row(input, output, pitch, self, &mut tile[..len]);
     }
 }
 
 dispatch! {
-    fn pointwise_row(x: &[f32], y: &mut [f32], pitch: usize, packed: &[f32], bias: &[f32], relu: bool) => pointwise_row_body
+    fn pointwise_row(x: &[f32], y: &mut [f32], pitch: usize, layer: &Pointwise, tile: &mut [f32]) => pointwise_row_body
 }
 
 #[inline(always)]
@@ -505,24 +511,22 @@ fn pointwise_row_body<M: MulAdd>(
     x: &[f32],
     y: &mut [f32],
     pitch: usize,
-    packed: &[f32],
-    bias: &[f32],
-    apply_relu: bool,
+    layer: &Pointwise,
+    tile: &mut [f32],
 ) {
     const P: usize = POINTWISE_PIXELS;
-    let inputs = x.len() / pitch;
-    let mut tile = vec![0f32; inputs * 2 * P];
+    let (packed, bias, apply_relu) = (&layer.packed[..], &layer.bias[..], layer.relu);
     let mut p = 0;
     // With AVX-512's 32 registers, two tiles at once: 12 accumulators, and each weight
     // broadcast serves twice the pixels.
     if M::WIDE {
         while p + 2 * P <= pitch {
-            pointwise_row_tile::<M, { 2 * P }>(x, y, pitch, p, &mut tile, packed, bias, apply_relu);
+            pointwise_row_tile::<M, { 2 * P }>(x, y, pitch, p, tile, packed, bias, apply_relu);
             p += 2 * P;
         }
     }
     while p < pitch {
-        pointwise_row_tile::<M, P>(x, y, pitch, p, &mut tile, packed, bias, apply_relu);
+        pointwise_row_tile::<M, P>(x, y, pitch, p, tile, packed, bias, apply_relu);
         p += P;
     }
 }
