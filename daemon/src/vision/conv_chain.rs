@@ -453,18 +453,7 @@ impl Chain {
 mod tests {
     use super::*;
     use crate::vision::conv_kernels::max_pool_2x2;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::vision::conv_kernels::tests::values;
 
     fn pointwise(inputs: usize, outputs: usize, relu: bool, seed: u32) -> Pointwise {
         Pointwise::new(

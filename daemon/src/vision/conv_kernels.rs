@@ -732,11 +732,11 @@ fn max_pool_plane_body<M: MulAdd>(x: &[f32], y: &mut [f32], w: usize, pairs: &mu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic values in -1..1.
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in -1..1 (the chain's tests use them too).
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..n)
             .map(|_| {
