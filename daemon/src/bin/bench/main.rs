@@ -81,7 +81,8 @@ usage:
       not keeping them, requests alternating (default 20 each way, x 2)
   deepstack-bench profile [--repeat N] [--size WxH]
       YuNet's time by op kind, with tract's kernels only and with ours (conv_ops), on
-      one thread, and the largest difference between the two plans' outputs
+      one thread, and the largest difference between the two plans' outputs; then ours
+      whole on one thread and with the other cores as helpers (as a lone request)
       --repeat N     timed runs (default 20)
       --size WxH     detector input, multiples of 32 (default 640x480)
   deepstack-bench shared-gallery [--registrations N] [--outage S]
