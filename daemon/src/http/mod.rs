@@ -38,6 +38,9 @@ pub const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// How long an idle keep-alive connection stays open.
 pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// At a stop, how long the workers get to start on connections accepted just before it.
+const ACCEPTED_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What every handler shares.
 pub struct AppState {
     /// Keys and the face switch.
@@ -220,6 +223,12 @@ pub async fn serve(
             _ = interrupt.recv() => log::info!("SIGINT: finishing the requests in flight"),
         }
         on_stop();
+        // Stop taking connections first, and let the workers read the ones already taken
+        // before the graceful stop begins: a worker told to stop does not serve connections
+        // still in its queue (actix-net #354), and a client would see its connection closed.
+        // New connections wait in the socket's queue (systemd's, across a restart).
+        handle.pause().await;
+        actix_web::rt::time::sleep(ACCEPTED_GRACE).await;
         handle.stop(true).await;
     });
     on_ready(addr);
