@@ -17,10 +17,13 @@
 //! [`KernelOp`] holding its weights, with the activation as its only input. Any other node
 //! (YuNet's stem convolution, SFace's layers) is left to tract.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
-use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto};
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto,
+};
 use tract_onnx::tract_hir::internal::*;
 
 use super::conv_chain::{Chain, Dims, Stage, Stem};
@@ -86,13 +89,10 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
     let Some(graph) = proto.graph.as_mut() else {
         return 0;
     };
-    let mut readers: std::collections::HashMap<String, usize> = Default::default();
-    for name in graph.node.iter().flat_map(|n| &n.input) {
-        *readers.entry(name.clone()).or_default() += 1;
-    }
-    for out in &graph.output {
-        *readers.entry(out.name.clone()).or_default() += 1;
-    }
+    let readers: HashMap<String, usize> = readers(graph)
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), n))
+        .collect();
     let weight_dims = |name: &str| {
         graph
             .initializer
@@ -141,21 +141,25 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
     renamed
 }
 
-/// Merges each run of renamed nodes, where every node but the first is the only reader of
-/// the one before (as its data input), into one `CHAIN` node at the place of the run's last
-/// node; returns how many runs. A run needs a convolution, whose weights give its channels.
-fn merge_chains(graph: &mut tract_onnx::pb::GraphProto) -> usize {
-    let is_kernel =
-        |n: &NodeProto| [DEPTHWISE, POINTWISE, MAX_POOL, STEM].contains(&n.op_type.as_str());
-    let mut readers: std::collections::HashMap<&str, usize> = Default::default();
-    for name in graph.node.iter().flat_map(|n| &n.input) {
+/// How many nodes read each value, a graph output counting as one.
+fn readers(graph: &GraphProto) -> HashMap<&str, usize> {
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    let names = graph.node.iter().flat_map(|n| &n.input);
+    for name in names.chain(graph.output.iter().map(|o| &o.name)) {
         *readers.entry(name).or_default() += 1;
     }
-    for out in &graph.output {
-        *readers.entry(&out.name).or_default() += 1;
-    }
+    readers
+}
+
+/// Merges each run of renamed nodes, where every node but the first is the only reader of
+/// the one before (as its data input), into one `CHAIN` node at the place of the run's last
+/// node. A run needs a convolution, whose weights give its channels.
+fn merge_chains(graph: &mut GraphProto) {
+    let is_kernel =
+        |n: &NodeProto| [DEPTHWISE, POINTWISE, MAX_POOL, STEM].contains(&n.op_type.as_str());
+    let readers = readers(graph);
     // The node after each kernel node in a run.
-    let mut next = std::collections::HashMap::new();
+    let mut next = HashMap::new();
     for (i, n) in graph.node.iter().enumerate() {
         if !is_kernel(n) || readers.get(n.output[0].as_str()) != Some(&1) {
             continue;
@@ -168,7 +172,7 @@ fn merge_chains(graph: &mut tract_onnx::pb::GraphProto) -> usize {
             next.insert(i, j);
         }
     }
-    let follows: std::collections::HashSet<usize> = next.values().copied().collect();
+    let follows: HashSet<usize> = next.values().copied().collect();
     let weight_dims = |name: &str| {
         graph
             .initializer
@@ -229,9 +233,8 @@ fn merge_chains(graph: &mut tract_onnx::pb::GraphProto) -> usize {
         };
         merged.push((run, node));
     }
-    let count = merged.len();
-    let mut replace = std::collections::HashMap::new();
-    let mut drop = std::collections::HashSet::new();
+    let mut replace = HashMap::new();
+    let mut drop = HashSet::new();
     for (run, node) in merged {
         drop.extend(run[..run.len() - 1].iter().copied());
         replace.insert(run[run.len() - 1], node);
@@ -243,7 +246,6 @@ fn merge_chains(graph: &mut tract_onnx::pb::GraphProto) -> usize {
         .filter(|(i, _)| !drop.contains(i))
         .map(|(i, n)| replace.remove(&i).unwrap_or(n))
         .collect();
-    count
 }
 
 fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
