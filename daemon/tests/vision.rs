@@ -181,8 +181,8 @@ fn the_detectors_own_kernels_give_tracts_outputs() {
             .unwrap()
     };
     let bytes = ModelFiles::embedded().detector.bytes;
-    let tract_only = plan(onnx_rewrite::load(&bytes).unwrap());
-    let ours = plan(onnx_rewrite::load_with_kernels(&bytes).unwrap());
+    let tract_only = plan(onnx_rewrite::load(&bytes, onnx_rewrite::Kernels::TractOnly).unwrap());
+    let ours = plan(onnx_rewrite::load(&bytes, onnx_rewrite::Kernels::Ours).unwrap());
     let count = |name: &str| {
         ours.model()
             .nodes()
@@ -235,6 +235,66 @@ fn the_detectors_own_kernels_give_tracts_outputs() {
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "head {k}: differs by up to {worst}");
     }
+}
+
+/// SFace's depthwise layers run by our kernel with the PReLUs around them (`conv_ops`): all
+/// 13 are taken, with 26 of the 27 PReLUs (the stem's, their own, and every pointwise
+/// layer's but the last), and on a real face the body's output equals tract's.
+#[test]
+fn the_recognizers_own_kernels_give_tracts_output() {
+    use deepstackd::vision::onnx_rewrite::{self, Kernels};
+    use tract_onnx::prelude::*;
+    let plan = |kernels| {
+        onnx_rewrite::load_with_int8_head(&ModelFiles::embedded().recognizer.bytes, kernels)
+            .unwrap()
+            .0
+            .with_input_fact(0, f32::fact([1, 3, 112, 112]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+    };
+    let (tract_only, ours) = (plan(Kernels::TractOnly), plan(Kernels::Ours));
+    let kinds: Vec<String> = ours
+        .model()
+        .nodes()
+        .iter()
+        .map(|n| n.op().name().to_string())
+        .collect();
+    let count = |name: &str| kinds.iter().filter(|k| k.contains(name)).count();
+    assert_eq!(count("DeepstackdDepthwisePRelu"), 13, "{kinds:?}");
+    assert_eq!(count("DepthWiseConv"), 0, "{kinds:?}");
+    // The stem and the 13 pointwise layers stay tract's matrix products.
+    assert_eq!(count("OptMatMul"), 14 + 13, "{kinds:?}"); // and their packing
+
+    // The last pointwise layer's PReLU, as Max(x, s * x), is all that is left of them.
+    assert_eq!(count("Max"), 1, "{kinds:?}");
+    let crop = align::align(decode("obama.jpg").pixels(), &faces("obama.jpg")[0]);
+    let input: Vec<f32> = (0..3)
+        .flat_map(|c| crop.pixels().map(move |p| p.0[c] as f32))
+        .collect();
+    let input = Tensor::from_shape(&[1, 3, 112, 112], &input).unwrap();
+    let run = |plan: &Arc<TypedRunnableModel>| -> Vec<f32> {
+        let out = plan.run(tvec!(input.clone().into())).unwrap();
+        out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    };
+    let (a, b) = (run(&ours), run(&tract_only));
+    assert_eq!(a.len(), 1024 * 7 * 7);
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= 1e-4 * scale,
+        "differs by up to {worst} (largest value {scale})"
+    );
 }
 
 /// Another encoding of obama.jpg must give the same face: box and embedding.

@@ -2,32 +2,38 @@
 //!
 //! Before tract parses the graph, [`rewrite`] renames the nodes the kernels handle exactly
 //! (after `onnx_rewrite` has turned the weights into f32 constants):
-//! - `Conv` 3x3, stride 1, padding 1, one group per channel -> `DeepstackdDepthwise3x3`;
-//! - `Conv` 1x1, stride 1, no padding, one group -> `DeepstackdPointwise`;
-//! - `Conv` 3x3, stride 2, padding 1, one group (YuNet's first layer) -> `DeepstackdStem`,
-//!   which only runs inside a chain (below), if need be a chain of one;
-//! - either of those followed by its only consumer `Relu` -> the same with `relu=1`, and the
-//!   `Relu` goes;
-//! - `MaxPool` 2x2, stride 2, no padding, `ceil_mode=0` -> `DeepstackdMaxPool2x2`;
-//! - then a run of those nodes, each the only reader of the one before, with at least one
-//!   convolution among them and two nodes or a stem -> one `DeepstackdChain` that computes them row by row
-//!   (`conv_chain`), its inputs the run's input and every layer's weights in order.
+//! - first, a depthwise `Conv` 3x3, stride 1 or 2, padding 1, next to a `PRelu` (SFace's
+//!   layers) -> `DeepstackdDepthwisePRelu`, which takes in the `PRelu` before it and the one
+//!   after it (see [`fuse_depthwise_prelu`]);
+//! - then, for chains:
+//!   - `Conv` 3x3, stride 1, padding 1, one group per channel -> `DeepstackdDepthwise3x3`;
+//!   - `Conv` 1x1, stride 1, no padding, one group -> `DeepstackdPointwise`;
+//!   - `Conv` 3x3, stride 2, padding 1, one group (YuNet's first layer) -> `DeepstackdStem`;
+//!   - either of those followed by its only consumer `Relu` -> the same with `relu=1`, and
+//!     the `Relu` goes;
+//!   - `MaxPool` 2x2, stride 2, no padding, `ceil_mode=0` -> `DeepstackdMaxPool2x2`;
+//!   - a run of those nodes, each the only reader of the one before, with at least one
+//!     convolution among them and two nodes or a stem -> one `DeepstackdChain` that computes
+//!     them row by row (`conv_chain`), its inputs the run's input and every layer's weights
+//!     in order. A node left out of every run goes back to what it was, for tract: on a
+//!     whole plane tract's matrix products beat our pointwise kernel (2.4x on SFace's
+//!     layers of 64 to 1024 channels).
 //!
-//! [`register`] teaches tract's ONNX parser those names; at typing, each becomes one
-//! [`KernelOp`] holding its weights, with the activation as its only input. Any other node
-//! (YuNet's stem convolution, SFace's layers) is left to tract.
+//! [`register`] teaches tract's ONNX parser the names of the ops that remain; at typing,
+//! each becomes one [`KernelOp`] holding its weights, with the activation as its only input.
+//! Any other node (SFace's stem and pointwise layers, its last PReLU) is left to tract.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+use tract_onnx::model::OnnxOpRegister;
 use tract_onnx::pb::{
     attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto,
 };
 use tract_onnx::tract_hir::internal::*;
 
 use super::conv_chain::{Chain, Dims, Stage, Stem};
-use super::conv_kernels::{max_pool_2x2, Depthwise3x3, Pointwise};
+use super::conv_kernels::{Depthwise3x3, DepthwisePRelu, Pointwise};
 use super::linear_head::floats;
 
 const DEPTHWISE: &str = "DeepstackdDepthwise3x3";
@@ -35,17 +41,23 @@ const POINTWISE: &str = "DeepstackdPointwise";
 const MAX_POOL: &str = "DeepstackdMaxPool2x2";
 const CHAIN: &str = "DeepstackdChain";
 const STEM: &str = "DeepstackdStem";
+const DEPTHWISE_PRELU: &str = "DeepstackdDepthwisePRelu";
 
 /// Adds the kernels' node types to tract's ONNX parser.
 pub fn register(ops: &mut OnnxOpRegister) {
-    ops.insert(DEPTHWISE, |_, node| {
-        Ok((expand(KernelNode::Depthwise { relu: relu(node)? }), vec![]))
-    });
-    ops.insert(POINTWISE, |_, node| {
-        Ok((expand(KernelNode::Pointwise { relu: relu(node)? }), vec![]))
-    });
-    ops.insert(MAX_POOL, |_: &ParsingContext, _| {
-        Ok((expand(KernelNode::MaxPool), vec![]))
+    ops.insert(DEPTHWISE_PRELU, |_, node| {
+        let stride: i64 = node.get_attr("stride")?;
+        ensure!(
+            stride == 1 || stride == 2,
+            "{DEPTHWISE_PRELU}: stride {stride}"
+        );
+        let flag = |name| Ok::<_, TractError>(node.get_attr_opt::<i64>(name)?.unwrap_or(0) != 0);
+        let op = KernelNode::DepthwisePRelu {
+            stride: stride as usize,
+            input_prelu: flag("input_prelu")?,
+            output_prelu: flag("output_prelu")?,
+        };
+        Ok((expand(op), vec![]))
     });
     ops.insert(CHAIN, |_, node| {
         let kinds: Vec<i64> = node.get_attr_vec("kinds")?;
@@ -80,15 +92,17 @@ pub fn register(ops: &mut OnnxOpRegister) {
     });
 }
 
-fn relu(node: &NodeProto) -> TractResult<bool> {
-    Ok(node.get_attr_opt::<i64>("relu")?.unwrap_or(0) != 0)
-}
-
-/// Renames the nodes the kernels run (see the module docs); returns how many.
+/// Renames the nodes the kernels run (see the module docs): first [`fuse_depthwise_prelu`],
+/// then the runs that make chains. Returns how many nodes the kernels took.
 pub fn rewrite(proto: &mut ModelProto) -> usize {
+    let fused = fuse_depthwise_prelu(proto);
     let Some(graph) = proto.graph.as_mut() else {
-        return 0;
+        return fused;
     };
+    // What each renamed node was (the convolution, then its ReLU), by its output: a node
+    // left out of every chain goes back to tract, whose matrix products beat `Pointwise`
+    // on a whole plane (2.4x on SFace's).
+    let mut originals: HashMap<String, Vec<NodeProto>> = HashMap::new();
     let readers: HashMap<String, usize> = readers(graph)
         .into_iter()
         .map(|(name, n)| (name.to_string(), n))
@@ -117,6 +131,11 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
             });
         }
         let relu_output = relu.map(|r| graph.node[r].output[0].clone());
+        let was = std::iter::once(at)
+            .chain(relu)
+            .map(|i| graph.node[i].clone());
+        let output = relu_output.clone().unwrap_or_else(|| n.output[0].clone());
+        originals.insert(output, was.collect());
         let n = &mut graph.node[at];
         n.op_type = kind.into();
         n.attribute.clear();
@@ -138,7 +157,134 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
         !fused_relus.contains(&(at - 1))
     });
     merge_chains(graph);
-    renamed
+    let nodes = std::mem::take(&mut graph.node);
+    for n in nodes {
+        match originals.remove(&n.output[0]) {
+            Some(was) if n.op_type != CHAIN => {
+                renamed -= 1;
+                graph.node.extend(was);
+            }
+            _ => graph.node.push(n),
+        }
+    }
+    fused + renamed
+}
+
+/// SFace's layers: renames each depthwise convolution (3x3, padding 1, stride 1 or 2, with
+/// constant weights and bias) next to a `PRelu` to `DEPTHWISE_PRELU`, taking in the `PRelu`
+/// whose output it alone reads and the `PRelu` that alone reads its output, when their
+/// slopes are constants of one value per channel. Returns how many.
+pub fn fuse_depthwise_prelu(proto: &mut ModelProto) -> usize {
+    let Some(graph) = proto.graph.as_mut() else {
+        return 0;
+    };
+    let readers: HashMap<String, usize> = readers(graph)
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), n))
+        .collect();
+    let constant = |name: &str| {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| Some((t.dims.clone(), floats(t)?.len())))
+    };
+    // A PRelu whose slopes are `channels` constants.
+    let prelu_of = |n: &NodeProto, channels: usize| {
+        n.op_type == "PRelu"
+            && n.input.len() == 2
+            && n.output.len() == 1
+            && constant(&n.input[1]).is_some_and(|(_, len)| len == channels)
+    };
+    let mut fused: Vec<(usize, NodeProto)> = Vec::new();
+    let mut absorbed: HashSet<usize> = HashSet::new();
+    for at in 0..graph.node.len() {
+        let n = &graph.node[at];
+        if n.op_type != "Conv" || n.input.len() != 3 || n.output.len() != 1 {
+            continue;
+        }
+        if !only_attributes(
+            n,
+            &["kernel_shape", "strides", "pads", "dilations", "group"],
+        ) || ints(n, "dilations").is_some_and(|d| d != [1, 1])
+            || ints(n, "pads") != Some(vec![1; 4])
+        {
+            continue;
+        }
+        let stride = match ints(n, "strides").as_deref() {
+            None | Some([1, 1]) => 1,
+            Some([2, 2]) => 2,
+            _ => continue,
+        };
+        let (Some((dims, _)), Some((_, biases))) = (constant(&n.input[1]), constant(&n.input[2]))
+        else {
+            continue;
+        };
+        let channels = match dims[..] {
+            [c, 1, 3, 3] if int(n, "group") == Some(c) && biases == c as usize => c as usize,
+            _ => continue,
+        };
+        let only_reader = |name: &str| readers.get(name) == Some(&1);
+        let before = graph.node.iter().position(|p| {
+            p.output.first() == Some(&n.input[0])
+                && prelu_of(p, channels)
+                && only_reader(&p.output[0])
+        });
+        let before = before.filter(|p| !absorbed.contains(p));
+        let after = graph
+            .node
+            .iter()
+            .position(|r| r.input.first() == Some(&n.output[0]) && prelu_of(r, channels))
+            .filter(|_| only_reader(&n.output[0]));
+        if before.is_none() && after.is_none() {
+            continue;
+        }
+        let mut node = NodeProto {
+            op_type: DEPTHWISE_PRELU.into(),
+            name: n.name.clone(),
+            input: vec![n.input[0].clone(), n.input[1].clone(), n.input[2].clone()],
+            output: n.output.clone(),
+            ..Default::default()
+        };
+        let attribute = |name: &str, i: i64| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i,
+            ..Default::default()
+        };
+        if let Some(p) = before {
+            let p = &graph.node[p];
+            node.input[0] = p.input[0].clone();
+            node.input.push(p.input[1].clone());
+        }
+        if let Some(r) = after {
+            let r = &graph.node[r];
+            node.input.push(r.input[1].clone());
+            node.output = r.output.clone();
+        }
+        node.attribute = vec![
+            attribute("stride", stride),
+            attribute("input_prelu", before.is_some() as i64),
+            attribute("output_prelu", after.is_some() as i64),
+        ];
+        absorbed.extend(before.into_iter().chain(after));
+        absorbed.insert(at);
+        // In the place of the node whose output it gives, after everything it reads.
+        fused.push((after.unwrap_or(at), node));
+    }
+    let count = fused.len();
+    let mut replace: HashMap<usize, NodeProto> = fused.into_iter().collect();
+    let nodes = std::mem::take(&mut graph.node);
+    graph.node = nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| match replace.remove(&i) {
+            Some(fused) => Some(fused),
+            None if absorbed.contains(&i) => None,
+            None => Some(n),
+        })
+        .collect();
+    count
 }
 
 /// How many nodes read each value, a graph output counting as one.
@@ -333,13 +479,13 @@ fn is_max_pool_2x2(n: &NodeProto) -> bool {
 /// A renamed node, before typing: its weights are still inputs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum KernelNode {
-    Depthwise {
-        relu: bool,
+    /// A depthwise convolution with PReLUs around it (see [`fuse_depthwise_prelu`]); its
+    /// inputs: the activation, weights, bias, then the slopes of each PReLU it has.
+    DepthwisePRelu {
+        stride: usize,
+        input_prelu: bool,
+        output_prelu: bool,
     },
-    Pointwise {
-        relu: bool,
-    },
-    MaxPool,
     /// Layers of those kinds in a row, each with its ReLU and its number of weight inputs;
     /// `channels` out.
     Chain {
@@ -359,9 +505,7 @@ enum StageKind {
 impl Expansion for KernelNode {
     fn name(&self) -> StaticName {
         match self {
-            KernelNode::Depthwise { .. } => DEPTHWISE.into(),
-            KernelNode::Pointwise { .. } => POINTWISE.into(),
-            KernelNode::MaxPool => MAX_POOL.into(),
+            KernelNode::DepthwisePRelu { .. } => DEPTHWISE_PRELU.into(),
             KernelNode::Chain { .. } => CHAIN.into(),
         }
     }
@@ -374,12 +518,18 @@ impl Expansion for KernelNode {
     ) -> InferenceResult {
         check_output_arity(outputs, 1)?;
         let arity = match self {
-            KernelNode::MaxPool => 1..=1,
+            KernelNode::DepthwisePRelu {
+                input_prelu,
+                output_prelu,
+                ..
+            } => {
+                let n = 3 + *input_prelu as usize + *output_prelu as usize;
+                n..=n
+            }
             KernelNode::Chain { stages, .. } => {
                 let n = 1 + stages.iter().map(|s| s.2).sum::<usize>();
                 n..=n
             }
-            _ => 2..=3,
         };
         if !arity.contains(&inputs.len()) {
             bail!(
@@ -393,19 +543,15 @@ impl Expansion for KernelNode {
         s.equals(&inputs[0].rank, 4)?;
         s.equals(&outputs[0].rank, 4)?;
         match self {
-            KernelNode::Depthwise { .. } => s.equals(&outputs[0].shape, &inputs[0].shape),
-            KernelNode::Pointwise { .. } => {
-                s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
-                s.equals(&outputs[0].shape[1], &inputs[1].shape[0])?;
-                s.equals(&outputs[0].shape[2], &inputs[0].shape[2])?;
-                s.equals(&outputs[0].shape[3], &inputs[0].shape[3])
+            &KernelNode::DepthwisePRelu { stride, .. } => {
+                s.given(&inputs[0].shape, move |s, shape| {
+                    let mut out = shape.clone();
+                    for side in [2, 3] {
+                        out[side] = (shape[side].clone() + (stride as i64 - 1)) / stride as i64;
+                    }
+                    s.equals(&outputs[0].shape, ShapeFactoid::from(out))
+                })
             }
-            KernelNode::MaxPool => s.given(&inputs[0].shape, move |s, shape| {
-                let mut out = shape.clone();
-                out[2] = shape[2].clone() / 2;
-                out[3] = shape[3].clone() / 2;
-                s.equals(&outputs[0].shape, ShapeFactoid::from(out))
-            }),
             KernelNode::Chain { stages, channels } => {
                 let halvings = halvings(stages.iter().map(|s| s.0));
                 let channels = *channels;
@@ -475,15 +621,38 @@ impl Expansion for KernelNode {
             );
             Ok(Pointwise::new(&w, bias, channels, relu))
         };
-        let arity = inputs.len() - 1;
         let layer = match self {
-            KernelNode::Depthwise { relu } => {
-                Layer::Depthwise(depthwise(weights_at(1, arity)?, channels_in, *relu)?)
+            &KernelNode::DepthwisePRelu {
+                stride,
+                input_prelu,
+                output_prelu,
+            } => {
+                let Depthwise3x3 { taps, bias, .. } =
+                    depthwise(weights_at(1, 2)?, channels_in, false)?;
+                let mut at = 3;
+                let mut slopes = |on: bool| -> TractResult<Option<Vec<f32>>> {
+                    if !on {
+                        return Ok(None);
+                    }
+                    let s = constant(at)?;
+                    at += 1;
+                    ensure!(
+                        s.len() == channels_in,
+                        "{prefix}: {} PReLU slopes for {channels_in} channels",
+                        s.len()
+                    );
+                    Ok(Some(s.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
+                };
+                let input_slopes = slopes(input_prelu)?;
+                let output_slopes = slopes(output_prelu)?;
+                Layer::DepthwisePRelu(DepthwisePRelu {
+                    taps,
+                    bias,
+                    stride,
+                    input_slopes,
+                    output_slopes,
+                })
             }
-            KernelNode::Pointwise { relu } => {
-                Layer::Pointwise(pointwise(weights_at(1, arity)?, channels_in, *relu)?)
-            }
-            KernelNode::MaxPool => Layer::MaxPool,
             KernelNode::Chain { stages, channels } => {
                 let (mut at, mut c) = (1, channels_in);
                 let mut built = Vec::with_capacity(stages.len());
@@ -530,9 +699,7 @@ impl Expansion for KernelNode {
 /// What a [`KernelOp`] computes.
 #[derive(Debug, Clone, PartialEq)]
 enum Layer {
-    Depthwise(Depthwise3x3),
-    Pointwise(Pointwise),
-    MaxPool,
+    DepthwisePRelu(DepthwisePRelu),
     Chain {
         chain: Chain,
         /// Out.
@@ -559,11 +726,10 @@ impl Layer {
     fn output_shape<D: DimLike>(&self, shape: &[D]) -> TVec<D> {
         let mut out: TVec<D> = shape.iter().cloned().collect();
         match self {
-            Layer::Depthwise(_) => {}
-            Layer::Pointwise(p) => out[1] = D::from(p.outputs()),
-            Layer::MaxPool => {
-                out[2] = shape[2].clone() / 2;
-                out[3] = shape[3].clone() / 2;
+            Layer::DepthwisePRelu(d) => {
+                for side in [2, 3] {
+                    out[side] = (shape[side].clone() + D::from(d.stride - 1)) / d.stride;
+                }
             }
             Layer::Chain {
                 channels, halvings, ..
@@ -596,9 +762,7 @@ impl Eq for KernelOp {}
 impl Op for KernelOp {
     fn name(&self) -> StaticName {
         match &*self.0 {
-            Layer::Depthwise(_) => DEPTHWISE.into(),
-            Layer::Pointwise(_) => POINTWISE.into(),
-            Layer::MaxPool => MAX_POOL.into(),
+            Layer::DepthwisePRelu(_) => DEPTHWISE_PRELU.into(),
             Layer::Chain { .. } => CHAIN.into(),
         }
     }
@@ -633,15 +797,10 @@ impl EvalOp for KernelOp {
                 &mut y[b * out_len..(b + 1) * out_len],
             );
             match &*self.0 {
-                Layer::Depthwise(d) => {
+                Layer::DepthwisePRelu(d) => {
                     ensure!(d.channels() == c, "depthwise: {c} channels in");
                     d.run(x, y, h, w)
                 }
-                Layer::Pointwise(p) => {
-                    ensure!(p.inputs() == c, "pointwise: {c} channels in");
-                    p.run(x, y, h * w)
-                }
-                Layer::MaxPool => max_pool_2x2(x, y, c, h, w),
                 Layer::Chain { chain, .. } => {
                     let dims = Dims { c, h, w };
                     ensure!(chain.dims(dims).is_some(), "chain: {c} channels in");

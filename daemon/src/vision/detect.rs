@@ -13,7 +13,7 @@ use image::RgbImage;
 use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
-use super::onnx_rewrite;
+use super::onnx_rewrite::{self, Kernels};
 
 /// The detector's speed mode: the long side of its input, DeepStack's `MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,7 +192,7 @@ fn shapes_for(l: u32) -> Vec<(u32, u32)> {
 impl Detector {
     /// Load YuNet from ONNX bytes and build the plans for `mode`.
     pub fn load(onnx: &[u8], mode: Mode) -> TractResult<Detector> {
-        let model = onnx_rewrite::load_with_kernels(onnx)?;
+        let model = onnx_rewrite::load(onnx, Kernels::Ours)?;
         let shapes = shapes_for(mode.input_size())
             .into_iter()
             .map(|(width, height)| {

@@ -14,7 +14,7 @@ use tract_onnx::prelude::*;
 
 use super::align::CROP_SIZE;
 use super::linear_head::Int8Linear;
-use super::onnx_rewrite;
+use super::onnx_rewrite::{self, Kernels};
 
 /// Length of an embedding.
 pub const EMBEDDING_DIM: usize = 128;
@@ -42,7 +42,7 @@ impl Embedder {
     /// Load SFace from ONNX bytes.
     pub fn load(onnx: &[u8]) -> TractResult<Embedder> {
         let side = CROP_SIZE as usize;
-        let (model, head) = onnx_rewrite::load_with_int8_head(onnx)?;
+        let (model, head) = onnx_rewrite::load_with_int8_head(onnx, Kernels::Ours)?;
         let plan = model
             .with_input_fact(0, f32::fact([1, 3, side, side]).into())?
             .into_optimized()?
@@ -116,7 +116,7 @@ mod tests {
         );
         let side = CROP_SIZE as usize;
         let whole = Embedder {
-            plan: onnx_rewrite::load(&onnx)
+            plan: onnx_rewrite::load(&onnx, Kernels::TractOnly)
                 .unwrap()
                 .with_input_fact(0, f32::fact([1, 3, side, side]).into())
                 .unwrap()

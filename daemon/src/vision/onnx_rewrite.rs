@@ -18,10 +18,9 @@
 //!
 //! 3. On request ([`load_with_int8_head`]), SFace's final int8 Gemm is split off and run by
 //!    `linear_head` with its weights kept int8.
-//! 4. On request ([`load_with_kernels`], the detector), the depthwise, pointwise and max pool
-//!    nodes that `conv_kernels` computes exactly are renamed to run as `conv_ops`. Not for
-//!    SFace: there (13 pointwise, 9 depthwise at 56x56 and below, PReLU after them) they made
-//!    a face 45 -> 78 ms.
+//! 4. With [`Kernels::Ours`], the nodes `conv_kernels` computes exactly run as `conv_ops`:
+//!    YuNet's layers in chains, SFace's depthwise layers with the PReLUs around them (before
+//!    rewrite 2, which then only meets the PReLUs left to tract).
 //!
 //! Anything else is left for tract to handle as usual.
 
@@ -34,27 +33,33 @@ use tract_onnx::prelude::*;
 use super::conv_ops;
 use super::linear_head::{floats, Int8Linear};
 
-/// Parse ONNX bytes into a tract model, with both rewrites applied.
-pub fn load(onnx: &[u8]) -> TractResult<InferenceModel> {
-    Ok(load_parts(onnx, false, false)?.0)
+/// Who runs the convolutions `conv_kernels` can compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// tract, as it would without us (the reference of the tests and of the bench).
+    TractOnly,
+    /// Our ops (`conv_ops`), as the daemon runs the models.
+    Ours,
 }
 
-/// Like [`load`], and the layers `conv_kernels` computes exactly run as its ops (see
-/// `conv_ops`): YuNet's depthwise, pointwise and max pool layers.
-pub fn load_with_kernels(onnx: &[u8]) -> TractResult<InferenceModel> {
-    Ok(load_parts(onnx, false, true)?.0)
+/// Parse ONNX bytes into a tract model, with the rewrites applied.
+pub fn load(onnx: &[u8], kernels: Kernels) -> TractResult<InferenceModel> {
+    Ok(load_parts(onnx, false, kernels)?.0)
 }
 
 /// Like [`load`], but a final int8 linear layer is split off and returned, to run outside
 /// tract (see `linear_head`); the model then outputs that layer's input.
-pub fn load_with_int8_head(onnx: &[u8]) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
-    load_parts(onnx, true, false)
+pub fn load_with_int8_head(
+    onnx: &[u8],
+    kernels: Kernels,
+) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
+    load_parts(onnx, true, kernels)
 }
 
 fn load_parts(
     onnx: &[u8],
     split_head: bool,
-    own_kernels: bool,
+    kernels: Kernels,
 ) -> TractResult<(InferenceModel, Option<Int8Linear>)> {
     let mut framework = tract_onnx::onnx();
     let mut proto = framework.proto_model_for_read(&mut Cursor::new(onnx))?;
@@ -64,11 +69,11 @@ fn load_parts(
         None
     };
     dequantize_constants(&mut proto);
-    expand_prelu(&mut proto);
-    if own_kernels {
+    if kernels == Kernels::Ours {
         conv_ops::rewrite(&mut proto);
         conv_ops::register(&mut framework.op_register);
     }
+    expand_prelu(&mut proto);
     Ok((framework.model_for_proto_model(&proto)?, head))
 }
 

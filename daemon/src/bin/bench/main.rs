@@ -79,12 +79,15 @@ usage:
       only the recent-faces row of `targets`: recognize of the 4-face 720p photo on a daemon
       keeping recent faces (filled to RECENT_FACES_MAX, all strangers, grouped) minus one
       not keeping them, requests alternating (default 20 each way, x 2)
-  deepstack-bench profile [--repeat N] [--size WxH]
-      YuNet's time by op kind, with tract's kernels only and with ours (conv_ops), on
+  deepstack-bench profile [--repeat N] [--size WxH] [--model yunet|sface] [--by-node]
+      a model's time by op kind, with tract's kernels only and with ours (conv_ops), on
       one thread, and the largest difference between the two plans' outputs; then ours
       whole on one thread and with the other cores as helpers (as a lone request)
       --repeat N     timed runs (default 20)
       --size WxH     detector input, multiples of 32 (default 640x480)
+      --model M      yunet (default) or sface (one 112x112 face, without its final
+                     layer, which runs outside tract)
+      --by-node      time by node instead of by op kind
   deepstack-bench shared-gallery [--registrations N] [--outage S]
       the shared PostgreSQL gallery (GALLERY_URL) against SQLite, on a PostgreSQL cluster
       started in a temp dir (Debian's postgresql): register and READY on 100k samples,

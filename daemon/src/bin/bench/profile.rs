@@ -1,11 +1,13 @@
-//! `deepstack-bench profile`: where YuNet's time goes, op by op, with tract's kernels only
+//! `deepstack-bench profile`: where a model's time goes, op by op, with tract's kernels only
 //! and with ours (`conv_ops`), in one process on one thread.
 //!
 //! ```text
 //! cargo run --release -p deepstackd --bin deepstack-bench -- profile [--repeat 20] [--size 640x480]
+//!     [--model yunet|sface] [--by-node]
 //! ```
-//! Both plans run the same input (`group_1280x720.jpg` scaled to the size by the detector's own
-//! `letterbox_bgr`); the largest difference between their twelve outputs is printed, then
+//! Both plans run the same input (YuNet: `group_1280x720.jpg` scaled to the size by the
+//! detector's own `letterbox_bgr`; SFace: that photo squeezed to 112x112, without SFace's
+//! final layer, which `linear_head` runs); the largest difference between their outputs is printed, then
 //! each plan's median total and its time by op kind (the sum of per-node times, measured
 //! around each node's evaluation), then our plan's whole runs on one thread and with the
 //! machine's other cores as helpers (as the daemon lends its idle threads to a lone request).
@@ -13,10 +15,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use deepstackd::vision::align::CROP_SIZE;
 use deepstackd::vision::conv_chain::with_helpers;
 use deepstackd::vision::conv_kernels::Isa;
 use deepstackd::vision::detect::letterbox_bgr;
-use deepstackd::vision::{onnx_rewrite, ModelFiles};
+use deepstackd::vision::onnx_rewrite::{self, Kernels};
+use deepstackd::vision::ModelFiles;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
 
@@ -24,7 +28,8 @@ use crate::{median, testdata, Error};
 
 /// `deepstack-bench profile [--repeat N] [--size WxH]`.
 pub fn run(args: &[String]) -> Result<(), Error> {
-    let (mut repeat, mut w, mut h) = (20usize, 640usize, 480usize);
+    let (mut repeat, mut w, mut h, mut sface, mut by_node) =
+        (20usize, 640usize, 480usize, false, false);
     let mut args = args.iter();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -37,27 +42,70 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                     return Err("--size: both sides must be multiples of 32".into());
                 }
             }
+            "--by-node" => by_node = true,
+            "--model" => {
+                sface = match args.next().map(String::as_str) {
+                    Some("yunet") => false,
+                    Some("sface") => true,
+                    _ => return Err("--model takes yunet or sface".into()),
+                }
+            }
             other => return Err(format!("profile: unknown option {other}").into()),
         }
     }
     let repeat = repeat.max(1);
-    let bytes = ModelFiles::embedded().detector.bytes;
-    let build = |model: InferenceModel| -> TractResult<Arc<TypedRunnableModel>> {
-        model
-            .with_input_fact(0, f32::fact([1, 3, h, w]).into())?
-            .into_optimized()?
-            .into_runnable()
-    };
-    let plans = [
-        ("tract only", build(onnx_rewrite::load(&bytes)?)?),
-        (
-            "our kernels",
-            build(onnx_rewrite::load_with_kernels(&bytes)?)?,
-        ),
-    ];
     let photo = image::open(testdata()?.join("group_1280x720.jpg"))?.to_rgb8();
-    let (w32, h32) = (w as u32, h as u32);
-    let input = letterbox_bgr(&photo, w32, h32, w32, h32);
+    let (title, plans, input) = if sface {
+        let bytes = ModelFiles::embedded().recognizer.bytes;
+        let side = CROP_SIZE as usize;
+        let build = |model: InferenceModel| -> TractResult<Arc<TypedRunnableModel>> {
+            model
+                .with_input_fact(0, f32::fact([1, 3, side, side]).into())?
+                .into_optimized()?
+                .into_runnable()
+        };
+        let plans = [
+            (
+                "tract only",
+                build(onnx_rewrite::load_with_int8_head(&bytes, Kernels::TractOnly)?.0)?,
+            ),
+            (
+                "our kernels",
+                build(onnx_rewrite::load_with_int8_head(&bytes, Kernels::Ours)?.0)?,
+            ),
+        ];
+        let crop = image::imageops::resize(&photo, CROP_SIZE, CROP_SIZE, image::imageops::Triangle);
+        let data: Vec<f32> = (0..3)
+            .flat_map(|c| crop.pixels().map(move |p| p.0[c] as f32))
+            .collect();
+        let input = Tensor::from_shape(&[1, 3, side, side], &data)?;
+        (
+            format!("SFace {side}x{side} (without its final layer)"),
+            plans,
+            input,
+        )
+    } else {
+        let bytes = ModelFiles::embedded().detector.bytes;
+        let build = |model: InferenceModel| -> TractResult<Arc<TypedRunnableModel>> {
+            model
+                .with_input_fact(0, f32::fact([1, 3, h, w]).into())?
+                .into_optimized()?
+                .into_runnable()
+        };
+        let plans = [
+            (
+                "tract only",
+                build(onnx_rewrite::load(&bytes, Kernels::TractOnly)?)?,
+            ),
+            (
+                "our kernels",
+                build(onnx_rewrite::load(&bytes, Kernels::Ours)?)?,
+            ),
+        ];
+        let (w32, h32) = (w as u32, h as u32);
+        let input = letterbox_bgr(&photo, w32, h32, w32, h32);
+        (format!("YuNet {w}x{h}"), plans, input)
+    };
     let outputs: Vec<TVec<TValue>> = plans
         .iter()
         .map(|(_, p)| p.run(tvec!(input.clone().into())))
@@ -73,7 +121,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         }
     }
     println!(
-        "deepstack-bench profile: YuNet {w}x{h}, 1 thread, {repeat} runs, {} kernels ({})",
+        "deepstack-bench profile: {title}, 1 thread, {repeat} runs, {} kernels ({})",
         Isa::detect().name(),
         std::env::consts::ARCH
     );
@@ -88,7 +136,12 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             state.run_plan_with_eval(tvec!(input.clone().into()), |ctx, st, node, inputs| {
                 let t = Instant::now();
                 let out = eval(ctx, st, node, inputs);
-                let kind = by_kind.entry(node.op().name().to_string()).or_default();
+                let key = if by_node {
+                    format!("{} {}", node.op().name(), node.name)
+                } else {
+                    node.op().name().to_string()
+                };
+                let kind = by_kind.entry(key).or_default();
                 kind.0 += 1;
                 kind.1 += t.elapsed().as_secs_f64() * 1000.0;
                 out
