@@ -740,7 +740,10 @@ fn pointwise_row_tile<M: MulAdd, const T: usize>(
     let outputs = bias.len();
     let tile = &mut tile[..inputs * T];
     for (i, row) in tile.chunks_exact_mut(T).enumerate() {
-        row.copy_from_slice(&x[i * pitch + p..][..T]);
+        // Element by element: a copy of T floats would be a call to memmove.
+        for (d, &v) in row.iter_mut().zip(&x[i * pitch + p..][..T]) {
+            *d = v;
+        }
     }
     for block in 0..outputs.div_ceil(K) {
         let first = block * K;
@@ -753,8 +756,21 @@ fn pointwise_row_tile<M: MulAdd, const T: usize>(
             let out: &mut [f32; T] = (&mut y[(first + k) * pitch + p..][..T])
                 .try_into()
                 .expect("T");
-            *out = if apply_relu { a.map(relu) } else { *a };
+            store_activated(out, a, apply_relu);
         }
+    }
+}
+
+/// `out = relu(acc)` or `acc`, element by element. (A loop, not `array::map`: that is
+/// compiled out of line, without the caller's target features.)
+#[inline(always)]
+fn store_activated<const T: usize>(out: &mut [f32; T], acc: &[f32; T], apply_relu: bool) {
+    if apply_relu {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            *o = relu(a);
+        }
+    } else {
+        *out = *acc;
     }
 }
 
@@ -793,7 +809,7 @@ fn pointwise_block_body<M: MulAdd>(
         let p = start + t * P;
         for (k, a) in acc.iter().enumerate().take(count) {
             let out: &mut [f32; P] = (&mut y[k * plane + p..][..P]).try_into().expect("P");
-            *out = if apply_relu { a.map(relu) } else { *a };
+            store_activated(out, a, apply_relu);
         }
     }
 }
@@ -807,7 +823,17 @@ fn pointwise_tile<M: MulAdd, const P: usize>(
     bias: &[f32; POINTWISE_CHANNELS],
 ) -> [[f32; P]; POINTWISE_CHANNELS] {
     const K: usize = POINTWISE_CHANNELS;
-    let mut acc = bias.map(|b| [b; P]);
+    // Spelt out, not `bias.map(..)`: `array::map` is compiled out of line, without the
+    // caller's target features, and a loop here kept the accumulators in memory (8x slower).
+    const _: () = assert!(POINTWISE_CHANNELS == 6);
+    let mut acc = [
+        [bias[0]; P],
+        [bias[1]; P],
+        [bias[2]; P],
+        [bias[3]; P],
+        [bias[4]; P],
+        [bias[5]; P],
+    ];
     for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact(K)) {
         let xs: &[f32; P] = xs.try_into().expect("P pixels");
         let wk: &[f32; K] = wk.try_into().expect("K weights");
