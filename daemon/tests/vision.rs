@@ -239,7 +239,8 @@ fn the_detectors_own_kernels_give_tracts_outputs() {
 
 /// SFace's depthwise layers run by our kernel with the PReLUs around them (`conv_ops`): all
 /// 13 are taken, with 26 of the 27 PReLUs (the stem's, their own, and every pointwise
-/// layer's but the last), and on a real face the body's output equals tract's.
+/// layer's but the last, which runs as our own op), and on a real face the body's output
+/// equals tract's.
 #[test]
 fn the_recognizers_own_kernels_give_tracts_output() {
     use deepstackd::vision::onnx_rewrite::{self, Kernels};
@@ -268,8 +269,9 @@ fn the_recognizers_own_kernels_give_tracts_output() {
     // The stem and the 13 pointwise layers stay tract's matrix products.
     assert_eq!(count("OptMatMul"), 14 + 13, "{kinds:?}"); // and their packing
 
-    // The last pointwise layer's PReLU, as Max(x, s * x), is all that is left of them.
-    assert_eq!(count("Max"), 1, "{kinds:?}");
+    // The last pointwise layer's PReLU runs alone; none is left to tract (as Max(x, s * x)).
+    assert_eq!(count("DeepstackdPRelu"), 1, "{kinds:?}");
+    assert_eq!(count("Max"), 0, "{kinds:?}");
     let crop = align::align(decode("obama.jpg").pixels(), &faces("obama.jpg")[0]);
     let input: Vec<f32> = (0..3)
         .flat_map(|c| crop.pixels().map(move |p| p.0[c] as f32))

@@ -521,16 +521,18 @@ fn depthwise_prelu_body<M: MulAdd>(
                 let dst = &mut padded[row_base + 1..][..w];
                 fill_row(dst, row, in_slope);
             } else {
-                // Column x + 1: odd columns of the padded row (phase 1) take the even x.
-                let (even_x, odd_x) = (row.len().div_ceil(2), row.len() / 2);
-                let odd_phase = row_base + rows * pitch;
-                for (i, d) in padded[odd_phase..][..even_x].iter_mut().enumerate() {
-                    let v = row[2 * i];
-                    *d = in_slope.map_or(v, |sl| prelu(v, sl));
+                // Column x + 1: the odd columns of the padded row (phase 1) take the even x,
+                // from column 0; the even ones (phase 0) the odd x, from column 1.
+                let (even, odd) = padded[row_base..].split_at_mut(rows * pitch);
+                let pairs = row.chunks_exact(2);
+                let last = pairs.remainder().first().copied();
+                let dst = odd.iter_mut().zip(&mut even[1..]).zip(pairs);
+                let slope = in_slope.unwrap_or(1.0);
+                for ((o, e), pair) in dst {
+                    (*o, *e) = (prelu(pair[0], slope), prelu(pair[1], slope));
                 }
-                for (i, d) in padded[row_base + 1..][..odd_x].iter_mut().enumerate() {
-                    let v = row[2 * i + 1];
-                    *d = in_slope.map_or(v, |sl| prelu(v, sl));
+                if let Some(v) = last {
+                    odd[w / 2] = prelu(v, slope);
                 }
             }
         }
@@ -555,6 +557,23 @@ fn depthwise_prelu_body<M: MulAdd>(
         for (r, dst) in out.chunks_exact_mut(ow).enumerate() {
             fill_row(dst, &sums[r * pitch..][..ow], out_slope);
         }
+    }
+}
+
+/// A PReLU of `slopes.len()` planes: `y = x` where `x > 0`, else `slope * x`.
+pub fn prelu_planes(x: &[f32], y: &mut [f32], slopes: &[f32]) {
+    assert_eq!(x.len(), y.len(), "PReLU sizes");
+    let plane = x.len() / slopes.len().max(1);
+    assert_eq!(plane * slopes.len(), x.len(), "PReLU planes");
+    if plane == 0 {
+        return;
+    }
+    for ((x, y), &slope) in x
+        .chunks_exact(plane)
+        .zip(y.chunks_exact_mut(plane))
+        .zip(slopes)
+    {
+        fill_row(y, x, Some(slope));
     }
 }
 
