@@ -14,9 +14,8 @@
 //! The rows in the rings are padded to a multiple of the pointwise kernel's tile of pixels,
 //! so that it runs on whole tiles; the padding is computed like pixels and never read as
 //! one (the depthwise kernel takes its edge pixels with zero padding, the max pool reads
-//! only the pixels it pools). Results equal the layers run one by one up to float rounding
-//! (the same multiply-adds in the same order, but for the few pixels at the end of a plane
-//! that the plane-wise pointwise kernel adds up without fusing).
+//! only the pixels it pools). Results equal the layers run one by one by direct loops up to
+//! float rounding (the tests compare them).
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -452,8 +451,9 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vision::conv_kernels::max_pool_2x2;
-    use crate::vision::conv_kernels::tests::values;
+    use crate::vision::conv_kernels::tests::{
+        depthwise_reference, max_pool_reference, pointwise_reference, values,
+    };
 
     fn pointwise(inputs: usize, outputs: usize, relu: bool, seed: u32) -> Pointwise {
         Pointwise::new(
@@ -474,27 +474,19 @@ mod tests {
         }
     }
 
-    /// The same stages run one by one over whole planes.
+    /// The same stages run one by one over whole planes, by direct loops.
     fn layer_by_layer(stages: &[Stage], input: &[f32], dims: Dims) -> Vec<f32> {
         let mut x = input.to_vec();
         let mut d = dims;
         for stage in stages {
-            let plane = d.h * d.w;
             x = match stage {
                 Stage::Pointwise(p) => {
-                    let mut y = vec![0f32; p.outputs() * plane];
-                    p.run(&x, &mut y, plane);
                     d.c = p.outputs();
-                    y
+                    pointwise_reference(p, &x, d.h * d.w)
                 }
-                Stage::Depthwise(k) => {
-                    let mut y = vec![0f32; x.len()];
-                    k.run(&x, &mut y, d.h, d.w);
-                    y
-                }
+                Stage::Depthwise(k) => depthwise_reference(k, &x, d.h, d.w),
                 Stage::MaxPool => {
-                    let mut y = vec![0f32; d.c * (d.h / 2) * (d.w / 2)];
-                    max_pool_2x2(&x, &mut y, d.c, d.h, d.w);
+                    let y = max_pool_reference(&x, d.c, d.h, d.w);
                     d.h /= 2;
                     d.w /= 2;
                     y

@@ -1,8 +1,8 @@
-//! Our own kernels for the three layer kinds that make up YuNet, on NCHW planes: the 3x3
-//! depthwise convolution (stride 1, padding 1) with an optional ReLU, the 1x1 (pointwise)
-//! convolution and the 2x2 max pool (stride 2); and SFace's depthwise convolution (stride 1
-//! or 2) with its PReLUs. `conv_ops` runs them as tract ops (YuNet's in `conv_chain`'s
-//! rows; the plane-wise forms are what the tests compare those with).
+//! Our own kernels for the three layer kinds that make up YuNet, a row of every channel at a
+//! time (`conv_chain` runs them): the 3x3 depthwise convolution (stride 1, padding 1) with an
+//! optional ReLU, the 1x1 (pointwise) convolution and the 2x2 max pool (stride 2); and, on
+//! NCHW planes, SFace's depthwise convolution (stride 1 or 2) with its PReLUs. `conv_ops`
+//! runs them as tract ops.
 //!
 //! Why: tract 0.23.9 runs these layers at a quarter of onnxruntime's pace on the same fp32
 //! weights (shared/models.md: its depthwise kernel falls back to scalar code, every 1x1
@@ -157,25 +157,6 @@ impl Depthwise3x3 {
         self.bias.len()
     }
 
-    /// `input` and `output` are `channels` planes of `h` x `w`.
-    pub fn run(&self, input: &[f32], output: &mut [f32], h: usize, w: usize) {
-        let plane = h * w;
-        assert_eq!(input.len(), self.channels() * plane, "depthwise input size");
-        assert_eq!(output.len(), input.len(), "depthwise output size");
-        if plane == 0 {
-            return;
-        }
-        for (c, (x, y)) in input
-            .chunks_exact(plane)
-            .zip(output.chunks_exact_mut(plane))
-            .enumerate()
-        {
-            depthwise_plane(x, y, w, &self.taps[c], self.bias[c], self.relu);
-        }
-    }
-}
-
-impl Depthwise3x3 {
     /// One output row of every channel, from the three input rows around it (`above` and
     /// `below` are zeros at the image's edge). Each argument holds `channels` rows of
     /// `pitch` floats, of which the first `w` are pixels; only those are written.
@@ -304,81 +285,6 @@ fn depthwise_row_body<M: MulAdd>(
         }
         out[0] = depthwise_edge::<M>(&rows, 0, w, k, b, apply_relu);
         out[w - 1] = depthwise_edge::<M>(&rows, w - 1, w, k, b, apply_relu);
-    }
-}
-
-dispatch! {
-    fn depthwise_plane(x: &[f32], y: &mut [f32], w: usize, k: &[f32; 9], bias: f32, relu: bool) => depthwise_plane_body
-}
-
-/// One plane. The pixels off the border are one run of the flattened plane, where every
-/// tap is the same offset away: nine shifted slices of one length, one vectorised loop
-/// (the first and last columns come out wrong there, taking taps from the neighbouring
-/// rows, and are redone). The border pixels are then computed with the padding.
-#[inline(always)]
-fn depthwise_plane_body<M: MulAdd>(
-    x: &[f32],
-    y: &mut [f32],
-    w: usize,
-    k: &[f32; 9],
-    bias: f32,
-    apply_relu: bool,
-) {
-    let h = x.len() / w;
-    let activate = |v: f32| if apply_relu { relu(v) } else { v };
-    if h >= 3 && w >= 3 {
-        let (lo, hi) = (w + 1, h * w - w - 1);
-        let n = hi - lo;
-        // Tap (dy, dx) of output pixel i is x[i + (dy - 1) * w + dx - 1].
-        let tap = |dy: usize, dx: usize| &x[lo - w - 1 + dy * w + dx..][..n];
-        let [a0, a1, a2] = [tap(0, 0), tap(0, 1), tap(0, 2)];
-        let [b0, b1, b2] = [tap(1, 0), tap(1, 1), tap(1, 2)];
-        let [c0, c1, c2] = [tap(2, 0), tap(2, 1), tap(2, 2)];
-        let out = &mut y[lo..hi];
-        for i in 0..n {
-            let mut acc = M::mul_add(k[0], a0[i], bias);
-            acc = M::mul_add(k[1], a1[i], acc);
-            acc = M::mul_add(k[2], a2[i], acc);
-            acc = M::mul_add(k[3], b0[i], acc);
-            acc = M::mul_add(k[4], b1[i], acc);
-            acc = M::mul_add(k[5], b2[i], acc);
-            acc = M::mul_add(k[6], c0[i], acc);
-            acc = M::mul_add(k[7], c1[i], acc);
-            acc = M::mul_add(k[8], c2[i], acc);
-            out[i] = activate(acc);
-        }
-    }
-    let h_last = h - 1;
-    let border = |r: usize, c: usize| -> f32 {
-        let mut acc = bias;
-        for dy in 0..3 {
-            let Some(yy) = (r + dy).checked_sub(1).filter(|&yy| yy < h) else {
-                continue;
-            };
-            for dx in 0..3 {
-                let Some(xx) = (c + dx).checked_sub(1).filter(|&xx| xx < w) else {
-                    continue;
-                };
-                acc = M::mul_add(k[dy * 3 + dx], x[yy * w + xx], acc);
-            }
-        }
-        activate(acc)
-    };
-    if h < 3 || w < 3 {
-        for r in 0..h {
-            for c in 0..w {
-                y[r * w + c] = border(r, c);
-            }
-        }
-        return;
-    }
-    for c in 0..w {
-        y[c] = border(0, c);
-        y[h_last * w + c] = border(h_last, c);
-    }
-    for r in 1..h_last {
-        y[r * w] = border(r, 0);
-        y[r * w + w - 1] = border(r, w - 1);
     }
 }
 
@@ -642,51 +548,6 @@ impl Pointwise {
         self.outputs
     }
 
-    /// `input`: `inputs` planes of `plane` pixels; `output`: `outputs` planes.
-    ///
-    /// The plane is taken in chunks whose pixels of every input channel fit in the L1
-    /// cache together, and every output is computed for a chunk before the next: the input
-    /// streams from memory once, not once per block of outputs. Each chunk is first copied
-    /// tile by tile (`[tile][input][pixel]`): read in place, the input rows of a tile lie a
-    /// plane apart, and planes of a multiple of 4 KiB (320x240) map every row to the same
-    /// L1 cache set, which made the kernel several times slower.
-    pub fn run(&self, input: &[f32], output: &mut [f32], plane: usize) {
-        const P: usize = POINTWISE_PIXELS;
-        assert_eq!(input.len(), self.inputs * plane, "pointwise input size");
-        assert_eq!(output.len(), self.outputs * plane, "pointwise output size");
-        let chunk = (L1_FLOATS / self.inputs.max(1)).max(P) / P * P;
-        let mut tiles = vec![0f32; chunk * self.inputs];
-        for start in (0..plane).step_by(chunk) {
-            let pixels = start..(start + chunk).min(plane);
-            let full = (pixels.len() / P) * P;
-            for (t, tile) in tiles
-                .chunks_exact_mut(P * self.inputs)
-                .take(full / P)
-                .enumerate()
-            {
-                for (i, row) in tile.chunks_exact_mut(P).enumerate() {
-                    row.copy_from_slice(&input[i * plane + start + t * P..][..P]);
-                }
-            }
-            for block in 0..self.outputs.div_ceil(POINTWISE_CHANNELS) {
-                let first = block * POINTWISE_CHANNELS;
-                let count = POINTWISE_CHANNELS.min(self.outputs - first);
-                let weights = &self.packed[block * self.inputs * POINTWISE_CHANNELS..]
-                    [..self.inputs * POINTWISE_CHANNELS];
-                let out = &mut output[first * plane..(first + count) * plane];
-                let bias = &self.bias[first..first + count];
-                let tiled = &tiles[..full * self.inputs];
-                pointwise_block(tiled, out, plane, start, weights, bias, self.relu);
-                if full < pixels.len() {
-                    let tail = start + full..pixels.end;
-                    pointwise_tail(input, out, plane, tail, weights, bias, self.relu);
-                }
-            }
-        }
-    }
-}
-
-impl Pointwise {
     /// One row of every channel: `input` holds `inputs` rows of `pitch` pixels, `output`
     /// `outputs` rows of `pitch`; `pitch` is a multiple of [`POINTWISE_PIXELS`] (a row's
     /// padding is computed like its pixels). The rows of one tile of pixels stay in the L1
@@ -793,46 +654,6 @@ fn store_activated<const T: usize>(out: &mut [f32; T], acc: &[f32; T], apply_rel
     }
 }
 
-/// Input floats a pointwise chunk may keep in the L1 data cache (16 KiB of the 32-48 KiB
-/// of current x86 and ARM cores, the rest for outputs and weights).
-const L1_FLOATS: usize = 4096;
-
-dispatch! {
-    fn pointwise_block(tiles: &[f32], y: &mut [f32], plane: usize, start: usize, weights: &[f32], bias: &[f32], relu: bool) => pointwise_block_body
-}
-
-/// Up to [`POINTWISE_CHANNELS`] output planes (`bias.len()`) of a pointwise convolution,
-/// for the whole tiles of a chunk (`tiles`, as [`Pointwise::run`] lays them out) starting at
-/// pixel `start` of the plane.
-#[inline(always)]
-fn pointwise_block_body<M: MulAdd>(
-    tiles: &[f32],
-    y: &mut [f32],
-    plane: usize,
-    start: usize,
-    weights: &[f32],
-    bias: &[f32],
-    apply_relu: bool,
-) {
-    const K: usize = POINTWISE_CHANNELS;
-    const P: usize = POINTWISE_PIXELS;
-    let inputs = weights.len() / K;
-    let count = bias.len();
-    let mut b = [0f32; K];
-    b[..count].copy_from_slice(bias);
-    if inputs == 0 {
-        return;
-    }
-    for (t, tile) in tiles.chunks_exact(P * inputs).enumerate() {
-        let acc = pointwise_tile::<M, P>(tile, weights, &b);
-        let p = start + t * P;
-        for (k, a) in acc.iter().enumerate().take(count) {
-            let out: &mut [f32; P] = (&mut y[k * plane + p..][..P]).try_into().expect("P");
-            store_activated(out, a, apply_relu);
-        }
-    }
-}
-
 /// One tile of [`POINTWISE_PIXELS`] pixels (`[input][pixel]`) for [`POINTWISE_CHANNELS`]
 /// outputs. The accumulators are indexed by constants only, so they stay in registers.
 #[inline(always)]
@@ -863,50 +684,6 @@ fn pointwise_tile<M: MulAdd, const P: usize>(
         }
     }
     acc
-}
-
-/// The pixels `pixels` (fewer than a tile, at the end of the plane) of up to
-/// [`POINTWISE_CHANNELS`] outputs, plainly.
-fn pointwise_tail(
-    x: &[f32],
-    y: &mut [f32],
-    plane: usize,
-    pixels: std::ops::Range<usize>,
-    weights: &[f32],
-    bias: &[f32],
-    apply_relu: bool,
-) {
-    for (k, &b) in bias.iter().enumerate() {
-        let out = &mut y[k * plane + pixels.start..k * plane + pixels.end];
-        out.fill(b);
-        for (i, wk) in weights.chunks_exact(POINTWISE_CHANNELS).enumerate() {
-            let xs = &x[i * plane + pixels.start..i * plane + pixels.end];
-            for (o, &xv) in out.iter_mut().zip(xs) {
-                *o += wk[k] * xv;
-            }
-        }
-        if apply_relu {
-            out.iter_mut().for_each(|v| *v = relu(*v));
-        }
-    }
-}
-
-/// 2x2 max pooling, stride 2, no padding, rounding down (ONNX's `MaxPool` with
-/// `ceil_mode=0`): `channels` planes of `h` x `w` into planes of `h/2` x `w/2`.
-pub fn max_pool_2x2(input: &[f32], output: &mut [f32], channels: usize, h: usize, w: usize) {
-    let (oh, ow) = (h / 2, w / 2);
-    assert_eq!(input.len(), channels * h * w, "max pool input size");
-    assert_eq!(output.len(), channels * oh * ow, "max pool output size");
-    if oh == 0 || ow == 0 {
-        return;
-    }
-    let mut pairs = vec![0f32; 2 * ow];
-    for (x, y) in input
-        .chunks_exact(h * w)
-        .zip(output.chunks_exact_mut(oh * ow))
-    {
-        max_pool_plane(x, y, w, &mut pairs);
-    }
 }
 
 /// One output row of a 2x2 max pool (stride 2) of every channel: `top` and `bottom` hold
@@ -947,26 +724,6 @@ pub fn max_pool_2x2_row(
     }
 }
 
-dispatch! {
-    fn max_pool_plane(x: &[f32], y: &mut [f32], w: usize, pairs: &mut [f32]) => max_pool_plane_body
-}
-
-#[inline(always)]
-/// (`M` unused: the dispatch compiles every body once per instruction set.)
-fn max_pool_plane_body<M: MulAdd>(x: &[f32], y: &mut [f32], w: usize, pairs: &mut [f32]) {
-    let ow = pairs.len() / 2;
-    for (r, out) in y.chunks_exact_mut(ow).enumerate() {
-        let top = &x[2 * r * w..][..2 * ow];
-        let bottom = &x[(2 * r + 1) * w..][..2 * ow];
-        for ((m, &a), &b) in pairs.iter_mut().zip(top).zip(bottom) {
-            *m = if a > b { a } else { b };
-        }
-        for (o, pair) in out.iter_mut().zip(pairs.chunks_exact(2)) {
-            *o = if pair[0] > pair[1] { pair[0] } else { pair[1] };
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -991,44 +748,120 @@ pub(crate) mod tests {
         }
     }
 
+    /// What a depthwise layer gives, by a direct loop over `channels` planes of `h` x `w`.
+    pub(crate) fn depthwise_reference(
+        op: &Depthwise3x3,
+        x: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        for ch in 0..op.channels() {
+            for r in 0..h {
+                for col in 0..w {
+                    let mut acc = op.bias[ch];
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            let (yy, xx) = ((r + dy) as isize - 1, (col + dx) as isize - 1);
+                            if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
+                                acc += op.taps[ch][dy * 3 + dx]
+                                    * x[ch * h * w + yy as usize * w + xx as usize];
+                            }
+                        }
+                    }
+                    y[ch * h * w + r * w + col] = if op.relu { acc.max(0.0) } else { acc };
+                }
+            }
+        }
+        y
+    }
+
+    /// What a pointwise layer gives, by a direct loop over `inputs` planes of `plane` pixels.
+    pub(crate) fn pointwise_reference(op: &Pointwise, x: &[f32], plane: usize) -> Vec<f32> {
+        const K: usize = POINTWISE_CHANNELS;
+        let weight = |o: usize, i: usize| op.packed[((o / K) * op.inputs + i) * K + o % K];
+        (0..op.outputs * plane)
+            .map(|idx| {
+                let (o, p) = (idx / plane, idx % plane);
+                let v = op.bias[o]
+                    + (0..op.inputs)
+                        .map(|i| weight(o, i) * x[i * plane + p])
+                        .sum::<f32>();
+                if op.relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    /// A 2x2 max pool (stride 2, odd edges dropped), by a direct loop.
+    pub(crate) fn max_pool_reference(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+        let (oh, ow) = (h / 2, w / 2);
+        let mut y = Vec::with_capacity(c * oh * ow);
+        for ch in 0..c {
+            for r in 0..oh {
+                for col in 0..ow {
+                    let at = |yy: usize, xx: usize| x[ch * h * w + yy * w + xx];
+                    let m = at(2 * r, 2 * col)
+                        .max(at(2 * r, 2 * col + 1))
+                        .max(at(2 * r + 1, 2 * col))
+                        .max(at(2 * r + 1, 2 * col + 1));
+                    y.push(m);
+                }
+            }
+        }
+        y
+    }
+
+    /// `c` planes of `h` x `w` as `h` rows of every channel, `pitch` floats a channel's row.
+    fn rows_of(x: &[f32], c: usize, h: usize, w: usize, pitch: usize) -> Vec<Vec<f32>> {
+        (0..h)
+            .map(|r| {
+                let mut row = vec![0f32; c * pitch];
+                for ch in 0..c {
+                    row[ch * pitch..][..w].copy_from_slice(&x[ch * h * w + r * w..][..w]);
+                }
+                row
+            })
+            .collect()
+    }
+
     #[test]
-    fn depthwise_matches_a_direct_loop() {
+    fn depthwise_rows_match_a_direct_loop() {
+        // Rows shorter than a block, of one block, and with an overlapping last block.
         for (c, h, w, relu) in [
             (3, 5, 7, true),
             (2, 1, 1, false),
             (4, 6, 2, true),
             (16, 9, 40, false),
+            (2, 3, 18, true),
         ] {
-            let x = values(c * h * w, 1);
-            let taps: Vec<[f32; 9]> = (0..c)
-                .map(|i| values(9, 10 + i as u32).try_into().unwrap())
-                .collect();
             let op = Depthwise3x3 {
-                taps: taps.clone(),
+                taps: (0..c)
+                    .map(|i| values(9, 10 + i as u32).try_into().unwrap())
+                    .collect(),
                 bias: values(c, 3),
                 relu,
             };
-            let mut y = vec![0f32; x.len()];
-            op.run(&x, &mut y, h, w);
-            let mut expected = vec![0f32; x.len()];
-            for ch in 0..c {
-                for r in 0..h {
-                    for col in 0..w {
-                        let mut acc = op.bias[ch];
-                        for dy in 0..3 {
-                            for dx in 0..3 {
-                                let (yy, xx) = (r as isize + dy - 1, col as isize + dx - 1);
-                                if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
-                                    acc += taps[ch][(dy * 3 + dx) as usize]
-                                        * x[ch * h * w + yy as usize * w + xx as usize];
-                                }
-                            }
-                        }
-                        expected[ch * h * w + r * w + col] = if relu { acc.max(0.0) } else { acc };
-                    }
+            let x = values(c * h * w, 1);
+            let pitch = w + 5;
+            let rows = rows_of(&x, c, h, w, pitch);
+            let zeros = vec![0f32; c * pitch];
+            let expected = depthwise_reference(&op, &x, h, w);
+            for r in 0..h {
+                let above = if r > 0 { &rows[r - 1] } else { &zeros };
+                let below = rows.get(r + 1).unwrap_or(&zeros);
+                let mut out = vec![f32::NAN; c * pitch];
+                op.run_row([above, &rows[r], below], &mut out, pitch, w);
+                for ch in 0..c {
+                    close(
+                        &out[ch * pitch..][..w],
+                        &expected[ch * h * w + r * w..][..w],
+                    );
                 }
             }
-            close(&y, &expected);
         }
     }
 
@@ -1086,51 +919,47 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn pointwise_matches_a_direct_loop() {
-        // Output counts below, at and above a block; planes shorter and longer than a step.
-        for (inputs, outputs, plane, relu) in
-            [(3, 1, 5, false), (16, 6, 64, true), (7, 13, 100, false)]
+    fn pointwise_rows_match_a_direct_loop() {
+        // Output counts below, at and above a block; one tile, two, three (odd on AVX-512).
+        for (inputs, outputs, tiles, relu) in
+            [(3, 1, 1, false), (16, 6, 4, true), (7, 13, 3, false)]
         {
-            let x = values(inputs * plane, 4);
-            let weights = values(inputs * outputs, 5);
-            let bias = values(outputs, 6);
-            let op = Pointwise::new(&weights, bias.clone(), inputs, relu);
-            let mut y = vec![0f32; outputs * plane];
-            op.run(&x, &mut y, plane);
-            let expected: Vec<f32> = (0..outputs * plane)
-                .map(|idx| {
-                    let (o, p) = (idx / plane, idx % plane);
-                    let v = bias[o]
-                        + (0..inputs)
-                            .map(|i| weights[o * inputs + i] * x[i * plane + p])
-                            .sum::<f32>();
-                    if relu {
-                        v.max(0.0)
-                    } else {
-                        v
-                    }
-                })
-                .collect();
-            close(&y, &expected);
+            let pitch = tiles * POINTWISE_PIXELS;
+            let x = values(inputs * pitch, 4);
+            let op = Pointwise::new(
+                &values(inputs * outputs, 5),
+                values(outputs, 6),
+                inputs,
+                relu,
+            );
+            let mut y = vec![f32::NAN; outputs * pitch];
+            op.run_row(&x, &mut y, pitch, &mut Vec::new());
+            close(&y, &pointwise_reference(&op, &x, pitch));
         }
     }
 
     #[test]
-    fn max_pool_takes_the_largest_of_each_square_and_drops_an_odd_edge() {
-        let (c, h, w) = (2, 5, 7);
+    fn max_pool_rows_take_the_largest_of_each_square_and_drop_an_odd_edge() {
+        let (c, h, w, pitch) = (2, 5, 7, 9);
         let x = values(c * h * w, 7);
-        let mut y = vec![0f32; c * 2 * 3];
-        max_pool_2x2(&x, &mut y, c, h, w);
-        for ch in 0..c {
-            for r in 0..2 {
-                for col in 0..3 {
-                    let at = |yy: usize, xx: usize| x[ch * h * w + yy * w + xx];
-                    let m = at(2 * r, 2 * col)
-                        .max(at(2 * r, 2 * col + 1))
-                        .max(at(2 * r + 1, 2 * col))
-                        .max(at(2 * r + 1, 2 * col + 1));
-                    assert_eq!(y[ch * 6 + r * 3 + col], m);
-                }
+        let rows = rows_of(&x, c, h, w, pitch);
+        let expected = max_pool_reference(&x, c, h, w);
+        let (oh, ow, out_pitch) = (h / 2, w / 2, 4);
+        for r in 0..oh {
+            let mut out = vec![f32::NAN; c * out_pitch];
+            max_pool_2x2_row(
+                &rows[2 * r],
+                &rows[2 * r + 1],
+                &mut out,
+                pitch,
+                out_pitch,
+                ow,
+            );
+            for ch in 0..c {
+                assert_eq!(
+                    &out[ch * out_pitch..][..ow],
+                    &expected[ch * oh * ow + r * ow..][..ow]
+                );
             }
         }
     }
