@@ -135,32 +135,43 @@ fn graph_rewrites_at_load_keep_the_embedding() {
         .unwrap()
         .remove(0);
     let bytes = ModelFiles::embedded().recognizer.bytes;
-    let plan = tract_onnx::onnx()
+    let untouched = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(&bytes[..]))
-        .unwrap()
+        .unwrap();
+    let theirs = run_on_face(&face_plan(untouched), &crop);
+    let norm = theirs.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let c: f32 = ours.0.iter().zip(&theirs).map(|(a, b)| a * b / norm).sum();
+    assert!(c > 0.9999, "cosine {c}");
+}
+
+/// SFace's plan for one face.
+fn face_plan(model: tract_onnx::prelude::InferenceModel) -> FacePlan {
+    use tract_onnx::prelude::*;
+    model
         .with_input_fact(0, f32::fact([1, 3, 112, 112]).into())
         .unwrap()
         .into_optimized()
         .unwrap()
         .into_runnable()
-        .unwrap();
+        .unwrap()
+}
+
+type FacePlan = std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>;
+
+/// The first output of `plan` for an aligned crop (raw RGB planes, as SFace takes them).
+fn run_on_face(plan: &FacePlan, crop: &image::RgbImage) -> Vec<f32> {
+    use tract_onnx::prelude::*;
     let input: Vec<f32> = (0..3)
         .flat_map(|c| crop.pixels().map(move |p| p.0[c] as f32))
         .collect();
-    let out = plan
-        .run(tvec!(Tensor::from_shape(&[1, 3, 112, 112], &input)
-            .unwrap()
-            .into()))
-        .unwrap();
-    let theirs: Vec<f32> = out[0]
+    let input = Tensor::from_shape(&[1, 3, 112, 112], &input).unwrap();
+    let out = plan.run(tvec!(input.into())).unwrap();
+    out[0]
         .to_plain_array_view::<f32>()
         .unwrap()
         .iter()
         .copied()
-        .collect();
-    let norm = theirs.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let c: f32 = ours.0.iter().zip(&theirs).map(|(a, b)| a * b / norm).sum();
-    assert!(c > 0.9999, "cosine {c}");
+        .collect()
 }
 
 /// YuNet's depthwise, pointwise and max pool layers run by our kernels (`conv_ops`): the
@@ -244,17 +255,13 @@ fn the_detectors_own_kernels_give_tracts_outputs() {
 #[test]
 fn the_recognizers_own_kernels_give_tracts_output() {
     use deepstackd::vision::onnx_rewrite::{self, Kernels};
-    use tract_onnx::prelude::*;
     let plan = |kernels| {
-        onnx_rewrite::load_with_int8_head(&ModelFiles::embedded().recognizer.bytes, kernels)
-            .unwrap()
-            .0
-            .with_input_fact(0, f32::fact([1, 3, 112, 112]).into())
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap()
+        let bytes = ModelFiles::embedded().recognizer.bytes;
+        face_plan(
+            onnx_rewrite::load_with_int8_head(&bytes, kernels)
+                .unwrap()
+                .0,
+        )
     };
     let (tract_only, ours) = (plan(Kernels::TractOnly), plan(Kernels::Ours));
     let kinds: Vec<String> = ours
@@ -273,20 +280,7 @@ fn the_recognizers_own_kernels_give_tracts_output() {
     assert_eq!(count("DeepstackdPRelu"), 1, "{kinds:?}");
     assert_eq!(count("Max"), 0, "{kinds:?}");
     let crop = align::align(decode("obama.jpg").pixels(), &faces("obama.jpg")[0]);
-    let input: Vec<f32> = (0..3)
-        .flat_map(|c| crop.pixels().map(move |p| p.0[c] as f32))
-        .collect();
-    let input = Tensor::from_shape(&[1, 3, 112, 112], &input).unwrap();
-    let run = |plan: &Arc<TypedRunnableModel>| -> Vec<f32> {
-        let out = plan.run(tvec!(input.clone().into())).unwrap();
-        out[0]
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect()
-    };
-    let (a, b) = (run(&ours), run(&tract_only));
+    let (a, b) = (run_on_face(&ours, &crop), run_on_face(&tract_only, &crop));
     assert_eq!(a.len(), 1024 * 7 * 7);
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     let worst = a

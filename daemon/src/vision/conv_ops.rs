@@ -107,10 +107,7 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
     // left out of every chain goes back to tract, whose matrix products beat `Pointwise`
     // on a whole plane (2.4x on SFace's).
     let mut originals: HashMap<String, Vec<NodeProto>> = HashMap::new();
-    let readers: HashMap<String, usize> = readers(graph)
-        .into_iter()
-        .map(|(name, n)| (name.to_string(), n))
-        .collect();
+    let readers = readers(graph);
     let weight_dims = |name: &str| {
         graph
             .initializer
@@ -182,10 +179,7 @@ pub fn fuse_depthwise_prelu(proto: &mut ModelProto) -> usize {
     let Some(graph) = proto.graph.as_mut() else {
         return 0;
     };
-    let readers: HashMap<String, usize> = readers(graph)
-        .into_iter()
-        .map(|(name, n)| (name.to_string(), n))
-        .collect();
+    let readers = readers(graph);
     let constant = |name: &str| {
         graph
             .initializer
@@ -313,11 +307,11 @@ fn own_prelus(graph: &mut GraphProto) -> usize {
 }
 
 /// How many nodes read each value, a graph output counting as one.
-fn readers(graph: &GraphProto) -> HashMap<&str, usize> {
-    let mut readers: HashMap<&str, usize> = HashMap::new();
+fn readers(graph: &GraphProto) -> HashMap<String, usize> {
+    let mut readers: HashMap<String, usize> = HashMap::new();
     let names = graph.node.iter().flat_map(|n| &n.input);
     for name in names.chain(graph.output.iter().map(|o| &o.name)) {
-        *readers.entry(name).or_default() += 1;
+        *readers.entry(name.clone()).or_default() += 1;
     }
     readers
 }

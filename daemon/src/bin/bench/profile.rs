@@ -58,12 +58,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let (title, plans, input) = if sface {
         let bytes = ModelFiles::embedded().recognizer.bytes;
         let side = CROP_SIZE as usize;
-        let build = |model: InferenceModel| -> TractResult<Arc<TypedRunnableModel>> {
-            model
-                .with_input_fact(0, f32::fact([1, 3, side, side]).into())?
-                .into_optimized()?
-                .into_runnable()
-        };
+        let build = |model| plan(model, [1, 3, side, side]);
         let plans = [
             (
                 "tract only",
@@ -86,12 +81,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         )
     } else {
         let bytes = ModelFiles::embedded().detector.bytes;
-        let build = |model: InferenceModel| -> TractResult<Arc<TypedRunnableModel>> {
-            model
-                .with_input_fact(0, f32::fact([1, 3, h, w]).into())?
-                .into_optimized()?
-                .into_runnable()
-        };
+        let build = |model| plan(model, [1, 3, h, w]);
         let plans = [
             (
                 "tract only",
@@ -176,4 +166,12 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         println!("  {} thread(s): {:.1} ms", helpers + 1, median(t));
     }
     Ok(())
+}
+
+/// `model`'s plan for an input of `shape`.
+fn plan(model: InferenceModel, shape: [usize; 4]) -> TractResult<Arc<TypedRunnableModel>> {
+    model
+        .with_input_fact(0, f32::fact(shape).into())?
+        .into_optimized()?
+        .into_runnable()
 }
