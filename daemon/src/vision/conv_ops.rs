@@ -180,12 +180,12 @@ pub fn fuse_depthwise_prelu(proto: &mut ModelProto) -> usize {
         return 0;
     };
     let readers = readers(graph);
-    let constant = |name: &str| {
+    let weight_dims = |name: &str| {
         graph
             .initializer
             .iter()
-            .find(|t| t.name == name)
-            .and_then(|t| Some((t.dims.clone(), floats(t)?.len())))
+            .find(|t| t.name == name && floats(t).is_some())
+            .map(|t| t.dims.clone())
     };
     // A PRelu whose slopes are `channels` constants, one per channel.
     let prelu_of = |n: &NodeProto, channels: usize| per_channel_prelu(graph, n) == Some(channels);
@@ -193,30 +193,16 @@ pub fn fuse_depthwise_prelu(proto: &mut ModelProto) -> usize {
     let mut absorbed: HashSet<usize> = HashSet::new();
     for at in 0..graph.node.len() {
         let n = &graph.node[at];
-        if n.op_type != "Conv" || n.input.len() != 3 || n.output.len() != 1 {
+        let Some(conv) = conv_geometry(n, weight_dims).filter(|_| n.input.len() == 3) else {
             continue;
-        }
-        if !only_attributes(
-            n,
-            &["kernel_shape", "strides", "pads", "dilations", "group"],
-        ) || ints(n, "dilations").is_some_and(|d| d != [1, 1])
-            || ints(n, "pads") != Some(vec![1; 4])
-        {
-            continue;
-        }
-        let stride = match ints(n, "strides").as_deref() {
-            None | Some([1, 1]) => 1,
-            Some([2, 2]) => 2,
+        };
+        let (stride, channels) = match conv.dims[..] {
+            [c, 1, 3, 3] if conv.group == c && conv.pads == [1; 4] => (conv.stride, c as usize),
             _ => continue,
         };
-        let (Some((dims, _)), Some((_, biases))) = (constant(&n.input[1]), constant(&n.input[2]))
-        else {
+        if weight_dims(&n.input[2]) != Some(vec![channels as i64]) {
             continue;
-        };
-        let channels = match dims[..] {
-            [c, 1, 3, 3] if int(n, "group") == Some(c) && biases == c as usize => c as usize,
-            _ => continue,
-        };
+        }
         let only_reader = |name: &str| readers.get(name) == Some(&1);
         let before = graph.node.iter().position(|p| {
             p.output.first() == Some(&n.input[0])
@@ -431,46 +417,61 @@ fn only_attributes(n: &NodeProto, known: &[&str]) -> bool {
         .all(|a| known.contains(&a.name.as_str()) || (a.name == "auto_pad" && a.s == b"NOTSET"))
 }
 
-/// `DEPTHWISE` or `POINTWISE` for a convolution those kernels compute exactly.
+/// `DEPTHWISE`, `POINTWISE` or `STEM` for a convolution those kernels compute exactly.
 fn conv_kind(
     n: &NodeProto,
     weight_dims: impl Fn(&str) -> Option<Vec<i64>>,
 ) -> Option<&'static str> {
-    if !(2..=3).contains(&n.input.len()) || n.output.len() != 1 {
+    let conv = conv_geometry(n, weight_dims)?;
+    match (conv.stride, &conv.dims[..], conv.pads == [1; 4]) {
+        (2, [_, _, 3, 3], true) if conv.group == 1 => Some(STEM),
+        (1, &[c, 1, 3, 3], true) if conv.group == c => Some(DEPTHWISE),
+        (1, [_, _, 1, 1], _) if conv.group == 1 && conv.pads == [0; 4] => Some(POINTWISE),
+        _ => None,
+    }
+}
+
+/// What [`conv_geometry`] reads of a `Conv`.
+struct ConvGeometry {
+    /// The weights' dims, `[outputs, inputs / group, kh, kw]`.
+    dims: Vec<i64>,
+    /// 1 or 2, both ways.
+    stride: i64,
+    pads: Vec<i64>,
+    group: i64,
+}
+
+/// A `Conv` with constant weights (and bias, if any), no attribute the kernels do not know,
+/// no dilation and a stride of 1 or 2 both ways.
+fn conv_geometry(
+    n: &NodeProto,
+    weight_dims: impl Fn(&str) -> Option<Vec<i64>>,
+) -> Option<ConvGeometry> {
+    if n.op_type != "Conv" || !(2..=3).contains(&n.input.len()) || n.output.len() != 1 {
         return None;
     }
     if !only_attributes(
         n,
         &["kernel_shape", "strides", "pads", "dilations", "group"],
-    ) {
+    ) || ints(n, "dilations").is_some_and(|d| d != [1, 1])
+    {
         return None;
     }
     let dims = weight_dims(&n.input[1])?;
     if n.input.len() == 3 && weight_dims(&n.input[2]).is_none() {
         return None;
     }
-    let ones = Some(vec![1, 1]);
-    let strides = ints(n, "strides").or(ones.clone());
-    let dilations = ints(n, "dilations").or(ones.clone());
-    let pads = ints(n, "pads").unwrap_or(vec![0; 4]);
-    let group = int(n, "group").unwrap_or(1);
-    if dilations != ones {
-        return None;
-    }
-    if strides == Some(vec![2, 2]) {
-        return match dims[..] {
-            [_, _, 3, 3] if group == 1 && pads == [1, 1, 1, 1] => Some(STEM),
-            _ => None,
-        };
-    }
-    if strides != ones {
-        return None;
-    }
-    match dims[..] {
-        [c, 1, 3, 3] if group == c && pads == [1, 1, 1, 1] => Some(DEPTHWISE),
-        [_, _, 1, 1] if group == 1 && pads == [0; 4] => Some(POINTWISE),
-        _ => None,
-    }
+    let stride = match ints(n, "strides").as_deref() {
+        None | Some([1, 1]) => 1,
+        Some([2, 2]) => 2,
+        _ => return None,
+    };
+    Some(ConvGeometry {
+        dims,
+        stride,
+        pads: ints(n, "pads").unwrap_or(vec![0; 4]),
+        group: int(n, "group").unwrap_or(1),
+    })
 }
 
 fn is_max_pool_2x2(n: &NodeProto) -> bool {
@@ -718,11 +719,7 @@ impl Expansion for KernelNode {
                     c == *channels,
                     "{prefix}: the layers give {c} channels, the node says {channels}"
                 );
-                Layer::Chain {
-                    chain: Chain::new(built),
-                    channels: c,
-                    halvings: halvings(stages.iter().map(|s| s.0)),
-                }
+                Layer::Chain(Chain::new(built))
             }
         };
         model.wire_node(prefix, KernelOp(Arc::new(layer)), &inputs[..1])
@@ -735,13 +732,7 @@ enum Layer {
     /// The slopes, per channel.
     PRelu(Vec<f32>),
     DepthwisePRelu(DepthwisePRelu),
-    Chain {
-        chain: Chain,
-        /// Out.
-        channels: usize,
-        /// See [`halvings`].
-        halvings: Vec<bool>,
-    },
+    Chain(Chain),
 }
 
 /// Each time a chain's layers halve the height and width: rounding down (max pool, false)
@@ -767,13 +758,22 @@ impl Layer {
                     out[side] = (shape[side].clone() + D::from(d.stride - 1)) / d.stride;
                 }
             }
-            Layer::Chain {
-                channels, halvings, ..
-            } => {
-                out[1] = D::from(*channels);
-                for &round_up in halvings {
+            Layer::Chain(chain) => {
+                // As `Chain::dims`, for symbolic sizes too.
+                let halve = |out: &mut TVec<D>, round_up: usize| {
                     for side in [2, 3] {
-                        out[side] = (out[side].clone() + D::from(round_up as usize)) / 2;
+                        out[side] = (out[side].clone() + D::from(round_up)) / 2;
+                    }
+                };
+                for stage in chain.stages() {
+                    match stage {
+                        Stage::Pointwise(p) => out[1] = D::from(p.outputs()),
+                        Stage::Depthwise(_) => {}
+                        Stage::MaxPool => halve(&mut out, 0),
+                        Stage::Stem(k) => {
+                            out[1] = D::from(k.outputs());
+                            halve(&mut out, 1);
+                        }
                     }
                 }
             }
@@ -800,7 +800,7 @@ impl Op for KernelOp {
         match &*self.0 {
             Layer::PRelu(_) => PRELU.into(),
             Layer::DepthwisePRelu(_) => DEPTHWISE_PRELU.into(),
-            Layer::Chain { .. } => CHAIN.into(),
+            Layer::Chain(_) => CHAIN.into(),
         }
     }
 
@@ -842,7 +842,7 @@ impl EvalOp for KernelOp {
                     ensure!(d.channels() == c, "depthwise: {c} channels in");
                     d.run(x, y, h, w)
                 }
-                Layer::Chain { chain, .. } => {
+                Layer::Chain(chain) => {
                     let dims = Dims { c, h, w };
                     ensure!(chain.dims(dims).is_some(), "chain: {c} channels in");
                     chain.run(x, y, dims)
