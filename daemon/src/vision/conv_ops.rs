@@ -108,19 +108,12 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
     // on a whole plane (2.4x on SFace's).
     let mut originals: HashMap<String, Vec<NodeProto>> = HashMap::new();
     let readers = readers(graph);
-    let weight_dims = |name: &str| {
-        graph
-            .initializer
-            .iter()
-            .find(|t| t.name == name && floats(t).is_some())
-            .map(|t| t.dims.clone())
-    };
     let mut renamed = 0;
     let mut fused_relus = Vec::new();
     for at in 0..graph.node.len() {
         let n = &graph.node[at];
         let kind = match n.op_type.as_str() {
-            "Conv" => conv_kind(n, |name| weight_dims(name)),
+            "Conv" => conv_kind(n, graph),
             "MaxPool" if is_max_pool_2x2(n) => Some(MAX_POOL),
             _ => None,
         };
@@ -180,27 +173,20 @@ pub fn fuse_depthwise_prelu(proto: &mut ModelProto) -> usize {
         return 0;
     };
     let readers = readers(graph);
-    let weight_dims = |name: &str| {
-        graph
-            .initializer
-            .iter()
-            .find(|t| t.name == name && floats(t).is_some())
-            .map(|t| t.dims.clone())
-    };
     // A PRelu whose slopes are `channels` constants, one per channel.
     let prelu_of = |n: &NodeProto, channels: usize| per_channel_prelu(graph, n) == Some(channels);
     let mut fused: Vec<(usize, NodeProto)> = Vec::new();
     let mut absorbed: HashSet<usize> = HashSet::new();
     for at in 0..graph.node.len() {
         let n = &graph.node[at];
-        let Some(conv) = conv_geometry(n, weight_dims).filter(|_| n.input.len() == 3) else {
+        let Some(conv) = conv_geometry(n, graph).filter(|_| n.input.len() == 3) else {
             continue;
         };
         let (stride, channels) = match conv.dims[..] {
             [c, 1, 3, 3] if conv.group == c && conv.pads == [1; 4] => (conv.stride, c as usize),
             _ => continue,
         };
-        if weight_dims(&n.input[2]) != Some(vec![channels as i64]) {
+        if float_dims(graph, &n.input[2]) != Some(vec![channels as i64]) {
             continue;
         }
         let only_reader = |name: &str| readers.get(name) == Some(&1);
@@ -324,13 +310,6 @@ fn merge_chains(graph: &mut GraphProto) {
         }
     }
     let follows: HashSet<usize> = next.values().copied().collect();
-    let weight_dims = |name: &str| {
-        graph
-            .initializer
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.dims.clone())
-    };
     let mut merged = Vec::new();
     for start in
         (0..graph.node.len()).filter(|i| is_kernel(&graph.node[*i]) && !follows.contains(i))
@@ -344,7 +323,7 @@ fn merge_chains(graph: &mut GraphProto) {
             .rev()
             .map(|&i| &graph.node[i])
             .find(|n| n.op_type != MAX_POOL)
-            .and_then(|n| weight_dims(&n.input[1]))
+            .and_then(|n| float_dims(graph, &n.input[1]))
             .and_then(|d| d.first().copied());
         let has_stem = run.iter().any(|&i| graph.node[i].op_type == STEM);
         let (Some(channels), true) = (channels, run.len() >= 2 || has_stem) else {
@@ -418,17 +397,23 @@ fn only_attributes(n: &NodeProto, known: &[&str]) -> bool {
 }
 
 /// `DEPTHWISE`, `POINTWISE` or `STEM` for a convolution those kernels compute exactly.
-fn conv_kind(
-    n: &NodeProto,
-    weight_dims: impl Fn(&str) -> Option<Vec<i64>>,
-) -> Option<&'static str> {
-    let conv = conv_geometry(n, weight_dims)?;
+fn conv_kind(n: &NodeProto, graph: &GraphProto) -> Option<&'static str> {
+    let conv = conv_geometry(n, graph)?;
     match (conv.stride, &conv.dims[..], conv.pads == [1; 4]) {
         (2, [_, _, 3, 3], true) if conv.group == 1 => Some(STEM),
         (1, &[c, 1, 3, 3], true) if conv.group == c => Some(DEPTHWISE),
         (1, [_, _, 1, 1], _) if conv.group == 1 && conv.pads == [0; 4] => Some(POINTWISE),
         _ => None,
     }
+}
+
+/// The dims of the f32 constant `name`, if it is one.
+fn float_dims(graph: &GraphProto, name: &str) -> Option<Vec<i64>> {
+    graph
+        .initializer
+        .iter()
+        .find(|t| t.name == name && floats(t).is_some())
+        .map(|t| t.dims.clone())
 }
 
 /// What [`conv_geometry`] reads of a `Conv`.
@@ -443,10 +428,7 @@ struct ConvGeometry {
 
 /// A `Conv` with constant weights (and bias, if any), no attribute the kernels do not know,
 /// no dilation and a stride of 1 or 2 both ways.
-fn conv_geometry(
-    n: &NodeProto,
-    weight_dims: impl Fn(&str) -> Option<Vec<i64>>,
-) -> Option<ConvGeometry> {
+fn conv_geometry(n: &NodeProto, graph: &GraphProto) -> Option<ConvGeometry> {
     if n.op_type != "Conv" || !(2..=3).contains(&n.input.len()) || n.output.len() != 1 {
         return None;
     }
@@ -457,8 +439,8 @@ fn conv_geometry(
     {
         return None;
     }
-    let dims = weight_dims(&n.input[1])?;
-    if n.input.len() == 3 && weight_dims(&n.input[2]).is_none() {
+    let dims = float_dims(graph, &n.input[1])?;
+    if n.input.len() == 3 && float_dims(graph, &n.input[2]).is_none() {
         return None;
     }
     let stride = match ints(n, "strides").as_deref() {
