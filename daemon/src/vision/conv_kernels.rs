@@ -14,8 +14,12 @@
 //!
 //! Every kernel is written once as plain Rust that the compiler vectorises, and compiled
 //! several times: with AVX-512 or AVX2+FMA when the x86 CPU has them (chosen at run time),
-//! and for the build's baseline otherwise (NEON with fused multiply-add on aarch64). Results
-//! equal a straightforward loop up to float rounding (the tests compare them).
+//! and for the build's baseline otherwise (NEON with fused multiply-add on aarch64). Two
+//! exceptions, in intrinsics: the stride-1 depthwise row on AVX-512, which shifts vectors
+//! across lanes where the portable code loads shifted runs again (the compiler does not
+//! find that on its own), and the pointwise tile on aarch64, whose accumulators the
+//! compiler kept in memory there. Results equal a straightforward loop up to float
+//! rounding (the tests compare them, the AVX-512 version and the portable one).
 
 use std::sync::OnceLock;
 
@@ -180,6 +184,118 @@ impl Depthwise3x3 {
     }
 }
 
+/// [`Depthwise3x3::run_row`] on AVX-512 (`depthwise_row_body`'s for `Fused512`), 16 pixels a step: each input row is loaded once a
+/// step, and its neighbours one pixel left and right are that vector shifted by one lane
+/// with the vectors before and after it (`valignd`), zeros past the row's ends. The
+/// portable kernel loads nine shifted runs a step, most across two cache lines; with this
+/// one YuNet's chains took 7.8-7.9 instead of 8.4-8.6 ms (medians of six alternated
+/// `profile` runs).
+/// Each pixel's sum is the same as there: the bias, then the nine taps in order, fused.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_row_avx512(
+    rows: [&[f32]; 3],
+    y: &mut [f32],
+    pitch: usize,
+    w: usize,
+    layer: &Depthwise3x3,
+) {
+    use avx512::*;
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    for (c, (k, &bias)) in layer.taps.iter().zip(&layer.bias).enumerate() {
+        // (Not `rows.map`: `array::map` is compiled out of line.)
+        let src = [
+            &rows[0][c * pitch..][..w],
+            &rows[1][c * pitch..][..w],
+            &rows[2][c * pitch..][..w],
+        ];
+        let out = &mut y[c * pitch..][..w];
+        let mut taps = [zero; 9];
+        for (t, &v) in taps.iter_mut().zip(k) {
+            *t = _mm512_set1_ps(v);
+        }
+        let bias = _mm512_set1_ps(bias);
+        let mut before = [zero; 3];
+        let mut here = [load(src[0], 0), load(src[1], 0), load(src[2], 0)];
+        for s in (0..w).step_by(LANES) {
+            let after = [
+                load(src[0], s + LANES),
+                load(src[1], s + LANES),
+                load(src[2], s + LANES),
+            ];
+            let mut acc = bias;
+            for i in 0..3 {
+                let left = shift_left(here[i], before[i]);
+                let right = shift_right(here[i], after[i]);
+                acc = _mm512_fmadd_ps(taps[3 * i], left, acc);
+                acc = _mm512_fmadd_ps(taps[3 * i + 1], here[i], acc);
+                acc = _mm512_fmadd_ps(taps[3 * i + 2], right, acc);
+            }
+            if layer.relu {
+                acc = _mm512_max_ps(acc, zero);
+            }
+            store(out, s, acc);
+            (before, here) = (here, after);
+        }
+    }
+}
+
+/// The vector helpers of [`depthwise_row_avx512`] (functions, not closures, so that they
+/// are inlined).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Floats in a vector.
+    pub const LANES: usize = 16;
+
+    /// The mask of the lanes of a step at `s` that are pixels of a row of `len`, and their
+    /// count.
+    #[inline]
+    fn pixels(len: usize, s: usize) -> (__mmask16, usize) {
+        let n = (len - s).min(LANES);
+        (if n == LANES { !0 } else { (1 << n) - 1 }, n)
+    }
+
+    /// The pixels `s..s + 16` of `run`, zeros past its end.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn load(run: &[f32], s: usize) -> __m512 {
+        if s >= run.len() {
+            return _mm512_setzero_ps();
+        }
+        let (mask, n) = pixels(run.len(), s);
+        // SAFETY: the masked load reads only the `n` floats of `run[s..s + n]`.
+        unsafe { _mm512_maskz_loadu_ps(mask, run[s..s + n].as_ptr()) }
+    }
+
+    /// `v` into the pixels `s..s + 16` of `out` that it has.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn store(out: &mut [f32], s: usize, v: __m512) {
+        let (mask, n) = pixels(out.len(), s);
+        // SAFETY: the masked store writes only the `n` floats of `out[s..s + n]`.
+        unsafe { _mm512_mask_storeu_ps(out[s..s + n].as_mut_ptr(), mask, v) }
+    }
+
+    /// The pixels one to the left of `here`'s: the last of `before`, then `here`'s first 15.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn shift_left(here: __m512, before: __m512) -> __m512 {
+        let (here, before) = (_mm512_castps_si512(here), _mm512_castps_si512(before));
+        _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(here, before))
+    }
+
+    /// The pixels one to the right of `here`'s: `here`'s last 15, then the first of `after`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn shift_right(here: __m512, after: __m512) -> __m512 {
+        let (here, after) = (_mm512_castps_si512(here), _mm512_castps_si512(after));
+        _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(after, here))
+    }
+}
+
 /// Up to [`ROW_BLOCK`] pixels (`out.len()`) of a depthwise row from `start` of the nine
 /// shifted input runs. (A function, not a closure: a closure is compiled without the
 /// caller's target features unless inlined, and `mul_add` would then call libm.)
@@ -246,6 +362,11 @@ fn depthwise_row_body<M: MulAdd>(
     w: usize,
     layer: &Depthwise3x3,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if M::WIDE {
+        // SAFETY: `dispatch!` runs the AVX-512 instantiation only where AVX-512F was found.
+        return unsafe { depthwise_row_avx512([above, mid, below], y, pitch, w, layer) };
+    }
     let apply_relu = layer.relu;
     for (c, (k, &b)) in layer.taps.iter().zip(&layer.bias).enumerate() {
         let rows = [
@@ -497,11 +618,25 @@ fn fill_row(dst: &mut [f32], src: &[f32], slope: Option<f32>) {
 }
 
 /// Output channels computed together by the pointwise kernel: each input pixel run loaded
-/// is used this many times.
+/// is used this many times. Six fill AVX2's and NEON's registers with [`POINTWISE_PIXELS`];
+/// AVX-512 has room for eight ([`Isa::pointwise_block`]), which also divides YuNet's 16, 32
+/// and 64 channels (blocks of six computed 18 of 16 and 36 of 32).
 const POINTWISE_CHANNELS: usize = 6;
+/// [`POINTWISE_CHANNELS`] on AVX-512.
+const POINTWISE_CHANNELS_WIDE: usize = 8;
 /// Pixels per step of the pointwise kernel: with [`POINTWISE_CHANNELS`], 12 accumulators of
 /// 256 bits (of AVX2's 16 registers) or 24 of 128 (of NEON's 32).
 pub const POINTWISE_PIXELS: usize = 16;
+
+impl Isa {
+    /// Output channels per block of the pointwise kernel's packed weights.
+    fn pointwise_block(self) -> usize {
+        match self {
+            Isa::Avx512 => POINTWISE_CHANNELS_WIDE,
+            Isa::Avx2Fma | Isa::Baseline => POINTWISE_CHANNELS,
+        }
+    }
+}
 
 /// A 1x1 convolution with bias and optional ReLU: `y[o] = b[o] + sum_i W[o][i] x[i]` per
 /// pixel.
@@ -509,7 +644,9 @@ pub const POINTWISE_PIXELS: usize = 16;
 pub struct Pointwise {
     inputs: usize,
     outputs: usize,
-    /// The weights in blocks of [`POINTWISE_CHANNELS`] outputs, each block input-major
+    /// Output channels per block of `packed`: [`Isa::pointwise_block`].
+    block: usize,
+    /// The weights in blocks of `block` outputs, each block input-major
     /// (`[input][output in block]`), the last block zero-filled.
     packed: Vec<f32>,
     bias: Vec<f32>,
@@ -521,17 +658,17 @@ impl Pointwise {
     pub fn new(weights: &[f32], bias: Vec<f32>, inputs: usize, relu: bool) -> Pointwise {
         let outputs = bias.len();
         assert_eq!(weights.len(), outputs * inputs, "pointwise weights size");
-        let blocks = outputs.div_ceil(POINTWISE_CHANNELS);
-        let mut packed = vec![0f32; blocks * inputs * POINTWISE_CHANNELS];
+        let block = Isa::detect().pointwise_block();
+        let mut packed = vec![0f32; outputs.div_ceil(block) * inputs * block];
         for o in 0..outputs {
-            let (block, k) = (o / POINTWISE_CHANNELS, o % POINTWISE_CHANNELS);
             for i in 0..inputs {
-                packed[(block * inputs + i) * POINTWISE_CHANNELS + k] = weights[o * inputs + i];
+                packed[((o / block) * inputs + i) * block + o % block] = weights[o * inputs + i];
             }
         }
         Pointwise {
             inputs,
             outputs,
+            block,
             packed,
             bias,
             relu,
@@ -546,6 +683,12 @@ impl Pointwise {
     /// Number of output channels.
     pub fn outputs(&self) -> usize {
         self.outputs
+    }
+
+    /// The weight of input `i` in output `o`.
+    #[cfg(test)]
+    fn weight(&self, o: usize, i: usize) -> f32 {
+        self.packed[((o / self.block) * self.inputs + i) * self.block + o % self.block]
     }
 
     /// One row of every channel: `input` holds `inputs` rows of `pitch` pixels, `output`
@@ -588,24 +731,106 @@ fn pointwise_row_body<M: MulAdd>(
     const P: usize = POINTWISE_PIXELS;
     let (packed, bias, apply_relu) = (&layer.packed[..], &layer.bias[..], layer.relu);
     let mut p = 0;
-    // With AVX-512's 32 registers, two tiles at once: 12 accumulators, and each weight
-    // broadcast serves twice the pixels.
+    // With AVX-512's 32 registers, two tiles of eight outputs at once: 16 accumulators, and
+    // each weight broadcast serves twice the pixels.
     if M::WIDE {
+        const K: usize = POINTWISE_CHANNELS_WIDE;
+        assert_eq!(layer.block, K, "pointwise weights packed for AVX-512");
         while p + 2 * P <= pitch {
-            pointwise_row_tile::<M, { 2 * P }>(x, y, pitch, p, tile, packed, bias, apply_relu);
+            let tile_of = pointwise_tile_8::<M, { 2 * P }>;
+            pointwise_row_tile(tile_of, x, y, pitch, p, tile, packed, bias, apply_relu);
             p += 2 * P;
         }
-    }
-    while p < pitch {
-        pointwise_row_tile::<M, P>(x, y, pitch, p, tile, packed, bias, apply_relu);
-        p += P;
+        while p < pitch {
+            let tile_of = pointwise_tile_8::<M, P>;
+            pointwise_row_tile(tile_of, x, y, pitch, p, tile, packed, bias, apply_relu);
+            p += P;
+        }
+    } else {
+        const K: usize = POINTWISE_CHANNELS;
+        assert_eq!(layer.block, K, "pointwise weights packed in blocks of six");
+        // On aarch64 the tile in NEON intrinsics: the compiler's own vectorisation of the
+        // portable tile spilled its accumulators there (see `neon`).
+        #[cfg(target_arch = "aarch64")]
+        let tile_of = neon::pointwise_tile_6;
+        #[cfg(not(target_arch = "aarch64"))]
+        let tile_of = pointwise_tile_6::<M, P>;
+        while p < pitch {
+            pointwise_row_tile(tile_of, x, y, pitch, p, tile, packed, bias, apply_relu);
+            p += P;
+        }
     }
 }
 
-/// Pixels `p..p + T` of a [`Pointwise::run_row`], every output.
+/// The pointwise tile on aarch64.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{POINTWISE_CHANNELS, POINTWISE_PIXELS};
+    use std::arch::aarch64::*;
+
+    const K: usize = POINTWISE_CHANNELS;
+    const P: usize = POINTWISE_PIXELS;
+
+    /// The tile of six outputs by 16 pixels in NEON intrinsics: 24 accumulators of 4
+    /// floats, and per input channel 4 loads of pixels, 2 of weights and 24 multiply-adds by
+    /// lane. Written by hand because the compiler's vectorisation of the portable tile kept
+    /// the accumulators in memory and did most multiply-adds one float at a time: YuNet at
+    /// 416x320 executed 260 M instructions under qemu-aarch64, against 117 M for tract's own
+    /// kernels (BENCHMARKS.md, the Raspberry Pi). The same sums in the same order (the bias,
+    /// then each input's product, fused).
+    #[inline]
+    pub fn pointwise_tile_6(tile: &[f32], weights: &[f32], bias: &[f32; K]) -> [[f32; P]; K] {
+        // SAFETY: NEON is part of aarch64's baseline.
+        unsafe { tile_6(tile, weights, bias) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn tile_6(tile: &[f32], weights: &[f32], bias: &[f32; K]) -> [[f32; P]; K] {
+        let mut acc = [[vdupq_n_f32(0.0); 4]; K];
+        for (acc, &b) in acc.iter_mut().zip(bias) {
+            *acc = [vdupq_n_f32(b); 4];
+        }
+        for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact(K)) {
+            // SAFETY: `xs` holds 16 floats and `wk` 6: each load reads within its slice.
+            let (x, w0, w1) = unsafe {
+                (
+                    [
+                        vld1q_f32(xs[0..4].as_ptr()),
+                        vld1q_f32(xs[4..8].as_ptr()),
+                        vld1q_f32(xs[8..12].as_ptr()),
+                        vld1q_f32(xs[12..16].as_ptr()),
+                    ],
+                    vld1q_f32(wk[0..4].as_ptr()),
+                    vld1_f32(wk[4..6].as_ptr()),
+                )
+            };
+            for q in 0..4 {
+                acc[0][q] = vfmaq_laneq_f32::<0>(acc[0][q], x[q], w0);
+                acc[1][q] = vfmaq_laneq_f32::<1>(acc[1][q], x[q], w0);
+                acc[2][q] = vfmaq_laneq_f32::<2>(acc[2][q], x[q], w0);
+                acc[3][q] = vfmaq_laneq_f32::<3>(acc[3][q], x[q], w0);
+                acc[4][q] = vfmaq_lane_f32::<0>(acc[4][q], x[q], w1);
+                acc[5][q] = vfmaq_lane_f32::<1>(acc[5][q], x[q], w1);
+            }
+        }
+        let mut out = [[0f32; P]; K];
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            for (run, &v) in out.chunks_exact_mut(4).zip(acc) {
+                // SAFETY: `run` holds 4 floats.
+                unsafe { vst1q_f32(run.as_mut_ptr(), v) };
+            }
+        }
+        out
+    }
+}
+
+/// Pixels `p..p + T` of a [`Pointwise::run_row`], every output, `K` at a time by `tile_of`
+/// (a `pointwise_tile_*`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pointwise_row_tile<M: MulAdd, const T: usize>(
+fn pointwise_row_tile<const T: usize, const K: usize>(
+    tile_of: impl Fn(&[f32], &[f32], &[f32; K]) -> [[f32; T]; K],
     x: &[f32],
     y: &mut [f32],
     pitch: usize,
@@ -615,7 +840,6 @@ fn pointwise_row_tile<M: MulAdd, const T: usize>(
     bias: &[f32],
     apply_relu: bool,
 ) {
-    const K: usize = POINTWISE_CHANNELS;
     let inputs = x.len() / pitch;
     let outputs = bias.len();
     let tile = &mut tile[..inputs * T];
@@ -631,7 +855,7 @@ fn pointwise_row_tile<M: MulAdd, const T: usize>(
         let weights = &packed[block * inputs * K..][..inputs * K];
         let mut b = [0f32; K];
         b[..count].copy_from_slice(&bias[first..first + count]);
-        let acc = pointwise_tile::<M, T>(tile, weights, &b);
+        let acc = tile_of(tile, weights, &b);
         for (k, a) in acc.iter().enumerate().take(count) {
             let out: &mut [f32; T] = (&mut y[(first + k) * pitch + p..][..T])
                 .try_into()
@@ -654,37 +878,39 @@ fn store_activated<const T: usize>(out: &mut [f32; T], acc: &[f32; T], apply_rel
     }
 }
 
-/// One tile of [`POINTWISE_PIXELS`] pixels (`[input][pixel]`) for [`POINTWISE_CHANNELS`]
-/// outputs. The accumulators are indexed by constants only, so they stay in registers.
+/// `acc += w * xs`, pixel by pixel.
 #[inline(always)]
-fn pointwise_tile<M: MulAdd, const P: usize>(
-    tile: &[f32],
-    weights: &[f32],
-    bias: &[f32; POINTWISE_CHANNELS],
-) -> [[f32; P]; POINTWISE_CHANNELS] {
-    const K: usize = POINTWISE_CHANNELS;
-    // Spelt out, not `bias.map(..)`: `array::map` is compiled out of line, without the
-    // caller's target features, and a loop here kept the accumulators in memory (8x slower).
-    const _: () = assert!(POINTWISE_CHANNELS == 6);
-    let mut acc = [
-        [bias[0]; P],
-        [bias[1]; P],
-        [bias[2]; P],
-        [bias[3]; P],
-        [bias[4]; P],
-        [bias[5]; P],
-    ];
-    for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact(K)) {
-        let xs: &[f32; P] = xs.try_into().expect("P pixels");
-        let wk: &[f32; K] = wk.try_into().expect("K weights");
-        for k in 0..K {
-            for j in 0..P {
-                acc[k][j] = M::mul_add(wk[k], xs[j], acc[k][j]);
-            }
-        }
+fn multiply_add_run<M: MulAdd, const P: usize>(acc: &mut [f32; P], w: f32, xs: &[f32; P]) {
+    for (a, &x) in acc.iter_mut().zip(xs) {
+        *a = M::mul_add(w, x, *a);
     }
-    acc
 }
+
+/// Defines `$name::<M, P>(tile, weights, bias)`: one tile of `P` pixels (`[input][pixel]`)
+/// for `$k` outputs. Each output's accumulator is a variable of its own, started at its
+/// bias: indexed through an array of eight (256 multiply-adds a step), they were kept in
+/// memory, 20x slower; so were six started at the bias by a loop.
+macro_rules! pointwise_tile {
+    ($name:ident, $k:literal: $($acc:ident $i:literal),*) => {
+        #[inline(always)]
+        fn $name<M: MulAdd, const P: usize>(
+            tile: &[f32],
+            weights: &[f32],
+            bias: &[f32; $k],
+        ) -> [[f32; P]; $k] {
+            $(let mut $acc = [bias[$i]; P];)*
+            for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact($k)) {
+                let xs: &[f32; P] = xs.try_into().expect("P pixels");
+                $(multiply_add_run::<M, P>(&mut $acc, wk[$i], xs);)*
+            }
+            [$($acc),*]
+        }
+    };
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+pointwise_tile!(pointwise_tile_6, 6: a0 0, a1 1, a2 2, a3 3, a4 4, a5 5);
+pointwise_tile!(pointwise_tile_8, 8: a0 0, a1 1, a2 2, a3 3, a4 4, a5 5, a6 6, a7 7);
 
 /// One output row of a 2x2 max pool (stride 2) of every channel: `top` and `bottom` hold
 /// `channels` input rows of `pitch` floats, `output` as many output rows of `out_pitch`, of
@@ -778,14 +1004,12 @@ pub(crate) mod tests {
 
     /// What a pointwise layer gives, by a direct loop over `inputs` planes of `plane` pixels.
     pub(crate) fn pointwise_reference(op: &Pointwise, x: &[f32], plane: usize) -> Vec<f32> {
-        const K: usize = POINTWISE_CHANNELS;
-        let weight = |o: usize, i: usize| op.packed[((o / K) * op.inputs + i) * K + o % K];
         (0..op.outputs * plane)
             .map(|idx| {
                 let (o, p) = (idx / plane, idx % plane);
                 let v = op.bias[o]
                     + (0..op.inputs)
-                        .map(|i| weight(o, i) * x[i * plane + p])
+                        .map(|i| op.weight(o, i) * x[i * plane + p])
                         .sum::<f32>();
                 if op.relu {
                     v.max(0.0)
@@ -830,13 +1054,16 @@ pub(crate) mod tests {
 
     #[test]
     fn depthwise_rows_match_a_direct_loop() {
-        // Rows shorter than a block, of one block, and with an overlapping last block.
+        // Rows shorter than a block, of one block, and with an overlapping last block (a
+        // vector past it on AVX-512 but for whole vectors).
         for (c, h, w, relu) in [
             (3, 5, 7, true),
             (2, 1, 1, false),
             (4, 6, 2, true),
             (16, 9, 40, false),
             (2, 3, 18, true),
+            (1, 2, 16, true),
+            (2, 3, 32, false),
         ] {
             let op = Depthwise3x3 {
                 taps: (0..c)
@@ -855,11 +1082,14 @@ pub(crate) mod tests {
                 let below = rows.get(r + 1).unwrap_or(&zeros);
                 let mut out = vec![f32::NAN; c * pitch];
                 op.run_row([above, &rows[r], below], &mut out, pitch, w);
+                // The portable kernel too, where run_row takes the AVX-512 one.
+                let mut portable = vec![f32::NAN; c * pitch];
+                let input = [above.as_slice(), &rows[r], below];
+                depthwise_row_body::<Separate>(input, &mut portable, pitch, w, &op);
                 for ch in 0..c {
-                    close(
-                        &out[ch * pitch..][..w],
-                        &expected[ch * h * w + r * w..][..w],
-                    );
+                    let expected = &expected[ch * h * w + r * w..][..w];
+                    close(&out[ch * pitch..][..w], expected);
+                    close(&portable[ch * pitch..][..w], expected);
                 }
             }
         }
