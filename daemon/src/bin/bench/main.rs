@@ -79,7 +79,7 @@ usage:
       only the recent-faces row of `targets`: recognize of the 4-face 720p photo on a daemon
       keeping recent faces (filled to RECENT_FACES_MAX, all strangers, grouped) minus one
       not keeping them, requests alternating (default 20 each way, x 2)
-  deepstack-bench profile [--repeat N] [--size WxH] [--model yunet|sface] [--by-node]
+  deepstack-bench profile [--repeat N] [--size WxH] [--model yunet|sface] [--by-node] [--only ours|tract]
       a model's time by op kind, with tract's kernels only and with ours (conv_ops), on
       one thread, and the largest difference between the two plans' outputs; then ours
       whole on one thread and with the other cores as helpers (as a lone request)
@@ -88,6 +88,8 @@ usage:
       --model M      yunet (default) or sface (one 112x112 face, without its final
                      layer, which runs outside tract)
       --by-node      time by node instead of by op kind
+      --only P       one plan only, ours or tract, on one thread (no helper runs): for a
+                     profiler, or an instruction count under qemu
   deepstack-bench shared-gallery [--registrations N] [--outage S]
       the shared PostgreSQL gallery (GALLERY_URL) against SQLite, on a PostgreSQL cluster
       started in a temp dir (Debian's postgresql): register and READY on 100k samples,
@@ -147,6 +149,9 @@ fn testdata() -> Result<PathBuf, Error> {
 }
 
 fn main() -> ExitCode {
+    // In-process figures (stages, profile) with the daemon's malloc settings: with glibc's
+    // defaults a detector's input and activations were mapped and faulted in on every run.
+    deepstackd::memory::tune_allocator();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") || args.first().is_some_and(|a| a == "help")
     {

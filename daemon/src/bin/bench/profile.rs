@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p deepstackd --bin deepstack-bench -- profile [--repeat 20] [--size 640x480]
-//!     [--model yunet|sface] [--by-node]
+//!     [--model yunet|sface] [--by-node] [--only ours|tract]
 //! ```
 //! Both plans run the same input (YuNet: `group_1280x720.jpg` scaled to the size by the
 //! detector's own `letterbox_bgr`; SFace: that photo squeezed to 112x112, without SFace's
@@ -11,6 +11,8 @@
 //! each plan's median total and its time by op kind (the sum of per-node times, measured
 //! around each node's evaluation), then our plan's whole runs on one thread and with the
 //! machine's other cores as helpers (as the daemon lends its idle threads to a lone request).
+//! `--only` builds and runs one plan, on one thread: for a profiler, or for counting
+//! instructions under qemu (BENCHMARKS.md, the Raspberry Pi).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -26,10 +28,14 @@ use tract_onnx::tract_core::plan::eval;
 
 use crate::{median, testdata, Error};
 
-/// `deepstack-bench profile [--repeat N] [--size WxH]`.
+/// `deepstack-bench profile [--repeat N] [--size WxH] [--model M] [--by-node] [--only P]`.
 pub fn run(args: &[String]) -> Result<(), Error> {
     let (mut repeat, mut w, mut h, mut sface, mut by_node) =
         (20usize, 640usize, 480usize, false, false);
+    let mut kernels = vec![
+        ("tract only", Kernels::TractOnly),
+        ("our kernels", Kernels::Ours),
+    ];
     let mut args = args.iter();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -43,6 +49,14 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                 }
             }
             "--by-node" => by_node = true,
+            "--only" => {
+                let only = match args.next().map(String::as_str) {
+                    Some("ours") => Kernels::Ours,
+                    Some("tract") => Kernels::TractOnly,
+                    _ => return Err("--only takes ours or tract".into()),
+                };
+                kernels.retain(|&(_, k)| k == only);
+            }
             "--model" => {
                 sface = match args.next().map(String::as_str) {
                     Some("yunet") => false,
@@ -58,17 +72,13 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let (title, plans, input) = if sface {
         let bytes = ModelFiles::embedded().recognizer.bytes;
         let side = CROP_SIZE as usize;
-        let build = |model| plan(model, [1, 3, side, side]);
-        let plans = [
-            (
-                "tract only",
-                build(onnx_rewrite::load_with_int8_head(&bytes, Kernels::TractOnly)?.0)?,
-            ),
-            (
-                "our kernels",
-                build(onnx_rewrite::load_with_int8_head(&bytes, Kernels::Ours)?.0)?,
-            ),
-        ];
+        let plans = kernels
+            .iter()
+            .map(|&(name, k)| {
+                let model = onnx_rewrite::load_with_int8_head(&bytes, k)?.0;
+                Ok((name, plan(model, [1, 3, side, side])?))
+            })
+            .collect::<TractResult<Vec<_>>>()?;
         let crop = image::imageops::resize(&photo, CROP_SIZE, CROP_SIZE, image::imageops::Triangle);
         let data: Vec<f32> = (0..3)
             .flat_map(|c| crop.pixels().map(move |p| p.0[c] as f32))
@@ -81,41 +91,36 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         )
     } else {
         let bytes = ModelFiles::embedded().detector.bytes;
-        let build = |model| plan(model, [1, 3, h, w]);
-        let plans = [
-            (
-                "tract only",
-                build(onnx_rewrite::load(&bytes, Kernels::TractOnly)?)?,
-            ),
-            (
-                "our kernels",
-                build(onnx_rewrite::load(&bytes, Kernels::Ours)?)?,
-            ),
-        ];
+        let plans = kernels
+            .iter()
+            .map(|&(name, k)| Ok((name, plan(onnx_rewrite::load(&bytes, k)?, [1, 3, h, w])?)))
+            .collect::<TractResult<Vec<_>>>()?;
         let (w32, h32) = (w as u32, h as u32);
         let input = letterbox_bgr(&photo, w32, h32, w32, h32);
         (format!("YuNet {w}x{h}"), plans, input)
     };
-    let outputs: Vec<TVec<TValue>> = plans
-        .iter()
-        .map(|(_, p)| p.run(tvec!(input.clone().into())))
-        .collect::<TractResult<_>>()?;
-    let mut worst = 0f32;
-    for (a, b) in outputs[0].iter().zip(outputs[1].iter()) {
-        let (a, b) = (
-            a.to_plain_array_view::<f32>()?,
-            b.to_plain_array_view::<f32>()?,
-        );
-        for (x, y) in a.iter().zip(b.iter()) {
-            worst = worst.max((x - y).abs());
-        }
-    }
     println!(
         "deepstack-bench profile: {title}, 1 thread, {repeat} runs, {} kernels ({})",
         Isa::detect().name(),
         std::env::consts::ARCH
     );
-    println!("largest difference between the two plans' outputs: {worst:.2e}");
+    if let [(_, tract), (_, ours)] = &plans[..] {
+        let (a, b) = (
+            tract.run(tvec!(input.clone().into()))?,
+            ours.run(tvec!(input.clone().into()))?,
+        );
+        let mut worst = 0f32;
+        for (a, b) in a.iter().zip(b.iter()) {
+            let (a, b) = (
+                a.to_plain_array_view::<f32>()?,
+                b.to_plain_array_view::<f32>()?,
+            );
+            for (x, y) in a.iter().zip(b.iter()) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+        println!("largest difference between the two plans' outputs: {worst:.2e}");
+    }
     for (name, plan) in &plans {
         let mut state = plan.spawn()?;
         let mut totals = Vec::with_capacity(repeat);
@@ -151,7 +156,9 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }
     // What a second thread buys a lone detection (the daemon lends its idle inference
     // threads to the chains): our plan alone and with 1..cores-1 helpers, in turns.
-    let ours = &plans[1].1;
+    let [_, (_, ours)] = &plans[..] else {
+        return Ok(());
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("\nour kernels, whole runs, helper threads alternating (median of {repeat}):");
     let mut times = vec![Vec::with_capacity(repeat); cores];
