@@ -1,82 +1,94 @@
 //! How the process uses memory: a small board has a few hundred megabytes, and what
 //! `deepstackd` keeps resident is what the user measures (BENCHMARKS.md).
 //!
-//! A request allocates and frees many short-lived tensors (tract creates every intermediate
-//! tensor per run): heaptrack puts the live heap at ~54 MB at its highest over a 720p and a
-//! 12 MP recognize, models included, while the resident size of a daemon under two clients
-//! reached 210-225 MiB with glibc's defaults. The difference is what malloc keeps. Two
-//! settings, measured with `deepstack-bench targets` and a mixed 720p + 12 MP load (two runs
-//! each, against the defaults on the same machine):
+//! A request allocates and frees many short-lived buffers: tract creates every intermediate
+//! tensor per run (1-4 MB each for SFace), a 12 MP photo decodes into 9 MB. Two requests at
+//! once interleave them. Under glibc's malloc the resident size of a daemon under two
+//! clients (720p and 12 MP mixed) reached 154-163 MiB while the live heap peaked at
+//! ~75 MiB (heaptrack): what glibc kept was holes between the tensors, even with one arena,
+//! a fixed 8 MiB mmap threshold and a 16 MiB trim threshold, the best of the settings
+//! measured over issues 5 and 14 (lower thresholds returned more memory at 17-60% more
+//! time in page faults).
 //!
-//! - one arena: every thread (HTTP workers, inference threads, the threads a request borrows
-//!   to embed its faces) allocates from the main heap, so free space left by one thread is
-//!   reused by the next instead of each arena keeping its own high-water mark (peak 179 vs
-//!   215 MiB alone);
-//! - a fixed 8 MiB mmap threshold: the large buffers (decoded photos, the High mode's detector
-//!   activations, 26 MB at 1280x1280) are mapped per use and unmapped when freed, instead of
-//!   glibc's adaptive threshold moving them onto the heap, where they fragment it. Smaller
-//!   tensors stay on the heap, whose pages the next request reuses. A 256 KiB threshold cost
-//!   63,000 page faults and +70-110 ms per 4-face 720p recognize; 1-2 MiB cost +17-60% in
-//!   time. 4 MiB, the value until the detector got its own kernels, mapped the Medium mode's
-//!   largest activations (4.9 MB at 640x480, 6.5 MB at 640x640) on every run: about 3,000
-//!   page faults per detection, which doubled the time of YuNet at 640x480 once its layers
-//!   took 20 ms instead of 30 (YuNet in a loop under these settings, 160 runs: 0.6-1.1 M page
-//!   faults and 47-63 ms a run at 4 MiB, 17 k and 28-32 ms at 8 MiB). Peak under the two-client
-//!   load with 8 MiB: 136 MiB (`deepstack-bench targets`).
+//! So Rust's allocations go to jemalloc ([`ALLOCATOR`]), which places buffers by size
+//! class in extents reused first-fit, with [`MALLOC_CONF`]:
 //!
-//! Together: peak under load 147-200 MiB instead of 209-223, idle 71 instead of 75-78 MiB,
-//! request times and throughput within the noise.
+//! - one arena (`narenas:1`): every thread (HTTP workers, inference threads, the threads a
+//!   request borrows to embed its faces) allocates from the same arena, so the extents one
+//!   thread frees serve the next thread's tensors instead of each arena keeping its own
+//!   high-water mark. Same load, same machine: peak 120-122 MiB with one arena, 142 MiB
+//!   with jemalloc's default of four arenas a core, 155-163 MiB with glibc; request times
+//!   within the noise (BENCHMARKS.md, issue 14);
+//! - freed pages are given back to the kernel by jemalloc's decay (10 s by default) as the
+//!   daemon keeps allocating, so a busy daemon reuses warm pages without faulting them in.
 //!
-//! A third setting follows from the second: a fixed mmap threshold also freezes glibc's trim
-//! threshold at its 128 KiB default, so each request that freed the top of the heap gave it
-//! back to the kernel and the next one faulted it in again: 9,200-12,700 page faults per
-//! 4-face 720p recognize on one inference thread. A 16 MiB trim threshold brings that to
-//! 0-1,150, and the request to 4-12% less CPU (four alternated pairs of runs of 40
-//! requests: 198-215 instead of 219-226 ms, on a busy day for this machine). The price is
-//! the heap top kept between requests: the peak under two clients rose by about 10 MiB
-//! (191-208 instead of 181-193 MiB over three alternated runs each). 8 MiB left 260-4,500
-//! faults; 64 MiB no fewer than 16, with a peak of 197-209 MiB. The idle trim below still
-//! gives it all back.
+//! On top of that, everything free is given back when the inference threads have been idle
+//! for [`IDLE_TRIM_AFTER`] ([`trim`], called by the daemon's trimmer thread): a busy daemon
+//! keeps its working set warm, an idle one returns to the size of its models and gallery.
+//! The first request after an idle period pays the page faults once.
 //!
-//! On top of that, the heap is given back when the inference threads have been idle for
-//! [`IDLE_TRIM_AFTER`] ([`trim`], called by the daemon's trimmer thread): a busy daemon keeps
-//! its working set warm, an idle one returns to the size of its models and gallery. The first
-//! request after an idle period pays the page faults once.
-//!
-//! After the models are loaded, [`release_after_load`] returns the heap's free memory (the
-//! ONNX parse and graph rewrites peak at ~90 MB) and drops the resident pages of the embedded
+//! After the models are loaded, [`release_after_load`] returns the free memory (the ONNX
+//! parse and graph rewrites peak at ~90 MB) and drops the resident pages of the embedded
 //! model files, which were only read once to build the plans.
+//!
+//! jemalloc fixes its page size when it is built: the aarch64 build is configured for
+//! 64 KiB pages (`AARCH64_UNKNOWN_LINUX_GNU_JEMALLOC_SYS_WITH_LG_PAGE=16` in
+//! packaging/cross-build.sh and cross.toml), which also runs on 4 KiB and on the 16 KiB
+//! pages of Raspberry Pi OS's Pi 5 kernel; a build for 4 KiB pages would not start there.
+//! The C libraries (SQLite, libsystemd) keep glibc's malloc, limited to one arena.
 
+use std::ffi::CStr;
 use std::time::Duration;
 
-/// How long the inference threads must have been idle before the heap is trimmed.
+/// The allocator of every Rust allocation in the binaries that link this crate (the
+/// daemon, its bench and its tests alike, so that what they measure is what ships).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (see the module's documentation), read by jemalloc at its first
+/// allocation through the `malloc_conf` symbol (`_rjem_` is the crate's symbol prefix).
+/// `_RJEM_MALLOC_CONF` in the environment still overrides them, for experiments.
+const MALLOC_CONF: &CStr = c"narenas:1";
+
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: &u8 = &MALLOC_CONF.to_bytes_with_nul()[0];
+
+/// How long the inference threads must have been idle before the memory is given back.
 pub const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 
-/// Allocations of at least this many bytes get their own mapping, returned when freed.
-#[cfg(target_env = "gnu")]
-const MMAP_THRESHOLD: libc::c_int = 8 << 20;
-
-/// free() gives the top of the heap back to the kernel only past this much free space.
-#[cfg(target_env = "gnu")]
-const TRIM_THRESHOLD: libc::c_int = 16 << 20;
-
-/// Tunes malloc; call first thing in `main`, before any other thread starts.
+/// Tunes glibc's malloc, which the C libraries use; call first thing in `main`, before any
+/// other thread starts.
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters; called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
 }
 
-/// Returns the free memory of every malloc arena to the kernel.
+/// Returns the free memory of both allocators to the kernel.
 pub fn trim() {
+    // `arena.<MALLCTL_ARENAS_ALL>.purge`: every arena's unused dirty pages.
+    if let Err(code) = jemalloc_call(c"arena.4096.purge") {
+        log::debug!("jemalloc purge failed: error {code}");
+    }
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Runs a jemalloc control that takes and returns nothing.
+fn jemalloc_call(name: &CStr) -> Result<(), i32> {
+    use std::ptr::null_mut;
+    // SAFETY: `name` is NUL-terminated; a control without value takes null pointers.
+    match unsafe {
+        tikv_jemalloc_sys::mallctl(name.as_ptr(), null_mut(), null_mut(), null_mut(), 0)
+    } {
+        0 => Ok(()),
+        code => Err(code),
     }
 }
 
@@ -114,5 +126,53 @@ fn drop_file_pages(bytes: &'static [u8]) {
             "madvise(DONTNEED) on embedded model bytes: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a jemalloc control of type `T`.
+    fn jemalloc_read<T: Copy + Default>(name: &CStr) -> T {
+        let mut value = T::default();
+        let mut len = std::mem::size_of::<T>();
+        // SAFETY: `value` has room for `len` bytes, the size of the control's type.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&raw mut value).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "mallctl {name:?}");
+        value
+    }
+
+    #[test]
+    fn jemalloc_runs_with_one_arena() {
+        // The options symbol was linked and read (jemalloc's default is 4 arenas a core).
+        if std::env::var_os("_RJEM_MALLOC_CONF").is_none() {
+            assert_eq!(jemalloc_read::<u32>(c"opt.narenas"), 1);
+        }
+        // Rust's allocations are jemalloc's: it knows the arena of a Vec's buffer.
+        let held = vec![1u8; 1 << 20];
+        let mut ptr = held.as_ptr().cast::<std::ffi::c_void>();
+        let (mut arena, mut len) = (u32::MAX, std::mem::size_of::<u32>());
+        // SAFETY: `arenas.lookup` writes an unsigned arena index for the pointer it is given.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"arenas.lookup".as_ptr(),
+                (&raw mut arena).cast(),
+                &mut len,
+                (&raw mut ptr).cast(),
+                std::mem::size_of_val(&ptr),
+            )
+        };
+        assert_eq!((rc, arena), (0, 0), "arenas.lookup of a Vec's buffer");
+        drop(held);
+        trim();
     }
 }

@@ -149,8 +149,8 @@ fn testdata() -> Result<PathBuf, Error> {
 }
 
 fn main() -> ExitCode {
-    // In-process figures (stages, profile) with the daemon's malloc settings: with glibc's
-    // defaults a detector's input and activations were mapped and faulted in on every run.
+    // In-process figures (stages, profile) with the daemon's allocators: jemalloc comes with
+    // the library (memory.rs), glibc's malloc (the C libraries') is set up as in the daemon.
     deepstackd::memory::tune_allocator();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") || args.first().is_some_and(|a| a == "help")
