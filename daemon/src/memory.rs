@@ -17,8 +17,10 @@
 //!   request borrows to embed its faces) allocates from the same arena, so the extents one
 //!   thread frees serve the next thread's tensors instead of each arena keeping its own
 //!   high-water mark. Same load, same machine: peak 120-122 MiB with one arena, 142 MiB
-//!   with jemalloc's default of four arenas a core, 155-163 MiB with glibc; request times
-//!   within the noise (BENCHMARKS.md, issue 14);
+//!   with jemalloc's default of four arenas a core, 155-163 MiB with glibc. Request times
+//!   on one thread within the noise; a lone request using both threads (the as-shipped
+//!   rows of `deepstack-bench targets`) 10-20% slower in three runs, level over curl
+//!   (BENCHMARKS.md, issue 14);
 //! - freed pages are given back to the kernel by jemalloc's decay (10 s by default) as the
 //!   daemon keeps allocating, so a busy daemon reuses warm pages without faulting them in.
 //!
