@@ -32,7 +32,9 @@ trait MulAdd {
 }
 
 /// `a * b + c` in one rounding: for code compiled with FMA (x86 with `fma`, aarch64).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 struct Fused;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 impl MulAdd for Fused {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
