@@ -115,6 +115,8 @@ fn faces_embedded_on_idle_threads_equal_those_of_one_thread() {
     let one_thread = p.embed(&photo, &faces).unwrap();
     // Three threads allowed, this one running: two are borrowed, for shares of 2, 1 and 1.
     p.allow_threads(3);
+    // The shares run on the pool that allow_threads started: 3 - 1 parked threads.
+    assert_eq!(rayon::current_num_threads(), 2);
     let _running = p.enter();
     let shared = p.embed(&photo, &faces).unwrap();
     for (a, b) in one_thread.iter().zip(&shared) {

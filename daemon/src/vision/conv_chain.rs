@@ -114,15 +114,16 @@ thread_local! {
 }
 
 /// Multiply-adds a band has at the least. Only YuNet's backbone (about 160 M at 640x480)
-/// is shared: one thread started per detection. On the 2-core VM of BENCHMARKS.md a helper
-/// often started milliseconds late, its core busy with the request's own thread, so
-/// sharing the smaller chains too (a thread each) did not pay over HTTP.
+/// is shared, its bands run on rayon's pool of parked threads (`Pipeline::allow_threads`).
+/// Sharing the smaller chains too did not pay on the 2-core VM of BENCHMARKS.md: 6.0-6.5
+/// ms a detection at 640x480 with 8 or 16 M a band, 5.8-6.0 with 32 M (`profile`).
 const MIN_BAND_WORK: usize = 32 << 20;
 /// Output rows a band has at the least.
 const MIN_BAND_ROWS: usize = 8;
 
-/// Runs `f` with `helpers` more threads allowed to share each chain it runs (idle inference
-/// threads lent to one request, so that a lone detection uses every core).
+/// Runs `f` with `helpers` more threads allowed to share each chain it runs (the cores of
+/// idle inference threads, lent to one request so that a lone detection uses every core;
+/// the shares run on rayon's global pool).
 pub fn with_helpers<T>(helpers: usize, f: impl FnOnce() -> T) -> T {
     struct Restore(usize);
     impl Drop for Restore {
@@ -271,7 +272,8 @@ impl Chain {
     ///
     /// With helper threads allowed on this thread ([`with_helpers`]) and enough work, the
     /// output rows are shared among them in bands, each computed from the rows it needs
-    /// (the few rows around a band's edge are computed by both bands next to it).
+    /// (the few rows around a band's edge are computed by both bands next to it). This
+    /// thread computes the first band; the others go to rayon's pool.
     ///
     /// # Panics
     /// When the stages do not fit `dims` or a buffer is not of its size.
@@ -306,32 +308,25 @@ impl Chain {
         }
         let band_rows = |i: usize| last.h * i / bands..last.h * (i + 1) / bands;
         let plane = last.h * last.w;
-        std::thread::scope(|scope| {
-            let helpers: Vec<_> = (1..bands)
-                .map(|i| {
-                    let all = &all;
-                    scope.spawn(move || {
-                        let rows = band_rows(i);
-                        let mut out = vec![0f32; last.c * rows.len() * last.w];
-                        self.run_band(input, all, rows, &mut out);
-                        out
-                    })
-                })
-                .collect();
-            let rows = band_rows(0);
-            let mut out = vec![0f32; last.c * rows.len() * last.w];
-            self.run_band(input, &all, rows, &mut out);
-            let results = std::iter::once(Ok(out)).chain(helpers.into_iter().map(|h| h.join()));
-            for (i, band) in results.enumerate() {
-                let band = band.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                let rows = band_rows(i);
-                let len = rows.len() * last.w;
-                for c in 0..last.c {
-                    output[c * plane + rows.start * last.w..][..len]
-                        .copy_from_slice(&band[c * len..][..len]);
-                }
+        let mut bands_out: Vec<Vec<f32>> = (0..bands)
+            .map(|i| vec![0f32; last.c * band_rows(i).len() * last.w])
+            .collect();
+        let (first, others) = bands_out.split_first_mut().expect("at least two bands");
+        rayon::in_place_scope(|scope| {
+            for (i, out) in others.iter_mut().enumerate() {
+                let all = &all;
+                scope.spawn(move |_| self.run_band(input, all, band_rows(i + 1), out));
             }
+            self.run_band(input, &all, band_rows(0), first);
         });
+        for (i, band) in bands_out.iter().enumerate() {
+            let rows = band_rows(i);
+            let len = rows.len() * last.w;
+            for c in 0..last.c {
+                output[c * plane + rows.start * last.w..][..len]
+                    .copy_from_slice(&band[c * len..][..len]);
+            }
+        }
     }
 
     /// Output rows `rows` of the chain into `output` (`c` planes of `rows.len()` rows).
