@@ -25,8 +25,9 @@ command -v pkg-config >/dev/null || apt_install pkg-config
 # jemalloc (deepstackd's allocator) is built from source by tikv-jemalloc-sys: configure, make.
 command -v make >/dev/null || apt_install make
 # Its page size is fixed at build time. On aarch64, 64 KiB: such a build also runs on 4 KiB
-# and on the 16 KiB pages of the Pi 5's kernel, where a 4 KiB build would not start (a cross
-# build cannot probe the target's; a native one would take the build machine's).
+# and on the 16 KiB pages of the Pi 5's kernel, where a 4 KiB build would not start. A cross
+# build cannot probe the target's; this variable also sets it for a native aarch64 build
+# through this script. Only a plain `cargo build` on a board takes that board's own.
 export AARCH64_UNKNOWN_LINUX_GNU_JEMALLOC_SYS_WITH_LG_PAGE=16
 
 if [ "$target" = "$host" ]; then

@@ -13,14 +13,15 @@
 //! So Rust's allocations go to jemalloc ([`ALLOCATOR`]), which places buffers by size
 //! class in extents reused first-fit, with [`MALLOC_CONF`]:
 //!
-//! - one arena (`narenas:1`): every thread (HTTP workers, inference threads, the threads a
-//!   request borrows to embed its faces) allocates from the same arena, so the extents one
+//! - one arena (`narenas:1`): every thread (HTTP workers, inference threads, the pool that
+//!   shares a lone request's work) allocates from the same arena, so the extents one
 //!   thread frees serve the next thread's tensors instead of each arena keeping its own
 //!   high-water mark. Same load, same machine: peak 120-122 MiB with one arena, 142 MiB
 //!   with jemalloc's default of four arenas a core, 155-163 MiB with glibc. Request times
 //!   on one thread within the noise; a lone request using both threads (the as-shipped
-//!   rows of `deepstack-bench targets`) 10-20% slower in three runs, level over curl
-//!   (BENCHMARKS.md, issue 14);
+//!   rows of `deepstack-bench targets`) 10-20% slower in three runs, level over curl, when
+//!   a thread was started for each detection, before the helper pool (BENCHMARKS.md,
+//!   issue 14);
 //! - freed pages are given back to the kernel by jemalloc's decay (10 s by default) as the
 //!   daemon keeps allocating, so a busy daemon reuses warm pages without faulting them in.
 //!
@@ -72,7 +73,8 @@ pub fn tune_allocator() {
 /// Returns the free memory of both allocators to the kernel.
 pub fn trim() {
     // `arena.<MALLCTL_ARENAS_ALL>.purge`: every arena's unused dirty pages.
-    if let Err(code) = jemalloc_call(c"arena.4096.purge") {
+    // SAFETY: the control takes and returns nothing.
+    if let Err(code) = unsafe { mallctl::<(), ()>(c"arena.4096.purge", None, None) } {
         log::debug!("jemalloc purge failed: error {code}");
     }
     #[cfg(target_env = "gnu")]
@@ -82,13 +84,25 @@ pub fn trim() {
     }
 }
 
-/// Runs a jemalloc control that takes and returns nothing.
-fn jemalloc_call(name: &CStr) -> Result<(), i32> {
+/// Runs jemalloc's control `name`: its value is read into `old` and `new` is written, each
+/// when given. Err: jemalloc's error number.
+///
+/// # Safety
+/// `O` must be the type the control returns and `N` the one it takes.
+unsafe fn mallctl<O, N>(name: &CStr, old: Option<&mut O>, new: Option<&mut N>) -> Result<(), i32> {
     use std::ptr::null_mut;
-    // SAFETY: `name` is NUL-terminated; a control without value takes null pointers.
-    match unsafe {
-        tikv_jemalloc_sys::mallctl(name.as_ptr(), null_mut(), null_mut(), null_mut(), 0)
-    } {
+    let mut old_len = std::mem::size_of::<O>();
+    let (old, old_len) = match old {
+        Some(old) => ((old as *mut O).cast(), &raw mut old_len),
+        None => (null_mut(), null_mut()),
+    };
+    let (new, new_len) = match new {
+        Some(new) => ((new as *mut N).cast(), std::mem::size_of::<N>()),
+        None => (null_mut(), 0),
+    };
+    // SAFETY: `name` is NUL-terminated; `old` has room for `old_len` bytes and `new` holds
+    // `new_len`, of the control's types (the caller's promise), or both are null.
+    match unsafe { tikv_jemalloc_sys::mallctl(name.as_ptr(), old, old_len, new, new_len) } {
         0 => Ok(()),
         code => Err(code),
     }
@@ -135,45 +149,22 @@ fn drop_file_pages(bytes: &'static [u8]) {
 mod tests {
     use super::*;
 
-    /// Reads a jemalloc control of type `T`.
-    fn jemalloc_read<T: Copy + Default>(name: &CStr) -> T {
-        let mut value = T::default();
-        let mut len = std::mem::size_of::<T>();
-        // SAFETY: `value` has room for `len` bytes, the size of the control's type.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                name.as_ptr(),
-                (&raw mut value).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(rc, 0, "mallctl {name:?}");
-        value
-    }
-
     #[test]
     fn jemalloc_runs_with_one_arena() {
         // The options symbol was linked and read (jemalloc's default is 4 arenas a core).
         if std::env::var_os("_RJEM_MALLOC_CONF").is_none() {
-            assert_eq!(jemalloc_read::<u32>(c"opt.narenas"), 1);
+            let mut narenas = 0u32;
+            // SAFETY: `opt.narenas` returns an unsigned.
+            let rc = unsafe { mallctl::<u32, ()>(c"opt.narenas", Some(&mut narenas), None) };
+            assert_eq!((rc, narenas), (Ok(()), 1), "opt.narenas");
         }
         // Rust's allocations are jemalloc's: it knows the arena of a Vec's buffer.
         let held = vec![1u8; 1 << 20];
         let mut ptr = held.as_ptr().cast::<std::ffi::c_void>();
-        let (mut arena, mut len) = (u32::MAX, std::mem::size_of::<u32>());
-        // SAFETY: `arenas.lookup` writes an unsigned arena index for the pointer it is given.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"arenas.lookup".as_ptr(),
-                (&raw mut arena).cast(),
-                &mut len,
-                (&raw mut ptr).cast(),
-                std::mem::size_of_val(&ptr),
-            )
-        };
-        assert_eq!((rc, arena), (0, 0), "arenas.lookup of a Vec's buffer");
+        let mut arena = u32::MAX;
+        // SAFETY: `arenas.lookup` takes a pointer and returns an unsigned arena index.
+        let rc = unsafe { mallctl(c"arenas.lookup", Some(&mut arena), Some(&mut ptr)) };
+        assert_eq!((rc, arena), (Ok(()), 0), "arenas.lookup of a Vec's buffer");
         drop(held);
         trim();
     }
