@@ -104,8 +104,9 @@ fn a_group_photo_gives_every_face_and_each_person_once() {
     assert_eq!(matches, 2);
 }
 
-/// With idle threads allowed, a group photo's faces are embedded in parallel: the same
-/// embeddings, bit for bit, in the same order as on one thread.
+/// With idle threads allowed, a group photo's faces are embedded in parallel, and a lone
+/// face's matrix products are split among threads: the same embeddings, bit for bit, in
+/// the same order as on one thread.
 #[test]
 fn faces_embedded_on_idle_threads_equal_those_of_one_thread() {
     let p = Pipeline::load(ModelFiles::embedded(), Mode::Medium).unwrap();
@@ -113,6 +114,10 @@ fn faces_embedded_on_idle_threads_equal_those_of_one_thread() {
     let faces = p.detect(&photo, default_min_score()).unwrap();
     assert_eq!(faces.len(), 4);
     let one_thread = p.embed(&photo, &faces).unwrap();
+    let portrait = decode("obama.jpg");
+    let face = p.detect(&portrait, default_min_score()).unwrap();
+    assert_eq!(face.len(), 1);
+    let lone_face_one_thread = p.embed(&portrait, &face).unwrap();
     // Three threads allowed, this one running: two are borrowed, for shares of 2, 1 and 1.
     p.allow_threads(3);
     // The shares run on the pool that allow_threads started: 3 - 1 parked threads.
@@ -124,6 +129,12 @@ fn faces_embedded_on_idle_threads_equal_those_of_one_thread() {
         assert_eq!(a.embedding.0, b.embedding.0);
     }
     assert_eq!(one_thread.len(), shared.len());
+    // Alone (no other thread running the pipeline): the one face goes to the pool whole.
+    let lone_face_shared = p.embed(&portrait, &face).unwrap();
+    assert_eq!(
+        lone_face_one_thread[0].embedding.0,
+        lone_face_shared[0].embedding.0
+    );
 }
 
 /// `vision::onnx_rewrite` widens the int8 weights and expands PRelu at load; tract on the

@@ -20,6 +20,7 @@ pub mod onnx_rewrite;
 pub mod quality;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use image::RgbImage;
 
@@ -74,6 +75,7 @@ pub struct Pipeline {
     embedder: embed::Embedder,
     models: ModelFiles,
     threads: Threads,
+    one_face_pool: OnceLock<Arc<rayon::ThreadPool>>,
 }
 
 /// How many threads may run the pipeline at once and how many do: a request alone on the
@@ -146,6 +148,7 @@ impl Pipeline {
             embedder,
             models,
             threads: Threads::default(),
+            one_face_pool: OnceLock::new(),
         })
     }
 
@@ -159,6 +162,11 @@ impl Pipeline {
     /// inference threads leave. A share that panics is re-raised on the request's thread,
     /// whose job then fails like any other. The first call sizes the pool for the process
     /// (later pipelines, in tests, share it).
+    ///
+    /// A second pool, of `threads` threads, runs a lone request's one face (see
+    /// [`Pipeline::embed`]): that run takes every core, the request's own included, and a
+    /// global pool of that size let a spare thread wake beside the shares above (the
+    /// 4-face photo took 50-59 ms against 46-50 in five rounds on two cores).
     pub fn allow_threads(&self, threads: usize) {
         self.threads.allowed.store(threads, Ordering::SeqCst);
         if threads > 1 {
@@ -167,6 +175,16 @@ impl Pipeline {
                 .num_threads(threads - 1)
                 .thread_name(|i| format!("helper-{i}"))
                 .build_global();
+            let one_face = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("one-face-{i}"))
+                .build();
+            match one_face {
+                Ok(pool) => {
+                    let _ = self.one_face_pool.set(Arc::new(pool));
+                }
+                Err(e) => log::warn!("no thread pool for a lone face: {e}"),
+            }
         }
     }
 
@@ -222,7 +240,8 @@ impl Pipeline {
     }
 
     /// Align and embed the given faces of `photo`, (stages 3 and 4). With several faces and
-    /// idle threads (see [`Pipeline::allow_threads`]), the faces are shared among them.
+    /// idle threads (see [`Pipeline::allow_threads`]), the faces are shared among them; a
+    /// lone request's one face has its matrix products shared.
     pub fn embed(&self, photo: &Photo, faces: &[Face]) -> Result<Vec<EmbeddedFace>, VisionError> {
         let to_pixels = 1.0 / photo.scale();
         let crops: Vec<RgbImage> = faces
@@ -250,7 +269,24 @@ impl Pipeline {
 
     /// Embeds `crops` in order, in contiguous shares: the calling thread takes the first, the
     /// others go to rayon's pool, one for each idle inference thread borrowed.
+    ///
+    /// One crop cannot be shared that way. When every other inference thread is idle, its
+    /// run goes whole into the one-face pool, with tract's matrix products, packing and
+    /// element-wise ops split among the pool's threads (tract-linalg's `multithread-mm`):
+    /// SFace 15.5-16.2 -> 9.9-10.6 ms a face on two cores (`deepstack-bench profile --model
+    /// sface`). That splitting cannot be held to a number of threads (any idle pool thread
+    /// may take a part), hence only for a request that is alone.
     fn embed_on_idle_threads(&self, crops: &[RgbImage]) -> Result<Vec<Embedding>, VisionError> {
+        if let ([_], Some(pool)) = (crops, self.one_face_pool.get()) {
+            let borrowed = self.threads.borrow(usize::MAX);
+            if borrowed.0 > 0 && borrowed.0 + 1 >= self.threads.allowed.load(Ordering::SeqCst) {
+                use tract_linalg::multithread::{multithread_tract_scope, Executor};
+                let executor = Executor::MultiThread(Arc::clone(pool));
+                return pool
+                    .install(|| multithread_tract_scope(executor, || self.embed_crops(crops)));
+            }
+            return self.embed_crops(crops);
+        }
         let borrowed = self.threads.borrow(crops.len().saturating_sub(1));
         let helpers = borrowed.0;
         if helpers == 0 {

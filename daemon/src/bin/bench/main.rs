@@ -82,7 +82,8 @@ usage:
   deepstack-bench profile [--repeat N] [--size WxH] [--model yunet|sface] [--by-node] [--only ours|tract]
       a model's time by op kind, with tract's kernels only and with ours (conv_ops), on
       one thread, and the largest difference between the two plans' outputs; then ours
-      whole on one thread and with the other cores as helpers (as a lone request)
+      whole on one thread and with the other cores as helpers (as a lone request); SFace
+      also on a pool of every core with tract's ops split (a lone request's one face)
       --repeat N     timed runs (default 20)
       --size WxH     detector input, multiples of 32 (default 640x480)
       --model M      yunet (default) or sface (one 112x112 face, without its final

@@ -10,7 +10,8 @@
 //! final layer, which `linear_head` runs); the largest difference between their outputs is printed, then
 //! each plan's median total and its time by op kind (the sum of per-node times, measured
 //! around each node's evaluation), then our plan's whole runs on one thread and with the
-//! machine's other cores as helpers (as the daemon lends its idle threads to a lone request).
+//! machine's other cores as helpers (as the daemon lends its idle threads to a lone request);
+//! for SFace also a run on a pool of every core with tract's ops split (a lone face).
 //! `--only` builds and runs one plan, on one thread: for a profiler, or for counting
 //! instructions under qemu (BENCHMARKS.md, the Raspberry Pi).
 
@@ -171,6 +172,25 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }
     for (helpers, t) in times.into_iter().enumerate() {
         println!("  {} thread(s): {:.1} ms", helpers + 1, median(t));
+    }
+    if sface && cores > 1 {
+        // A lone request's one face (`Pipeline::embed`): the run inside a pool of every
+        // core, tract's matrix products and element-wise ops split among its threads.
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(cores).build()?);
+        let mut t = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            let started = Instant::now();
+            let executor = Executor::MultiThread(Arc::clone(&pool));
+            pool.install(|| {
+                multithread_tract_scope(executor, || ours.run(tvec!(input.clone().into())))
+            })?;
+            t.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!(
+            "  one face on a pool of {cores} threads, tract's ops split: {:.1} ms",
+            median(t)
+        );
     }
     Ok(())
 }
