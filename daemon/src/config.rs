@@ -117,7 +117,7 @@ const SETTINGS: &[Setting] = &[
         aliases: &[],
         flag: "--threadcount",
         value: Some("N"),
-        help: "inference threads; a request alone embeds its faces on the idle ones too [default: number of cores]",
+        help: "inference threads; a request alone also uses the idle ones' cores (its detector, its faces) [default: number of cores]",
     },
     Setting {
         name: "TIMEOUT",
