@@ -163,10 +163,10 @@ impl Pipeline {
     /// whose job then fails like any other. The first call sizes the pool for the process
     /// (later pipelines, in tests, share it).
     ///
-    /// A second pool, of `threads` threads, runs a lone request's one face (see
-    /// [`Pipeline::embed`]): that run takes every core, the request's own included, and a
-    /// global pool of that size let a spare thread wake beside the shares above (the
-    /// 4-face photo took 50-59 ms against 46-50 in five rounds on two cores).
+    /// A second pool, of `threads` threads (the first call's), runs a lone request's one
+    /// face (see [`Pipeline::embed`]): that run takes every core, the request's own
+    /// included, and a global pool of that size let a spare thread wake beside the shares
+    /// above (the 4-face photo took 50-59 ms against 46-50 in five rounds on two cores).
     pub fn allow_threads(&self, threads: usize) {
         self.threads.allowed.store(threads, Ordering::SeqCst);
         if threads > 1 {
@@ -175,6 +175,9 @@ impl Pipeline {
                 .num_threads(threads - 1)
                 .thread_name(|i| format!("helper-{i}"))
                 .build_global();
+            if self.one_face_pool.get().is_some() {
+                return;
+            }
             let one_face = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("one-face-{i}"))
