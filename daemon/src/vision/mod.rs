@@ -283,10 +283,7 @@ impl Pipeline {
         if let ([_], Some(pool)) = (crops, self.one_face_pool.get()) {
             let borrowed = self.threads.borrow(usize::MAX);
             if borrowed.0 > 0 && borrowed.0 + 1 >= self.threads.allowed.load(Ordering::SeqCst) {
-                use tract_linalg::multithread::{multithread_tract_scope, Executor};
-                let executor = Executor::MultiThread(Arc::clone(pool));
-                return pool
-                    .install(|| multithread_tract_scope(executor, || self.embed_crops(crops)));
+                return on_every_thread(pool, || self.embed_crops(crops));
             }
             return self.embed_crops(crops);
         }
@@ -318,6 +315,14 @@ impl Pipeline {
         }
         Ok(embeddings)
     }
+}
+
+/// Runs `f` on one of `pool`'s threads with tract's matrix products, packing and
+/// element-wise ops split among all of them (tract-linalg's `multithread-mm`).
+pub fn on_every_thread<R: Send>(pool: &Arc<rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    let executor = Executor::MultiThread(Arc::clone(pool));
+    pool.install(|| multithread_tract_scope(executor, f))
 }
 
 #[cfg(test)]

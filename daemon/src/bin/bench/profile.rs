@@ -22,6 +22,7 @@ use deepstackd::vision::align::CROP_SIZE;
 use deepstackd::vision::conv_chain::with_helpers;
 use deepstackd::vision::conv_kernels::Isa;
 use deepstackd::vision::detect::letterbox_bgr;
+use deepstackd::vision::on_every_thread;
 use deepstackd::vision::onnx_rewrite::{self, Kernels};
 use deepstackd::vision::ModelFiles;
 use tract_onnx::prelude::*;
@@ -176,15 +177,11 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     if sface && cores > 1 {
         // A lone request's one face (`Pipeline::embed`): the run inside a pool of every
         // core, tract's matrix products and element-wise ops split among its threads.
-        use tract_linalg::multithread::{multithread_tract_scope, Executor};
         let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(cores).build()?);
         let mut t = Vec::with_capacity(repeat);
         for _ in 0..repeat {
             let started = Instant::now();
-            let executor = Executor::MultiThread(Arc::clone(&pool));
-            pool.install(|| {
-                multithread_tract_scope(executor, || ours.run(tvec!(input.clone().into())))
-            })?;
+            on_every_thread(&pool, || ours.run(tvec!(input.clone().into())))?;
             t.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         println!(
