@@ -1170,6 +1170,64 @@ pub(crate) mod tests {
         }
     }
 
+    /// What `conv_ops` merging YuNet's heads relies on: one layer of all the heads' channels
+    /// (1, 4, 1 and 10 of them) computes each channel as the head's own layer does, bit for
+    /// bit, the 1x1 and the depthwise layer alike.
+    #[test]
+    fn a_layer_of_several_heads_gives_each_heads_rows_bit_for_bit() {
+        let (inputs, heads, pitch, w) = (64, [1, 4, 1, 10], 3 * POINTWISE_PIXELS, 40);
+        let outputs: usize = heads.iter().sum();
+        let (weights, bias) = (values(inputs * outputs, 7), values(outputs, 8));
+        let (taps, dw_bias) = (values(9 * outputs, 9), values(outputs, 10));
+        let taps: Vec<[f32; 9]> = taps
+            .chunks_exact(9)
+            .map(|t| t.try_into().unwrap())
+            .collect();
+        let x = values(inputs * pitch, 11);
+        let rows: Vec<Vec<f32>> = (0..3).map(|k| values(outputs * pitch, 12 + k)).collect();
+        let depthwise = |taps: &[[f32; 9]], bias: &[f32]| Depthwise3x3 {
+            taps: taps.to_vec(),
+            bias: bias.to_vec(),
+            relu: false,
+        };
+        let all_pw = Pointwise::new(&weights, bias.clone(), inputs, false);
+        let all_dw = depthwise(&taps, &dw_bias);
+        let mut pw_all = vec![0f32; outputs * pitch];
+        all_pw.run_row(&x, &mut pw_all, pitch, &mut Vec::new());
+        let mut dw_all = vec![0f32; outputs * pitch];
+        all_dw.run_row([&rows[0], &rows[1], &rows[2]], &mut dw_all, pitch, w);
+        let mut first = 0;
+        for n in heads {
+            let own = first..first + n;
+            let pw = Pointwise::new(
+                &weights[own.start * inputs..own.end * inputs],
+                bias[own.clone()].to_vec(),
+                inputs,
+                false,
+            );
+            let mut y = vec![0f32; n * pitch];
+            pw.run_row(&x, &mut y, pitch, &mut Vec::new());
+            assert_eq!(
+                y,
+                pw_all[own.start * pitch..own.end * pitch],
+                "1x1, head at {first}"
+            );
+            let dw = depthwise(&taps[own.clone()], &dw_bias[own.clone()]);
+            let head_rows: Vec<&[f32]> = rows
+                .iter()
+                .map(|r| &r[own.start * pitch..own.end * pitch])
+                .collect();
+            let mut y = vec![0f32; n * pitch];
+            dw.run_row([head_rows[0], head_rows[1], head_rows[2]], &mut y, pitch, w);
+            let got = &dw_all[own.start * pitch..own.end * pitch];
+            for c in 0..n {
+                let row = c * pitch..c * pitch + w;
+                assert_eq!(y[row.clone()], got[row], "depthwise, head at {first}");
+            }
+            first += n;
+        }
+    }
+
     #[test]
     fn max_pool_rows_take_the_largest_of_each_square_and_drop_an_odd_edge() {
         let (c, h, w, pitch) = (2, 5, 7, 9);

@@ -6,6 +6,8 @@
 //!   layers) -> `DeepstackdDepthwisePRelu`, which takes in the `PRelu` before it and the one
 //!   after it (see [`fuse_depthwise_prelu`]); any other `PRelu` with a slope per channel
 //!   (SFace's last) -> `DeepstackdPRelu`;
+//! - then YuNet's heads: the four 1x1 + depthwise pairs that read one activation become one
+//!   pair of all their channels and a `Split` (see [`merge_sibling_heads`]);
 //! - then, for chains:
 //!   - `Conv` 3x3, stride 1, padding 1, one group per channel -> `DeepstackdDepthwise3x3`;
 //!   - `Conv` 1x1, stride 1, no padding, one group -> `DeepstackdPointwise`;
@@ -29,7 +31,8 @@ use std::sync::Arc;
 
 use tract_onnx::model::OnnxOpRegister;
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto,
+    NodeProto, TensorProto,
 };
 use tract_onnx::tract_hir::internal::*;
 
@@ -103,6 +106,7 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
         return fused;
     };
     let fused = fused + own_prelus(graph);
+    merge_sibling_heads(graph);
     // What each renamed node was (the convolution, then its ReLU), by its output: a node
     // left out of every chain goes back to tract, whose matrix products beat `Pointwise`
     // on a whole plane (2.4x on SFace's).
@@ -162,6 +166,165 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
         }
     }
     fused + renamed
+}
+
+/// YuNet's heads: at each of its three scales, four 1x1 convolutions read one activation,
+/// each followed by a 3x3 depthwise convolution of its own (scores, boxes, objectness and
+/// landmarks: 1, 4, 1 and 10 channels). Left apart, each pair is a chain of its own, which
+/// reads the 64 channels again and fills the pointwise kernel's blocks of eight outputs
+/// with one to ten. Such siblings (two or more pairs on one activation, with constant
+/// weights and biases) become one 1x1 convolution of all their outputs, one depthwise
+/// convolution of all their channels and a `Split` into the pairs' outputs. The kernels
+/// compute each output channel on its own, in the same order, so the results are the same
+/// bit for bit. Returns how many groups were merged.
+fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
+    let readers = readers(graph);
+    // The pairs (1x1 node, its depthwise node) reading each activation, in graph order.
+    let mut groups: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    for (p, n) in graph.node.iter().enumerate() {
+        if conv_kind(n, graph) != Some(POINTWISE)
+            || n.input.len() != 3
+            || readers.get(&n.output[0]) != Some(&1)
+        {
+            continue;
+        }
+        let depthwise = graph.node.iter().position(|d| {
+            d.input.first() == Some(&n.output[0])
+                && d.input.len() == 3
+                && conv_kind(d, graph) == Some(DEPTHWISE)
+        });
+        let Some(d) = depthwise else { continue };
+        match groups.iter_mut().find(|(input, _)| *input == n.input[0]) {
+            Some((_, pairs)) => pairs.push((p, d)),
+            None => groups.push((n.input[0].clone(), vec![(p, d)])),
+        }
+    }
+    let constant = |name: &str| {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(floats)
+    };
+    let mut merged: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    let mut gone: HashSet<usize> = HashSet::new();
+    let mut tensors = Vec::new();
+    for (input, pairs) in groups.into_iter().filter(|(_, pairs)| pairs.len() >= 2) {
+        // Both layers' weights and biases, the pairs' one after the other.
+        let mut joined: [Vec<f32>; 4] = Default::default();
+        let mut sizes = Vec::new();
+        let complete = pairs.iter().all(|&(p, d)| {
+            let (p, d) = (&graph.node[p], &graph.node[d]);
+            let parts = [&p.input[1], &p.input[2], &d.input[1], &d.input[2]].map(|n| constant(n));
+            let Some(bias_len) = parts[1].as_ref().map(Vec::len) else {
+                return false;
+            };
+            sizes.push(bias_len as i64);
+            parts
+                .into_iter()
+                .zip(&mut joined)
+                .all(|(part, all)| match part {
+                    Some(values) => {
+                        all.extend(values);
+                        true
+                    }
+                    None => false,
+                })
+        });
+        let outputs: i64 = sizes.iter().sum();
+        let inputs = joined[0].len() as i64 / outputs.max(1);
+        if !complete || inputs * outputs != joined[0].len() as i64 {
+            continue;
+        }
+        let names: Vec<&str> = pairs
+            .iter()
+            .map(|&(p, _)| graph.node[p].name.as_str())
+            .collect();
+        let base = format!("{input}.heads");
+        let f32_tensor = |suffix: &str, dims: Vec<i64>, values: &[f32]| TensorProto {
+            name: format!("{base}.{suffix}"),
+            dims,
+            data_type: DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        };
+        let [pw_weights, pw_bias, dw_weights, dw_bias] = &joined;
+        tensors.extend([
+            f32_tensor("pw.weight", vec![outputs, inputs, 1, 1], pw_weights),
+            f32_tensor("pw.bias", vec![outputs], pw_bias),
+            f32_tensor("dw.weight", vec![outputs, 1, 3, 3], dw_weights),
+            f32_tensor("dw.bias", vec![outputs], dw_bias),
+            TensorProto {
+                name: format!("{base}.split"),
+                dims: vec![sizes.len() as i64],
+                data_type: DataType::Int64 as i32,
+                raw_data: sizes.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..Default::default()
+            },
+        ]);
+        let ints_attr = |name: &str, ints: Vec<i64>| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints,
+            ..Default::default()
+        };
+        let int_attr = |name: &str, i: i64| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i,
+            ..Default::default()
+        };
+        let conv = |suffix: &str, kernel: i64, pad: i64, group: i64, from: String| NodeProto {
+            op_type: "Conv".into(),
+            name: format!("{}.{suffix}", names.join("+")),
+            input: vec![
+                from,
+                format!("{base}.{suffix}.weight"),
+                format!("{base}.{suffix}.bias"),
+            ],
+            output: vec![format!("{base}.{suffix}")],
+            attribute: vec![
+                ints_attr("kernel_shape", vec![kernel, kernel]),
+                ints_attr("strides", vec![1, 1]),
+                ints_attr("pads", vec![pad; 4]),
+                int_attr("group", group),
+            ],
+            ..Default::default()
+        };
+        let split = NodeProto {
+            op_type: "Split".into(),
+            name: format!("{}.split", names.join("+")),
+            input: vec![format!("{base}.dw"), format!("{base}.split")],
+            output: pairs
+                .iter()
+                .map(|&(_, d)| graph.node[d].output[0].clone())
+                .collect(),
+            attribute: vec![int_attr("axis", 1)],
+            ..Default::default()
+        };
+        let nodes = vec![
+            conv("pw", 1, 0, 1, input.clone()),
+            conv("dw", 3, 1, outputs, format!("{base}.pw")),
+            split,
+        ];
+        // In the place of the first 1x1 node: after the activation, before every reader of
+        // the pairs' outputs.
+        let first = pairs.iter().map(|&(p, _)| p).min().expect("two pairs");
+        merged.insert(first, nodes);
+        gone.extend(pairs.iter().flat_map(|&(p, d)| [p, d]));
+    }
+    let count = merged.len();
+    graph.initializer.extend(tensors);
+    let nodes = std::mem::take(&mut graph.node);
+    for (i, n) in nodes.into_iter().enumerate() {
+        if let Some(group) = merged.remove(&i) {
+            graph.node.extend(group);
+        }
+        if !gone.contains(&i) {
+            graph.node.push(n);
+        }
+    }
+    count
 }
 
 /// SFace's layers: renames each depthwise convolution (3x3, padding 1, stride 1 or 2, with
