@@ -480,3 +480,41 @@ fn every_mode_finds_the_portrait_faces() {
         assert_eq!(found.len(), 1, "mode {}", mode.name());
     }
 }
+
+/// A detection and an embedding leave the upper halves of the vector registers clean
+/// (`conv_kernels::clear_upper_vector_state`): tract's sigmoid left them dirty, and the
+/// SSE code run after it on the same thread was up to twice as slow. Read from the CPU's
+/// record of which register state is in use (`xgetbv` with ecx = 1), where it has one.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_detection_and_an_embedding_leave_the_vector_registers_clean() {
+    /// Bits 2 (the upper halves of ymm0-15) and 6 (of zmm0-15) of XINUSE, or `None` where
+    /// the CPU cannot tell.
+    fn upper_halves_in_use() -> Option<u64> {
+        use std::arch::x86_64::__cpuid_count;
+        // CPUID leaf 0xD (XSAVE features) exists wherever AVX does.
+        let xgetbv1 =
+            std::arch::is_x86_feature_detected!("avx") && __cpuid_count(0xD, 1).eax & 4 != 0;
+        if !xgetbv1 {
+            return None;
+        }
+        let (lo, hi): (u32, u32);
+        // SAFETY: XGETBV with ecx = 1 is supported (checked above); it only reads.
+        unsafe {
+            std::arch::asm!("xgetbv", in("ecx") 1, out("eax") lo, out("edx") hi,
+                options(nomem, nostack, preserves_flags));
+        }
+        Some((u64::from(hi) << 32 | u64::from(lo)) & (1 << 2 | 1 << 6))
+    }
+    let photo = decode("group_1280x720.jpg");
+    for _ in 0..2 {
+        let faces = pipeline().detect(&photo, default_min_score()).unwrap();
+        let Some(state) = upper_halves_in_use() else {
+            return;
+        };
+        assert_eq!(state, 0, "after a detection: XINUSE {state:#b}");
+        pipeline().embed(&photo, &faces[..1]).unwrap();
+        let state = upper_halves_in_use().unwrap();
+        assert_eq!(state, 0, "after an embedding: XINUSE {state:#b}");
+    }
+}

@@ -116,6 +116,30 @@ impl Isa {
     }
 }
 
+/// Clears the upper halves of this thread's vector registers (`vzeroupper`, on x86-64 with
+/// AVX), to be called after a tract plan has run.
+///
+/// Some of tract 0.23.9's x86 kernels return with them dirty (YuNet's sigmoid heads, for
+/// one). Until the next `vzeroupper`, every SSE instruction of the thread, which is what
+/// the code compiled for baseline x86-64 is made of (the alignment, the letterbox,
+/// decoding the heads, the HTTP stack), then runs slower: on the AMD EPYC VM of
+/// BENCHMARKS.md, after a detection whose last vector code was tract's sigmoid, a loop of
+/// scalar adds 0.85 -> 1.27 ms, an alignment 0.40 -> 0.96 ms, the next detection 9.8 -> 14
+/// ms. Code compiled for AVX ends with `vzeroupper` itself.
+pub fn clear_upper_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX.
+        unsafe { zero_upper() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn zero_upper() {
+    std::arch::x86_64::_mm256_zeroupper();
+}
+
 /// Defines `$name(args)` that runs `$body::<M>(args)` compiled for the detected [`Isa`].
 macro_rules! dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {

@@ -13,6 +13,7 @@ use image::RgbImage;
 use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
+use super::conv_kernels;
 use super::onnx_rewrite::{self, Kernels};
 
 /// The detector's speed mode: the long side of its input, DeepStack's `MODE`.
@@ -229,7 +230,9 @@ impl Detector {
             .find(|s| s.width >= sw && s.height >= sh)
             .expect("the largest shape is square at the mode's size and holds any scaled photo");
         let input = letterbox_bgr(img, sw, sh, shape.width, shape.height);
-        let outputs = shape.plan.run(tvec!(input.into()))?;
+        let outputs = shape.plan.run(tvec!(input.into()));
+        conv_kernels::clear_upper_vector_state();
+        let outputs = outputs?;
         // The scaled image is sw wide for w original pixels: undo exactly that ratio.
         let (fx, fy) = (w as f32 / sw as f32, h as f32 / sh as f32);
         let mut faces = decode_heads(&outputs, shape.width, shape.height, min_score)?;

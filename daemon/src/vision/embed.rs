@@ -13,6 +13,7 @@ use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
 use super::align::CROP_SIZE;
+use super::conv_kernels;
 use super::linear_head::Int8Linear;
 use super::onnx_rewrite::{self, Kernels};
 
@@ -69,7 +70,9 @@ impl Embedder {
             }
         }
         let input = Tensor::from_shape(&[1, 3, side, side], &data)?;
-        let out = self.plan.run(tvec!(input.into()))?;
+        let out = self.plan.run(tvec!(input.into()));
+        conv_kernels::clear_upper_vector_state();
+        let out = out?;
         let view = out[0].to_plain_array_view::<f32>()?;
         let mut values: Vec<f32> = view.iter().copied().collect();
         if let Some(head) = &self.head {
