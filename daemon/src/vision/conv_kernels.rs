@@ -122,10 +122,10 @@ impl Isa {
 /// Some of tract 0.23.9's x86 kernels return with them dirty (YuNet's sigmoid heads, for
 /// one). Until the next `vzeroupper`, every SSE instruction of the thread, which is what
 /// the code compiled for baseline x86-64 is made of (the alignment, the letterbox,
-/// decoding the heads, the HTTP stack), then runs slower: on the AMD EPYC VM of
-/// BENCHMARKS.md, after a detection whose last vector code was tract's sigmoid, a loop of
-/// scalar adds 0.85 -> 1.27 ms, an alignment 0.40 -> 0.96 ms, the next detection 9.8 -> 14
-/// ms. Code compiled for AVX ends with `vzeroupper` itself.
+/// decoding the heads, the next photo's JPEG decode), then runs slower: on the AMD EPYC
+/// VM of BENCHMARKS.md, after a detection whose last vector code was tract's sigmoid, a
+/// loop of scalar adds 0.85 -> 1.27 ms, an alignment 0.40 -> 0.96 ms, the next detection
+/// 9.8 -> 14 ms. Code compiled for AVX ends with `vzeroupper` itself.
 pub fn clear_upper_vector_state() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
