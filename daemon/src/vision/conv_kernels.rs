@@ -21,7 +21,9 @@
 //! compiler kept in memory there. Results equal a straightforward loop up to float
 //! rounding (the tests compare them, the AVX-512 version and the portable one).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use tract_onnx::prelude::{tvec, TValue, TVec, Tensor, TractResult, TypedRunnableModel};
 
 /// Multiply-add, fused where the target has it.
 trait MulAdd {
@@ -116,8 +118,16 @@ impl Isa {
     }
 }
 
+/// Runs a tract plan, then clears the upper halves of this thread's vector registers (see
+/// [`clear_upper_vector_state`]): how the daemon's detector and recognizer run theirs.
+pub fn run_plan(plan: &Arc<TypedRunnableModel>, input: Tensor) -> TractResult<TVec<TValue>> {
+    let outputs = plan.run(tvec!(input.into()));
+    clear_upper_vector_state();
+    outputs
+}
+
 /// Clears the upper halves of this thread's vector registers (`vzeroupper`, on x86-64 with
-/// AVX), to be called after a tract plan has run.
+/// AVX), to be called after a tract plan has run ([`run_plan`] does).
 ///
 /// Some of tract 0.23.9's x86 kernels return with them dirty (YuNet's sigmoid heads, for
 /// one). Until the next `vzeroupper`, every SSE instruction of the thread, which is what

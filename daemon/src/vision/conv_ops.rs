@@ -139,12 +139,7 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
         n.attribute.clear();
         if let Some(output) = relu_output {
             n.output = vec![output];
-            n.attribute.push(AttributeProto {
-                name: "relu".into(),
-                r#type: AttributeType::Int as i32,
-                i: 1,
-                ..Default::default()
-            });
+            n.attribute.push(int_attribute("relu", 1));
             fused_relus.extend(relu);
         }
         renamed += 1;
@@ -176,8 +171,8 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
 /// weights and biases) become one 1x1 convolution of all their outputs, one depthwise
 /// convolution of all their channels and a `Split` into the pairs' outputs. The kernels
 /// compute each output channel on its own, in the same order, so the results are the same
-/// bit for bit. Returns how many groups were merged.
-fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
+/// bit for bit.
+fn merge_sibling_heads(graph: &mut GraphProto) {
     let readers = readers(graph);
     // The pairs (1x1 node, its depthwise node) reading each activation, in graph order.
     let mut groups: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
@@ -210,30 +205,26 @@ fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
     let mut gone: HashSet<usize> = HashSet::new();
     let mut tensors = Vec::new();
     for (input, pairs) in groups.into_iter().filter(|(_, pairs)| pairs.len() >= 2) {
-        // Both layers' weights and biases, the pairs' one after the other.
-        let mut joined: [Vec<f32>; 4] = Default::default();
-        let mut sizes = Vec::new();
-        let complete = pairs.iter().all(|&(p, d)| {
-            let (p, d) = (&graph.node[p], &graph.node[d]);
-            let parts = [&p.input[1], &p.input[2], &d.input[1], &d.input[2]].map(|n| constant(n));
-            let Some(bias_len) = parts[1].as_ref().map(Vec::len) else {
-                return false;
-            };
-            sizes.push(bias_len as i64);
-            parts
-                .into_iter()
-                .zip(&mut joined)
-                .all(|(part, all)| match part {
-                    Some(values) => {
-                        all.extend(values);
-                        true
-                    }
-                    None => false,
-                })
-        });
+        // Each pair's 1x1 weights and bias, then its depthwise weights and bias.
+        let parts: Option<Vec<[Vec<f32>; 4]>> = pairs
+            .iter()
+            .map(|&(p, d)| {
+                let (p, d) = (&graph.node[p], &graph.node[d]);
+                Some([
+                    constant(&p.input[1])?,
+                    constant(&p.input[2])?,
+                    constant(&d.input[1])?,
+                    constant(&d.input[2])?,
+                ])
+            })
+            .collect();
+        let Some(parts) = parts else { continue };
+        let sizes: Vec<i64> = parts.iter().map(|p| p[1].len() as i64).collect();
+        let joined: [Vec<f32>; 4] =
+            std::array::from_fn(|k| parts.iter().flat_map(|p| p[k].iter().copied()).collect());
         let outputs: i64 = sizes.iter().sum();
         let inputs = joined[0].len() as i64 / outputs.max(1);
-        if !complete || inputs * outputs != joined[0].len() as i64 {
+        if inputs * outputs != joined[0].len() as i64 {
             continue;
         }
         let names: Vec<&str> = pairs
@@ -262,18 +253,6 @@ fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
                 ..Default::default()
             },
         ]);
-        let ints_attr = |name: &str, ints: Vec<i64>| AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Ints as i32,
-            ints,
-            ..Default::default()
-        };
-        let int_attr = |name: &str, i: i64| AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Int as i32,
-            i,
-            ..Default::default()
-        };
         let conv = |suffix: &str, kernel: i64, pad: i64, group: i64, from: String| NodeProto {
             op_type: "Conv".into(),
             name: format!("{}.{suffix}", names.join("+")),
@@ -284,10 +263,10 @@ fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
             ],
             output: vec![format!("{base}.{suffix}")],
             attribute: vec![
-                ints_attr("kernel_shape", vec![kernel, kernel]),
-                ints_attr("strides", vec![1, 1]),
-                ints_attr("pads", vec![pad; 4]),
-                int_attr("group", group),
+                ints_attribute("kernel_shape", vec![kernel, kernel]),
+                ints_attribute("strides", vec![1, 1]),
+                ints_attribute("pads", vec![pad; 4]),
+                int_attribute("group", group),
             ],
             ..Default::default()
         };
@@ -299,7 +278,7 @@ fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
                 .iter()
                 .map(|&(_, d)| graph.node[d].output[0].clone())
                 .collect(),
-            attribute: vec![int_attr("axis", 1)],
+            attribute: vec![int_attribute("axis", 1)],
             ..Default::default()
         };
         let nodes = vec![
@@ -313,7 +292,6 @@ fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
         merged.insert(first, nodes);
         gone.extend(pairs.iter().flat_map(|&(p, d)| [p, d]));
     }
-    let count = merged.len();
     graph.initializer.extend(tensors);
     let nodes = std::mem::take(&mut graph.node);
     for (i, n) in nodes.into_iter().enumerate() {
@@ -324,7 +302,6 @@ fn merge_sibling_heads(graph: &mut GraphProto) -> usize {
             graph.node.push(n);
         }
     }
-    count
 }
 
 /// SFace's layers: renames each depthwise convolution (3x3, padding 1, stride 1 or 2, with
@@ -374,12 +351,6 @@ pub fn fuse_depthwise_prelu(proto: &mut ModelProto) -> usize {
             output: n.output.clone(),
             ..Default::default()
         };
-        let attribute = |name: &str, i: i64| AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Int as i32,
-            i,
-            ..Default::default()
-        };
         if let Some(p) = before {
             let p = &graph.node[p];
             node.input[0] = p.input[0].clone();
@@ -391,9 +362,9 @@ pub fn fuse_depthwise_prelu(proto: &mut ModelProto) -> usize {
             node.output = r.output.clone();
         }
         node.attribute = vec![
-            attribute("stride", stride),
-            attribute("input_prelu", before.is_some() as i64),
-            attribute("output_prelu", after.is_some() as i64),
+            int_attribute("stride", stride),
+            int_attribute("input_prelu", before.is_some() as i64),
+            int_attribute("output_prelu", after.is_some() as i64),
         ];
         absorbed.extend(before.into_iter().chain(after));
         absorbed.insert(at);
@@ -493,11 +464,8 @@ fn merge_chains(graph: &mut GraphProto) {
             continue;
         };
         let nodes: Vec<&NodeProto> = run.iter().map(|&i| &graph.node[i]).collect();
-        let ints = |name: &str, f: &dyn Fn(&NodeProto) -> i64| AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Ints as i32,
-            ints: nodes.iter().map(|n| f(n)).collect(),
-            ..Default::default()
+        let ints = |name: &str, f: &dyn Fn(&NodeProto) -> i64| {
+            ints_attribute(name, nodes.iter().map(|n| f(n)).collect())
         };
         let node = NodeProto {
             op_type: CHAIN.into(),
@@ -515,12 +483,7 @@ fn merge_chains(graph: &mut GraphProto) {
                 }),
                 ints("relus", &|n| int(n, "relu").unwrap_or(0)),
                 ints("arity", &|n| n.input.len() as i64 - 1),
-                AttributeProto {
-                    name: "channels".into(),
-                    r#type: AttributeType::Int as i32,
-                    i: channels,
-                    ..Default::default()
-                },
+                int_attribute("channels", channels),
             ],
             ..Default::default()
         };
@@ -539,6 +502,26 @@ fn merge_chains(graph: &mut GraphProto) {
         .filter(|(i, _)| !drop.contains(i))
         .map(|(i, n)| replace.remove(&i).unwrap_or(n))
         .collect();
+}
+
+/// An attribute of one integer.
+fn int_attribute(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
+}
+
+/// An attribute of integers.
+fn ints_attribute(name: &str, ints: Vec<i64>) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints,
+        ..Default::default()
+    }
 }
 
 fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {

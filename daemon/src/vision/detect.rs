@@ -230,9 +230,7 @@ impl Detector {
             .find(|s| s.width >= sw && s.height >= sh)
             .expect("the largest shape is square at the mode's size and holds any scaled photo");
         let input = letterbox_bgr(img, sw, sh, shape.width, shape.height);
-        let outputs = shape.plan.run(tvec!(input.into()));
-        conv_kernels::clear_upper_vector_state();
-        let outputs = outputs?;
+        let outputs = conv_kernels::run_plan(&shape.plan, input)?;
         // The scaled image is sw wide for w original pixels: undo exactly that ratio.
         let (fx, fy) = (w as f32 / sw as f32, h as f32 / sh as f32);
         let mut faces = decode_heads(&outputs, shape.width, shape.height, min_score)?;

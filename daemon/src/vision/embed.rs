@@ -70,9 +70,7 @@ impl Embedder {
             }
         }
         let input = Tensor::from_shape(&[1, 3, side, side], &data)?;
-        let out = self.plan.run(tvec!(input.into()));
-        conv_kernels::clear_upper_vector_state();
-        let out = out?;
+        let out = conv_kernels::run_plan(&self.plan, input)?;
         let view = out[0].to_plain_array_view::<f32>()?;
         let mut values: Vec<f32> = view.iter().copied().collect();
         if let Some(head) = &self.head {

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use deepstackd::vision::align::CROP_SIZE;
 use deepstackd::vision::conv_chain::with_helpers;
-use deepstackd::vision::conv_kernels::{clear_upper_vector_state, Isa};
+use deepstackd::vision::conv_kernels::{clear_upper_vector_state, run_plan, Isa};
 use deepstackd::vision::detect::letterbox_bgr;
 use deepstackd::vision::on_every_thread;
 use deepstackd::vision::onnx_rewrite::{self, Kernels};
@@ -168,7 +168,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     for _ in 0..repeat {
         for (helpers, t) in times.iter_mut().enumerate() {
             let started = Instant::now();
-            with_helpers(helpers, || run_as_the_daemon(ours, &input))?;
+            with_helpers(helpers, || run_plan(ours, input.clone()))?;
             t.push(started.elapsed().as_secs_f64() * 1000.0);
         }
     }
@@ -182,7 +182,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         let mut t = Vec::with_capacity(repeat);
         for _ in 0..repeat {
             let started = Instant::now();
-            on_every_thread(&pool, || run_as_the_daemon(ours, &input))?;
+            on_every_thread(&pool, || run_plan(ours, input.clone()))?;
             t.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         println!(
@@ -191,13 +191,6 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         );
     }
     Ok(())
-}
-
-/// One run of `plan`, ending as the daemon's do (`Detector::detect`, `Embedder`).
-fn run_as_the_daemon(plan: &Arc<TypedRunnableModel>, input: &Tensor) -> TractResult<TVec<TValue>> {
-    let out = plan.run(tvec!(input.clone().into()));
-    clear_upper_vector_state();
-    out
 }
 
 /// `model`'s plan for an input of `shape`.
