@@ -220,13 +220,21 @@ impl Depthwise3x3 {
     }
 }
 
-/// [`Depthwise3x3::run_row`] on AVX-512 (`depthwise_row_body`'s for `Fused512`), 16 pixels a step: each input row is loaded once a
-/// step, and its neighbours one pixel left and right are that vector shifted by one lane
-/// with the vectors before and after it (`valignd`), zeros past the row's ends. The
-/// portable kernel loads nine shifted runs a step, most across two cache lines; with this
-/// one YuNet's chains took 7.8-7.9 instead of 8.4-8.6 ms (medians of six alternated
-/// `profile` runs).
-/// Each pixel's sum is the same as there: the bias, then the nine taps in order, fused.
+/// [`Depthwise3x3::run_row`] on AVX-512, 16 pixels a step. Each input row is loaded once
+/// a step, and the taps are summed by column first: the left taps of the three rows, the
+/// middle ones (from the bias) and the right ones, each over the step's own pixels. A
+/// pixel's left neighbours are then the left column's sum shifted by one lane, with the
+/// step before (`valignd`), and its right ones the right column's shifted the other way,
+/// with the step after; zeros past the row's ends.
+///
+/// Shifting the sums, not the inputs, takes two shifts a step instead of six: on the
+/// 2-core AMD VM of BENCHMARKS.md a shift of a 512-bit vector takes the place of most of a
+/// multiply-add (9 multiply-adds alone ran in 9 cycles, with 6 shifts in 12.6, with 2
+/// shifts and 2 adds in 9.2). With that, and whole vectors loaded and stored without a
+/// mask ([`avx512::load`]), a row ran at 45 G multiply-adds a second instead of 34 (rows
+/// of 4 to 64 channels of 160 pixels, L1 or L2 alike); either change alone gained little
+/// (30-37). The sums' order differs from the portable kernel's, by float rounding. The
+/// portable kernel loads nine shifted runs a step, most across two cache lines.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn depthwise_row_avx512(
@@ -252,27 +260,26 @@ unsafe fn depthwise_row_avx512(
             *t = _mm512_set1_ps(v);
         }
         let bias = _mm512_set1_ps(bias);
-        let mut before = [zero; 3];
-        let mut here = [load(src[0], 0), load(src[1], 0), load(src[2], 0)];
+        let sums_at = |s: usize| {
+            let x = [load(src[0], s), load(src[1], s), load(src[2], s)];
+            column_sums(x, &taps, bias)
+        };
+        let mut left_before = zero;
+        let [mut left, mut middle, mut right] = sums_at(0);
         for s in (0..w).step_by(LANES) {
-            let after = [
-                load(src[0], s + LANES),
-                load(src[1], s + LANES),
-                load(src[2], s + LANES),
-            ];
-            let mut acc = bias;
-            for i in 0..3 {
-                let left = shift_left(here[i], before[i]);
-                let right = shift_right(here[i], after[i]);
-                acc = _mm512_fmadd_ps(taps[3 * i], left, acc);
-                acc = _mm512_fmadd_ps(taps[3 * i + 1], here[i], acc);
-                acc = _mm512_fmadd_ps(taps[3 * i + 2], right, acc);
-            }
+            let next = if s + LANES < w {
+                sums_at(s + LANES)
+            } else {
+                [zero; 3]
+            };
+            let sides = _mm512_add_ps(shift_left(left, left_before), middle);
+            let mut acc = _mm512_add_ps(sides, shift_right(right, next[2]));
             if layer.relu {
                 acc = _mm512_max_ps(acc, zero);
             }
             store(out, s, acc);
-            (before, here) = (here, after);
+            left_before = left;
+            [left, middle, right] = next;
         }
     }
 }
@@ -294,12 +301,18 @@ mod avx512 {
         (if n == LANES { !0 } else { (1 << n) - 1 }, n)
     }
 
-    /// The pixels `s..s + 16` of `run`, zeros past its end.
+    /// The pixels `s..s + 16` of `run`, zeros past its end. A masked load only where the
+    /// run ends: masked loads and stores of every step cost a fifth of the kernel's time
+    /// on the VM of BENCHMARKS.md.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn load(run: &[f32], s: usize) -> __m512 {
         if s >= run.len() {
             return _mm512_setzero_ps();
+        }
+        if s + LANES <= run.len() {
+            // SAFETY: reads the 16 floats of `run[s..s + 16]`.
+            return unsafe { _mm512_loadu_ps(run[s..s + LANES].as_ptr()) };
         }
         let (mask, n) = pixels(run.len(), s);
         // SAFETY: the masked load reads only the `n` floats of `run[s..s + n]`.
@@ -310,9 +323,27 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn store(out: &mut [f32], s: usize, v: __m512) {
+        if s + LANES <= out.len() {
+            // SAFETY: writes the 16 floats of `out[s..s + 16]`.
+            return unsafe { _mm512_storeu_ps(out[s..s + LANES].as_mut_ptr(), v) };
+        }
         let (mask, n) = pixels(out.len(), s);
         // SAFETY: the masked store writes only the `n` floats of `out[s..s + n]`.
         unsafe { _mm512_mask_storeu_ps(out[s..s + n].as_mut_ptr(), mask, v) }
+    }
+
+    /// The sums of the three rows `x` (top to bottom) by the 3x3 `taps`' left, middle and
+    /// right columns, the middle one from `bias`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn column_sums(x: [__m512; 3], taps: &[__m512; 9], bias: __m512) -> [__m512; 3] {
+        let column = |first: usize, from: __m512| {
+            let sum = _mm512_fmadd_ps(taps[first], x[0], from);
+            let sum = _mm512_fmadd_ps(taps[first + 3], x[1], sum);
+            _mm512_fmadd_ps(taps[first + 6], x[2], sum)
+        };
+        let zero = _mm512_setzero_ps();
+        [column(0, zero), column(1, bias), column(2, zero)]
     }
 
     /// The pixels one to the left of `here`'s: the last of `before`, then `here`'s first 15.
