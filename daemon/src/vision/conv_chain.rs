@@ -305,7 +305,7 @@ impl Chain {
             .max(1);
         let band_rows = |i: usize| last.h * i / bands..last.h * (i + 1) / bands;
         // Each band writes its rows of every output plane in place, rather than into a
-        // buffer of its own copied in after (4.9 MB zeroed, filled and copied for YuNet's
+        // buffer of its own copied in after (1.2 MB zeroed, filled and copied for YuNet's
         // backbone at 640x480, the copy on this thread while the others waited).
         let mut bands_out: Vec<Vec<&mut [f32]>> =
             (0..bands).map(|_| Vec::with_capacity(last.c)).collect();
