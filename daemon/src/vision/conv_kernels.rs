@@ -763,7 +763,11 @@ impl Pointwise {
     /// padding is computed like its pixels). The rows of one tile of pixels stay in the L1
     /// cache while every output is computed for it.
     /// `tile` is scratch, kept by the caller from row to row (the daemon's malloc has one
-    /// arena, which threads allocating on every row would queue for).
+    /// arena, which threads allocating on every row would queue for): the AVX2 and NEON
+    /// kernels copy a tile's runs of pixels into it, next to each other; the AVX-512 one
+    /// reads them in place (the copy cost it 3-15% of its rate on the VM of BENCHMARKS.md:
+    /// 45 -> 52 G multiply-adds a second on 16 channels of 320 pixels, 55 -> 56.5 on 64 of
+    /// 160).
     pub fn run_row(&self, input: &[f32], output: &mut [f32], pitch: usize, tile: &mut Vec<f32>) {
         assert_eq!(pitch % POINTWISE_PIXELS, 0, "pointwise row pitch {pitch}");
         assert_eq!(input.len(), self.inputs * pitch, "pointwise row input size");
@@ -805,12 +809,12 @@ fn pointwise_row_body<M: MulAdd>(
         assert_eq!(layer.block, K, "pointwise weights packed for AVX-512");
         while p + 2 * P <= pitch {
             let tile_of = pointwise_tile_8::<M, { 2 * P }>;
-            pointwise_row_tile(tile_of, x, y, pitch, p, tile, packed, bias, apply_relu);
+            pointwise_row_tile(tile_of, x, y, pitch, p, None, packed, bias, apply_relu);
             p += 2 * P;
         }
         while p < pitch {
             let tile_of = pointwise_tile_8::<M, P>;
-            pointwise_row_tile(tile_of, x, y, pitch, p, tile, packed, bias, apply_relu);
+            pointwise_row_tile(tile_of, x, y, pitch, p, None, packed, bias, apply_relu);
             p += P;
         }
     } else {
@@ -823,7 +827,17 @@ fn pointwise_row_body<M: MulAdd>(
         #[cfg(not(target_arch = "aarch64"))]
         let tile_of = pointwise_tile_6::<M, P>;
         while p < pitch {
-            pointwise_row_tile(tile_of, x, y, pitch, p, tile, packed, bias, apply_relu);
+            pointwise_row_tile(
+                tile_of,
+                x,
+                y,
+                pitch,
+                p,
+                Some(tile),
+                packed,
+                bias,
+                apply_relu,
+            );
             p += P;
         }
     }
@@ -846,19 +860,25 @@ mod neon {
     /// kernels (BENCHMARKS.md, the Raspberry Pi). The same sums in the same order (the bias,
     /// then each input's product, fused).
     #[inline]
-    pub fn pointwise_tile_6(tile: &[f32], weights: &[f32], bias: &[f32; K]) -> [[f32; P]; K] {
+    pub fn pointwise_tile_6(
+        x: &[f32],
+        stride: usize,
+        weights: &[f32],
+        bias: &[f32; K],
+    ) -> [[f32; P]; K] {
         // SAFETY: NEON is part of aarch64's baseline.
-        unsafe { tile_6(tile, weights, bias) }
+        unsafe { tile_6(x, stride, weights, bias) }
     }
 
     #[inline]
     #[target_feature(enable = "neon")]
-    fn tile_6(tile: &[f32], weights: &[f32], bias: &[f32; K]) -> [[f32; P]; K] {
+    fn tile_6(x: &[f32], stride: usize, weights: &[f32], bias: &[f32; K]) -> [[f32; P]; K] {
         let mut acc = [[vdupq_n_f32(0.0); 4]; K];
         for (acc, &b) in acc.iter_mut().zip(bias) {
             *acc = [vdupq_n_f32(b); 4];
         }
-        for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact(K)) {
+        for (i, wk) in weights.chunks_exact(K).enumerate() {
+            let xs = &x[i * stride..][..P];
             // SAFETY: `xs` holds 16 floats and `wk` 6: each load reads within its slice.
             let (x, w0, w1) = unsafe {
                 (
@@ -897,32 +917,39 @@ mod neon {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn pointwise_row_tile<const T: usize, const K: usize>(
-    tile_of: impl Fn(&[f32], &[f32], &[f32; K]) -> [[f32; T]; K],
+    tile_of: impl Fn(&[f32], usize, &[f32], &[f32; K]) -> [[f32; T]; K],
     x: &[f32],
     y: &mut [f32],
     pitch: usize,
     p: usize,
-    tile: &mut [f32],
+    tile: Option<&mut [f32]>,
     packed: &[f32],
     bias: &[f32],
     apply_relu: bool,
 ) {
     let inputs = x.len() / pitch;
     let outputs = bias.len();
-    let tile = &mut tile[..inputs * T];
-    for (i, row) in tile.chunks_exact_mut(T).enumerate() {
-        // Element by element: a copy of T floats would be a call to memmove.
-        for (d, &v) in row.iter_mut().zip(&x[i * pitch + p..][..T]) {
-            *d = v;
+    // The inputs' runs of pixels: copied next to each other into `tile`, or read in place.
+    let (runs, stride): (&[f32], usize) = match tile {
+        Some(tile) => {
+            let tile = &mut tile[..inputs * T];
+            for (i, row) in tile.chunks_exact_mut(T).enumerate() {
+                // Element by element: a copy of T floats would be a call to memmove.
+                for (d, &v) in row.iter_mut().zip(&x[i * pitch + p..][..T]) {
+                    *d = v;
+                }
+            }
+            (tile, T)
         }
-    }
+        None => (&x[p..], pitch),
+    };
     for block in 0..outputs.div_ceil(K) {
         let first = block * K;
         let count = K.min(outputs - first);
         let weights = &packed[block * inputs * K..][..inputs * K];
         let mut b = [0f32; K];
         b[..count].copy_from_slice(&bias[first..first + count]);
-        let acc = tile_of(tile, weights, &b);
+        let acc = tile_of(runs, stride, weights, &b);
         for (k, a) in acc.iter().enumerate().take(count) {
             let out: &mut [f32; T] = (&mut y[(first + k) * pitch + p..][..T])
                 .try_into()
@@ -961,13 +988,14 @@ macro_rules! pointwise_tile {
     ($name:ident, $k:literal: $($acc:ident $i:literal),*) => {
         #[inline(always)]
         fn $name<M: MulAdd, const P: usize>(
-            tile: &[f32],
+            x: &[f32],
+            stride: usize,
             weights: &[f32],
             bias: &[f32; $k],
         ) -> [[f32; P]; $k] {
             $(let mut $acc = [bias[$i]; P];)*
-            for (xs, wk) in tile.chunks_exact(P).zip(weights.chunks_exact($k)) {
-                let xs: &[f32; P] = xs.try_into().expect("P pixels");
+            for (i, wk) in weights.chunks_exact($k).enumerate() {
+                let xs: &[f32; P] = x[i * stride..][..P].try_into().expect("P pixels");
                 $(multiply_add_run::<M, P>(&mut $acc, wk[$i], xs);)*
             }
             [$($acc),*]
