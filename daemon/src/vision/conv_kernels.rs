@@ -861,24 +861,24 @@ mod neon {
     /// then each input's product, fused).
     #[inline]
     pub fn pointwise_tile_6(
-        x: &[f32],
+        runs: &[f32],
         stride: usize,
         weights: &[f32],
         bias: &[f32; K],
     ) -> [[f32; P]; K] {
         // SAFETY: NEON is part of aarch64's baseline.
-        unsafe { tile_6(x, stride, weights, bias) }
+        unsafe { tile_6(runs, stride, weights, bias) }
     }
 
     #[inline]
     #[target_feature(enable = "neon")]
-    fn tile_6(x: &[f32], stride: usize, weights: &[f32], bias: &[f32; K]) -> [[f32; P]; K] {
+    fn tile_6(runs: &[f32], stride: usize, weights: &[f32], bias: &[f32; K]) -> [[f32; P]; K] {
         let mut acc = [[vdupq_n_f32(0.0); 4]; K];
         for (acc, &b) in acc.iter_mut().zip(bias) {
             *acc = [vdupq_n_f32(b); 4];
         }
         for (i, wk) in weights.chunks_exact(K).enumerate() {
-            let xs = &x[i * stride..][..P];
+            let xs = &runs[i * stride..][..P];
             // SAFETY: `xs` holds 16 floats and `wk` 6: each load reads within its slice.
             let (x, w0, w1) = unsafe {
                 (
