@@ -262,6 +262,56 @@ fn the_detectors_own_kernels_give_tracts_outputs() {
     }
 }
 
+/// The detector runs YuNet's backbone apart, on letterbox rows made as it reads them
+/// (`InputChain`, `Letterbox`): its heads are the same bit for bit as the whole plan's on the
+/// letterbox tensor, for a scaled and an unscaled photo with padding below, on one thread and
+/// with the backbone's rows shared (each band then makes its own rows from the middle).
+#[test]
+fn the_backbone_on_letterbox_rows_gives_the_whole_plans_heads() {
+    use deepstackd::vision::conv_chain::with_helpers;
+    use deepstackd::vision::conv_ops::InputChain;
+    use deepstackd::vision::detect::{letterbox_bgr, Letterbox};
+    use deepstackd::vision::onnx_rewrite;
+    use tract_onnx::prelude::*;
+    let bytes = ModelFiles::embedded().detector.bytes;
+    let model = onnx_rewrite::load(&bytes, onnx_rewrite::Kernels::Ours).unwrap();
+    // (photo, its size at the detector's input, the input shape)
+    for (file, (sw, sh), (pw, ph)) in [
+        ("rocket.jpg", (640, 427), (640, 480)),
+        ("group_1280x720.jpg", (640, 360), (640, 384)),
+        ("obama.jpg", (512, 640), (512, 640)),
+    ] {
+        let optimized = model
+            .clone()
+            .with_input_fact(0, f32::fact([1, 3, ph as usize, pw as usize]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap();
+        let whole = optimized.clone().into_runnable().unwrap();
+        let mut rest = optimized;
+        let backbone = InputChain::split_off(&mut rest).unwrap();
+        let rest = rest.into_runnable().unwrap();
+        let photo = decode(file);
+        let tensor = letterbox_bgr(photo.pixels(), sw, sh, pw, ph);
+        let expected = whole.run(tvec!(tensor.into())).unwrap();
+        assert_eq!(expected.len(), 12);
+        let letterbox = Letterbox::new(photo.pixels(), sw, sh, pw);
+        for helpers in [0, 1, 3] {
+            let got = with_helpers(helpers, || {
+                let rows = backbone.run(&letterbox).unwrap();
+                rest.run(tvec!(rows.into())).unwrap()
+            });
+            for (k, (a, b)) in got.iter().zip(expected.iter()).enumerate() {
+                assert_eq!(
+                    a.to_plain_array_view::<f32>().unwrap(),
+                    b.to_plain_array_view::<f32>().unwrap(),
+                    "{file}, {helpers} helpers: head {k}"
+                );
+            }
+        }
+    }
+}
+
 /// SFace's depthwise layers run by our kernel with the PReLUs around them (`conv_ops`): all
 /// 13 are taken, with 26 of the 27 PReLUs (the stem's, their own, and every pointwise
 /// layer's but the last, which runs as our own op), and on a real face the body's output

@@ -135,6 +135,34 @@ pub fn with_helpers<T>(helpers: usize, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Where a chain's input rows come from: the planes of a tensor ([`Planes`]), or rows made
+/// when the chain asks for them (the detector's letterbox, which so never exists whole).
+pub trait RowSource: Sync {
+    /// What one band keeps from row to row (each band has its own).
+    type Cache: Default;
+
+    /// Writes input row `r` of every channel into `dst`: channel `c`'s `w` pixels (the
+    /// chain's input width) at `dst[c * pitch..]`.
+    fn write_row(&self, r: usize, cache: &mut Self::Cache, dst: &mut [f32], pitch: usize);
+}
+
+/// A chain's input as `dims.c` planes of `dims.h` x `dims.w` floats.
+struct Planes<'a> {
+    data: &'a [f32],
+    dims: Dims,
+}
+
+impl RowSource for Planes<'_> {
+    type Cache = ();
+
+    fn write_row(&self, r: usize, _: &mut (), dst: &mut [f32], pitch: usize) {
+        let Dims { c, h, w } = self.dims;
+        for ch in 0..c {
+            dst[ch * pitch..][..w].copy_from_slice(&self.data[ch * h * w + r * w..][..w]);
+        }
+    }
+}
+
 /// Rows a ring keeps: a depthwise row needs three, and its producer runs one ahead.
 const RING: usize = 4;
 
@@ -278,9 +306,17 @@ impl Chain {
     /// # Panics
     /// When the stages do not fit `dims` or a buffer is not of its size.
     pub fn run(&self, input: &[f32], output: &mut [f32], dims: Dims) {
+        assert_eq!(input.len(), dims.c * dims.h * dims.w, "chain input size");
+        self.run_rows(&Planes { data: input, dims }, output, dims);
+    }
+
+    /// [`Chain::run`] on input rows of `dims` made by `source` as the chain needs them.
+    ///
+    /// # Panics
+    /// As [`Chain::run`].
+    pub fn run_rows<S: RowSource>(&self, source: &S, output: &mut [f32], dims: Dims) {
         let all = self.dims(dims).expect("the chain's channels fit its input");
         let last = *all.last().expect("the input's dims");
-        assert_eq!(input.len(), dims.c * dims.h * dims.w, "chain input size");
         assert_eq!(output.len(), last.c * last.h * last.w, "chain output size");
         if all.iter().any(|d| d.h == 0 || d.w == 0) {
             return;
@@ -320,21 +356,21 @@ impl Chain {
         let mut bands_out = bands_out.into_iter();
         let first = bands_out.next().expect("one band at least");
         if bands == 1 {
-            return self.run_band(input, &all, band_rows(0), first);
+            return self.run_band(source, &all, band_rows(0), first);
         }
         rayon::in_place_scope(|scope| {
             for (i, out) in bands_out.enumerate() {
                 let all = &all;
-                scope.spawn(move |_| self.run_band(input, all, band_rows(i + 1), out));
+                scope.spawn(move |_| self.run_band(source, all, band_rows(i + 1), out));
             }
-            self.run_band(input, &all, band_rows(0), first);
+            self.run_band(source, &all, band_rows(0), first);
         });
     }
 
     /// Output rows `rows` of the chain into `output`: per channel, its `rows.len()` rows.
-    fn run_band(
+    fn run_band<S: RowSource>(
         &self,
-        input: &[f32],
+        source: &S,
         all: &[Dims],
         rows: Range<usize>,
         mut output: Vec<&mut [f32]>,
@@ -363,8 +399,17 @@ impl Chain {
         rings[0].produced = first;
         let zeros = vec![0f32; all.iter().map(|d| d.c * d.pitch()).max().unwrap_or(0)];
         let mut scratch = Scratch::default();
+        let mut cache = S::Cache::default();
+        let mut input = (source, &mut cache);
         for (i, r) in rows.enumerate() {
-            self.produce(&mut rings, all.len() - 1, r, input, &zeros, &mut scratch);
+            self.produce(
+                &mut rings,
+                all.len() - 1,
+                r,
+                &mut input,
+                &zeros,
+                &mut scratch,
+            );
             let row = rings[all.len() - 1].row(r);
             let pitch = last.pitch();
             for (c, plane) in output.iter_mut().enumerate() {
@@ -377,25 +422,20 @@ impl Chain {
     }
 
     /// Computes the rows of activation `at` up to `row`, and what they need first.
-    fn produce(
+    fn produce<S: RowSource>(
         &self,
         rings: &mut [Ring],
         at: usize,
         row: usize,
-        input: &[f32],
+        input: &mut (&S, &mut S::Cache),
         zeros: &[f32],
         scratch: &mut Scratch,
     ) {
         while rings[at].produced <= row {
             let r = rings[at].produced;
             if at == 0 {
-                let ring = &mut rings[0];
-                let Dims { c, h, w } = ring.dims;
-                let pitch = ring.pitch;
-                let dst = ring.row_mut(r);
-                for ch in 0..c {
-                    dst[ch * pitch..][..w].copy_from_slice(&input[ch * h * w + r * w..][..w]);
-                }
+                let pitch = rings[0].pitch;
+                input.0.write_row(r, input.1, rings[0].row_mut(r), pitch);
             } else {
                 let source_h = rings[at - 1].dims.h;
                 let needed = match self.stages[at - 1] {

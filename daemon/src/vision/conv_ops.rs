@@ -36,7 +36,7 @@ use tract_onnx::pb::{
 };
 use tract_onnx::tract_hir::internal::*;
 
-use super::conv_chain::{Chain, Dims, Stage, Stem};
+use super::conv_chain::{Chain, Dims, RowSource, Stage, Stem};
 use super::conv_kernels::{prelu_planes, Depthwise3x3, DepthwisePRelu, Pointwise};
 use super::linear_head::floats;
 
@@ -907,6 +907,62 @@ impl Layer {
             }
         }
         out
+    }
+}
+
+/// A model's first layer when it is a [`Chain`], taken out of the model so that its input
+/// rows can be made as it reads them ([`Chain::run_rows`]) instead of read from a tensor.
+#[derive(Debug, Clone)]
+pub struct InputChain {
+    layer: Arc<Layer>,
+    /// The model input's `[1, c, h, w]`.
+    input: Dims,
+}
+
+impl InputChain {
+    /// Cuts `model` (typed, with a fixed input shape) after its first layer when that is our
+    /// chain and the input's only reader: the model's input becomes the chain's output.
+    pub fn split_off(model: &mut TypedModel) -> TractResult<InputChain> {
+        let [source] = model.input_outlets()? else {
+            bail!("the model has {} inputs, not one", model.inputs.len());
+        };
+        let source = *source;
+        let fact = model.outlet_fact(source)?;
+        let shape = fact
+            .shape
+            .as_concrete()
+            .context("an input of fixed shape")?;
+        let [1, c, h, w] = *shape else {
+            bail!("input of shape {shape:?}, not [1, c, h, w]");
+        };
+        let [reader] = model.outlet_successors(source) else {
+            bail!("the model's input has several readers");
+        };
+        let node = model.node(reader.node);
+        let layer = match node.op_as::<KernelOp>() {
+            Some(KernelOp(layer)) if matches!(**layer, Layer::Chain(_)) => layer.clone(),
+            _ => bail!("the model's first layer, {}, is not a chain", node.name),
+        };
+        model.set_input_outlets(&[OutletId::new(node.id, 0)])?;
+        model.compact()?;
+        Ok(InputChain {
+            layer,
+            input: Dims { c, h, w },
+        })
+    }
+
+    /// The chain on rows of its input made by `source`: its output, `[1, c, h, w]`.
+    pub fn run<S: RowSource>(&self, source: &S) -> TractResult<Tensor> {
+        let Layer::Chain(chain) = &*self.layer else {
+            unreachable!("split_off keeps only chains")
+        };
+        let Dims { c, h, w } = self.input;
+        let out_shape = self.layer.output_shape(&[1, c, h, w]);
+        // SAFETY: as in `KernelOp::eval`, the chain writes every element of its output.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        let mut view = output.try_as_plain_ram_mut()?;
+        chain.run_rows(source, view.as_slice_mut::<f32>()?, self.input);
+        Ok(output)
     }
 }
 

@@ -13,7 +13,9 @@ use image::RgbImage;
 use tract_onnx::prelude::tract_data::internal::ensure;
 use tract_onnx::prelude::*;
 
+use super::conv_chain::RowSource;
 use super::conv_kernels;
+use super::conv_ops::InputChain;
 use super::onnx_rewrite::{self, Kernels};
 
 /// The detector's speed mode: the long side of its input, DeepStack's `MODE`.
@@ -149,10 +151,12 @@ const STRIDES: [usize; 3] = [8, 16, 32];
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// One optimized plan for one fixed input shape.
+/// One fixed input shape: YuNet's backbone, which reads the letterboxed photo row by row,
+/// and an optimized plan of the rest.
 struct Shape {
     width: u32,
     height: u32,
+    backbone: InputChain,
     plan: Plan,
 }
 
@@ -197,15 +201,16 @@ impl Detector {
         let shapes = shapes_for(mode.input_size())
             .into_iter()
             .map(|(width, height)| {
-                let plan = model
+                let mut rest = model
                     .clone()
                     .with_input_fact(0, f32::fact([1, 3, height as usize, width as usize]).into())?
-                    .into_optimized()?
-                    .into_runnable()?;
+                    .into_optimized()?;
+                let backbone = InputChain::split_off(&mut rest)?;
                 Ok(Shape {
                     width,
                     height,
-                    plan,
+                    backbone,
+                    plan: rest.into_runnable()?,
                 })
             })
             .collect::<TractResult<Vec<_>>>()?;
@@ -229,8 +234,10 @@ impl Detector {
             .iter()
             .find(|s| s.width >= sw && s.height >= sh)
             .expect("the largest shape is square at the mode's size and holds any scaled photo");
-        let input = letterbox_bgr(img, sw, sh, shape.width, shape.height);
-        let outputs = conv_kernels::run_plan(&shape.plan, input)?;
+        ensure!(sh <= shape.height, "{sh} rows do not fit {}", shape.height);
+        let letterbox = Letterbox::new(img, sw, sh, shape.width);
+        let backbone = shape.backbone.run(&letterbox)?;
+        let outputs = conv_kernels::run_plan(&shape.plan, backbone)?;
         // The scaled image is sw wide for w original pixels: undo exactly that ratio.
         let (fx, fy) = (w as f32 / sw as f32, h as f32 / sh as f32);
         let mut faces = decode_heads(&outputs, shape.width, shape.height, min_score)?;
@@ -250,61 +257,100 @@ impl Detector {
 
 /// Scale `img` to `sw` x `sh` (bilinear, as OpenCV's INTER_LINEAR with half-pixel centres)
 /// into the top-left of a zeroed `pw` x `ph` BGR planar tensor with raw 0..255 values: YuNet's
-/// input.
-///
-/// Written row by row into the tensor's own (aligned) buffer: a `Vec` handed to tract is
-/// copied to align it, and per-pixel indexing into three planes made an unscaled 640x427
-/// photo take 0.7 ms (`deepstack-bench stages`).
+/// input. The detector itself does not make this tensor: its backbone takes the same rows
+/// from a [`Letterbox`] as it needs them.
 pub fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tensor {
-    let (w, h) = img.dimensions();
-    let (sw, sh, pw, ph) = (sw as usize, sh as usize, pw as usize, ph as usize);
-    assert!(
-        sw <= pw && sh <= ph,
-        "letterbox: {sw}x{sh} does not fit {pw}x{ph}"
-    );
-    let mut tensor = Tensor::zero::<f32>(&[1, 3, ph, pw]).expect("f32 tensor");
+    assert!(sh <= ph, "letterbox: {sh} rows do not fit {ph}");
+    let (pw, ph) = (pw as usize, ph as usize);
+    // SAFETY: `write_row` writes every pixel of each row, padding included.
+    let mut tensor = unsafe { Tensor::uninitialized::<f32>(&[1, 3, ph, pw]) }.expect("f32 tensor");
     let mut view = tensor
         .try_as_plain_ram_mut()
         .expect("a new tensor is plain");
     let data = view.as_slice_mut::<f32>().expect("f32 tensor");
-    let (b_plane, rest) = data.split_at_mut(pw * ph);
-    let (g_plane, r_plane) = rest.split_at_mut(pw * ph);
-    // Output row `y`'s pixels in each plane.
-    let mut out_rows = b_plane
-        .chunks_exact_mut(pw)
-        .zip(g_plane.chunks_exact_mut(pw))
-        .zip(r_plane.chunks_exact_mut(pw))
-        .map(|((b, g), r)| (&mut b[..sw], &mut g[..sw], &mut r[..sw]));
-    let raw = img.as_raw();
-    let stride = 3 * w as usize;
-    if (sw, sh) == (w as usize, h as usize) {
-        // Not scaled: every sample falls on a pixel, and the interpolation gives it back.
-        for (row, (b, g, r)) in raw.chunks_exact(stride).zip(&mut out_rows) {
-            for (px, ((b, g), r)) in row.chunks_exact(3).zip(b.iter_mut().zip(g).zip(r)) {
-                (*r, *g, *b) = (px[0] as f32, px[1] as f32, px[2] as f32);
-            }
-        }
-        return tensor;
+    let letterbox = Letterbox::new(img, sw, sh, pw as u32);
+    let mut cache = LetterboxCache::default();
+    for r in 0..ph {
+        letterbox.write_row(r, &mut cache, &mut data[r * pw..], ph * pw);
     }
-    // Separable: each source row the output needs is interpolated along x once, into RGB
-    // rows of `sw` (kept for the next output row, which often needs it again), and each
-    // output row is the interpolation of two of those along y, a vectorised loop. The same
-    // operations in the same order as interpolating each pixel from its four neighbours
-    // (`tests::bilinear_reference`), so the same values. With the tensor written in place,
-    // 910x1137 -> 512x640 went 2.9 -> 1.7 ms (BENCHMARKS.md).
-    let (rx, ry) = (w as f32 / sw as f32, h as f32 / sh as f32);
-    let xs: Vec<(usize, usize, f32)> = (0..sw as u32)
-        .map(|x| {
-            let (x0, x1, wx) = sample_axis(x, rx, w);
-            (3 * x0, 3 * x1, wx)
-        })
-        .collect();
-    let mut source = vec![0f32; stride];
-    // Two source rows interpolated along x: (row index, R G B rows of `sw`).
-    let mut along_x: [(Option<usize>, Vec<f32>); 2] =
-        [(None, vec![0f32; 3 * sw]), (None, vec![0f32; 3 * sw])];
-    for (y, (b, g, r)) in (0..sh as u32).zip(&mut out_rows) {
-        let (y0, y1, wy) = sample_axis(y, ry, h);
+    tensor
+}
+
+/// YuNet's input made row by row (see [`letterbox_bgr`]): `img` scaled to `sw` x `sh` at
+/// the top-left of rows of `pw` pixels, zeros around it, as BGR planes.
+///
+/// Made where the backbone's first layer reads it (`Chain::run_rows`), a row of every
+/// channel at a time, so that the 3.7 MB input of a 640x480 shape is never written whole and
+/// read back: it was zeroed, filled, then copied into the backbone's first ring, 0.5 ms of a
+/// 640x427 photo's detection (perf in BENCHMARKS.md).
+pub struct Letterbox<'a> {
+    img: &'a RgbImage,
+    sw: usize,
+    sh: usize,
+    pw: usize,
+    /// Vertical ratio, source rows per output row.
+    ry: f32,
+    /// Per output column: the two source samples' offsets in a row of RGB and the weight of
+    /// the second; empty when the photo is not scaled.
+    xs: Vec<(usize, usize, f32)>,
+}
+
+/// What a band of [`Letterbox`] rows keeps from row to row: a source row as floats, and two
+/// source rows interpolated along x (kept for the next output row, which often needs one
+/// again).
+#[derive(Default)]
+pub struct LetterboxCache {
+    source: Vec<f32>,
+    /// (source row, its R G B rows of `sw`).
+    along_x: [(Option<usize>, Vec<f32>); 2],
+}
+
+impl<'a> Letterbox<'a> {
+    /// `img` scaled to `sw` x `sh` in rows of `pw` pixels.
+    ///
+    /// # Panics
+    /// When `sw` is over `pw`.
+    pub fn new(img: &'a RgbImage, sw: u32, sh: u32, pw: u32) -> Letterbox<'a> {
+        assert!(sw <= pw, "letterbox: {sw} pixels do not fit rows of {pw}");
+        let (w, h) = img.dimensions();
+        let scaled = (sw, sh) != (w, h);
+        let rx = w as f32 / sw as f32;
+        let xs = if scaled {
+            (0..sw)
+                .map(|x| {
+                    let (x0, x1, wx) = sample_axis(x, rx, w);
+                    (3 * x0, 3 * x1, wx)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Letterbox {
+            img,
+            sw: sw as usize,
+            sh: sh as usize,
+            pw: pw as usize,
+            ry: h as f32 / sh as f32,
+            xs,
+        }
+    }
+
+    /// Output row `y` (below `sh`) of each channel into `out` (B, G, R), `sw` pixels each:
+    /// each source row the row needs is interpolated along x once, into the cache, and the
+    /// row is the interpolation of two of those along y, a vectorised loop. The same
+    /// operations in the same order as interpolating each pixel from its four neighbours
+    /// (`tests::bilinear_reference`), so the same values.
+    #[inline(always)]
+    fn scaled_row(&self, y: usize, cache: &mut LetterboxCache, [b, g, r]: [&mut [f32]; 3]) {
+        let (w, h) = self.img.dimensions();
+        let (sw, stride) = (self.sw, 3 * w as usize);
+        let raw = self.img.as_raw();
+        let LetterboxCache { source, along_x } = cache;
+        source.resize(stride, 0.0);
+        for slot in along_x.iter_mut() {
+            slot.1.resize(3 * sw, 0.0);
+        }
+        let (y0, y1, wy) = sample_axis(y as u32, self.ry, h);
         for (want, keep) in [(y0, y1), (y1, y0)] {
             if along_x.iter().any(|(row, _)| *row == Some(want)) {
                 continue;
@@ -317,7 +363,7 @@ pub fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tens
             let (out_r, rest) = out.split_at_mut(sw);
             let (out_g, out_b) = rest.split_at_mut(sw);
             for (&(o0, o1, wx), ((r, g), b)) in
-                xs.iter().zip(out_r.iter_mut().zip(out_g).zip(out_b))
+                self.xs.iter().zip(out_r.iter_mut().zip(out_g).zip(out_b))
             {
                 let (p0, p1) = (&source[o0..o0 + 3], &source[o1..o1 + 3]);
                 *r = p0[0] + (p1[0] - p0[0]) * wx;
@@ -342,7 +388,61 @@ pub fn letterbox_bgr(img: &RgbImage, sw: u32, sh: u32, pw: u32, ph: u32) -> Tens
             }
         }
     }
-    tensor
+}
+
+impl RowSource for Letterbox<'_> {
+    type Cache = LetterboxCache;
+
+    fn write_row(&self, y: usize, cache: &mut LetterboxCache, dst: &mut [f32], pitch: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if conv_kernels::Isa::detect() != conv_kernels::Isa::Baseline {
+            // SAFETY: both other instruction sets have AVX2.
+            return unsafe { self.write_row_avx2(y, cache, dst, pitch) };
+        }
+        self.write_row_inline(y, cache, dst, pitch)
+    }
+}
+
+impl Letterbox<'_> {
+    /// [`RowSource::write_row`] compiled for AVX2: the same operations, vectorised (the
+    /// conversion of an unscaled 640x427 photo's pixels, 0.30 -> 0.05 ms; the build's
+    /// baseline, SSE2, has no way to spread RGB triplets into three planes).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn write_row_avx2(&self, y: usize, cache: &mut LetterboxCache, dst: &mut [f32], pitch: usize) {
+        self.write_row_inline(y, cache, dst, pitch)
+    }
+
+    #[inline(always)]
+    fn write_row_inline(
+        &self,
+        y: usize,
+        cache: &mut LetterboxCache,
+        dst: &mut [f32],
+        pitch: usize,
+    ) {
+        let (sw, pw) = (self.sw, self.pw);
+        let (b, rest) = dst.split_at_mut(pitch);
+        let (g, r) = rest.split_at_mut(pitch);
+        let mut planes = [&mut b[..pw], &mut g[..pw], &mut r[..pw]];
+        if y >= self.sh {
+            planes.iter_mut().for_each(|p| p.fill(0.0));
+            return;
+        }
+        let [b, g, r] = planes.each_mut().map(|p| p.split_at_mut(sw));
+        for pad in [&mut *b.1, &mut *g.1, &mut *r.1] {
+            pad.fill(0.0);
+        }
+        let (b, g, r) = (b.0, g.0, r.0);
+        if !self.xs.is_empty() {
+            return self.scaled_row(y, cache, [b, g, r]);
+        }
+        // Not scaled: every sample falls on a pixel, and the interpolation gives it back.
+        let row = &self.img.as_raw()[y * 3 * sw..][..3 * sw];
+        for (px, ((b, g), r)) in row.chunks_exact(3).zip(b.iter_mut().zip(g).zip(r)) {
+            (*r, *g, *b) = (px[0] as f32, px[1] as f32, px[2] as f32);
+        }
+    }
 }
 
 /// Source pixels and weight for destination index `i` at ratio `r` (source/destination).
