@@ -144,6 +144,14 @@ pub trait RowSource: Sync {
     /// Writes input row `r` of every channel into `dst`: channel `c`'s `w` pixels (the
     /// chain's input width) at `dst[c * pitch..]`.
     fn write_row(&self, r: usize, cache: &mut Self::Cache, dst: &mut [f32], pitch: usize);
+
+    /// Rows that are all the same (the letterbox's zeros below the photo). Of the rows of
+    /// each activation computed only from such rows, away from the edges' zero padding, the
+    /// chain computes one and copies it for the others: the same operations on the same
+    /// values, so the same values.
+    fn uniform_rows(&self) -> Range<usize> {
+        0..0
+    }
 }
 
 /// A chain's input as `dims.c` planes of `dims.h` x `dims.w` floats.
@@ -223,6 +231,10 @@ struct Ring {
     data: Vec<f32>,
     /// Rows computed so far (row `r` is in slot `r % RING` while it is needed).
     produced: usize,
+    /// The rows computed from uniform input rows only ([`RowSource::uniform_rows`]), all
+    /// equal, and the first of them once computed (empty before).
+    uniform: Range<usize>,
+    saved: Vec<f32>,
 }
 
 impl Ring {
@@ -235,6 +247,8 @@ impl Ring {
             pitch,
             data,
             produced: 0,
+            uniform: 0..0,
+            saved: Vec::new(),
         }
     }
 
@@ -250,6 +264,23 @@ impl Ring {
     fn row_mut(&mut self, r: usize) -> &mut [f32] {
         let len = self.slot_len();
         &mut self.data[(r % RING) * len..][..len]
+    }
+
+    /// Row `r` as a copy of the uniform row when it is one and that was computed.
+    fn copy_uniform(&mut self, r: usize) -> bool {
+        if !self.uniform.contains(&r) || self.saved.is_empty() {
+            return false;
+        }
+        let len = self.slot_len();
+        self.data[(r % RING) * len..][..len].copy_from_slice(&self.saved);
+        true
+    }
+
+    /// Keeps row `r` when it is the first uniform row computed.
+    fn keep_uniform(&mut self, r: usize) {
+        if self.uniform.contains(&r) && self.saved.is_empty() {
+            self.saved = self.row(r).to_vec();
+        }
     }
 }
 
@@ -397,6 +428,19 @@ impl Chain {
             };
         }
         rings[0].produced = first;
+        // The uniform rows of each activation: those whose inputs all are, none past an edge.
+        let mut uniform = source.uniform_rows();
+        rings[0].uniform = uniform.start..uniform.end.min(all[0].h);
+        for (at, stage) in self.stages.iter().enumerate() {
+            let Range { start: p, end: q } = rings[at].uniform.clone();
+            uniform = match stage {
+                Stage::Pointwise(_) => p..q,
+                Stage::Depthwise(_) => p + 1..q.saturating_sub(1),
+                Stage::MaxPool => p.div_ceil(2)..q / 2,
+                Stage::Stem(_) => (p + 1).div_ceil(2)..q / 2,
+            };
+            rings[at + 1].uniform = uniform.start..uniform.end.min(all[at + 1].h);
+        }
         let zeros = vec![0f32; all.iter().map(|d| d.c * d.pitch()).max().unwrap_or(0)];
         let mut scratch = Scratch::default();
         let mut cache = S::Cache::default();
@@ -433,7 +477,9 @@ impl Chain {
     ) {
         while rings[at].produced <= row {
             let r = rings[at].produced;
-            if at == 0 {
+            if rings[at].copy_uniform(r) {
+                // Its inputs were not computed: the rows after catch up with copies.
+            } else if at == 0 {
                 let pitch = rings[0].pitch;
                 input.0.write_row(r, input.1, rings[0].row_mut(r), pitch);
             } else {
@@ -484,6 +530,7 @@ impl Chain {
                     ),
                 }
             }
+            rings[at].keep_uniform(r);
             rings[at].produced += 1;
         }
     }
@@ -642,6 +689,95 @@ mod tests {
             assert_eq!(shared, alone, "{helpers} helpers");
         }
         assert_eq!(HELPERS.get(), 0, "with_helpers restores the count");
+    }
+
+    /// Planes whose rows from `uniform.start` on are copies of that row, said to be uniform,
+    /// counting the rows the chain asks for.
+    struct Repeated<'a> {
+        planes: Planes<'a>,
+        uniform: Range<usize>,
+        written: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RowSource for Repeated<'_> {
+        type Cache = ();
+
+        fn write_row(&self, r: usize, _: &mut (), dst: &mut [f32], pitch: usize) {
+            self.written
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.planes.write_row(r, &mut (), dst, pitch)
+        }
+
+        fn uniform_rows(&self) -> Range<usize> {
+            self.uniform.clone()
+        }
+    }
+
+    #[test]
+    fn uniform_rows_are_copied_with_the_values_they_would_have() {
+        let small = vec![
+            Stage::Stem(Stem::new(&values(8 * 3 * 9, 1), values(8, 2), 3, true)),
+            Stage::Pointwise(pointwise(8, 8, false, 1)),
+            Stage::Depthwise(depthwise(8, true, 20)),
+            Stage::MaxPool,
+            Stage::Pointwise(pointwise(8, 13, true, 40)),
+            Stage::Depthwise(depthwise(13, false, 60)),
+            Stage::Depthwise(depthwise(13, true, 80)),
+            Stage::MaxPool,
+        ];
+        // About 117 M multiply-adds at 601x500: enough for bands on helper threads.
+        let large = vec![
+            Stage::Stem(Stem::new(&values(16 * 3 * 9, 1), values(16, 2), 3, true)),
+            Stage::Pointwise(pointwise(16, 32, false, 3)),
+            Stage::Depthwise(depthwise(32, true, 4)),
+            Stage::MaxPool,
+            Stage::Pointwise(pointwise(32, 32, false, 5)),
+            Stage::Depthwise(depthwise(32, true, 6)),
+        ];
+        for (stages, (h, w), from) in [
+            (&small, (47, 37), vec![0, 1, 20, 30, 40, 46, 47]),
+            (&small, (64, 40), vec![13, 50, 64]),
+            (&large, (601, 500), vec![427, 555]),
+        ] {
+            let chain = Chain::new(stages.clone());
+            let dims = Dims { c: 3, h, w };
+            let last = *chain.dims(dims).unwrap().last().unwrap();
+            for start in from {
+                // Every row from `first` on is a copy of that row.
+                let first = start.min(h - 1);
+                let mut input = values(3 * h * w, (h + w + start) as u32);
+                for plane in input.chunks_exact_mut(h * w) {
+                    for r in first + 1..h {
+                        plane.copy_within(first * w..(first + 1) * w, r * w);
+                    }
+                }
+                let mut expected = vec![f32::NAN; last.c * last.h * last.w];
+                chain.run(&input, &mut expected, dims);
+                for helpers in [0, 1, 2] {
+                    let run = |uniform: Range<usize>| {
+                        let source = Repeated {
+                            planes: Planes { data: &input, dims },
+                            uniform,
+                            written: Default::default(),
+                        };
+                        let mut got = vec![f32::NAN; expected.len()];
+                        with_helpers(helpers, || chain.run_rows(&source, &mut got, dims));
+                        (got, source.written.into_inner())
+                    };
+                    let (got, written) = run(first..usize::MAX);
+                    let (_, all_written) = run(0..0);
+                    let case = format!("{h}x{w} uniform from {first}, {helpers} helpers");
+                    assert_eq!(got, expected, "{case}");
+                    // The rows after the first uniform one are copies, not asked of the source
+                    // (bands ask for the rows around their edges too).
+                    if helpers == 0 {
+                        assert_eq!(written, first + 1, "{case}");
+                    } else if first + 2 < h {
+                        assert!(written < all_written, "{case}: {written} of {all_written}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

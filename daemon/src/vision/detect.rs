@@ -7,6 +7,7 @@
 //! rest with tract's. Decoding and NMS follow OpenCV's `FaceDetectorYN` (see
 //! shared/models.md).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use image::RgbImage;
@@ -400,6 +401,11 @@ impl RowSource for Letterbox<'_> {
             return unsafe { self.write_row_avx2(y, cache, dst, pitch) };
         }
         self.write_row_inline(y, cache, dst, pitch)
+    }
+
+    /// The zeros below the photo.
+    fn uniform_rows(&self) -> Range<usize> {
+        self.sh..usize::MAX
     }
 }
 
