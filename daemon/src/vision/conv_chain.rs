@@ -585,19 +585,24 @@ mod tests {
         x
     }
 
-    #[test]
-    fn a_chain_equals_its_layers_run_one_by_one() {
-        // YuNet's shape of chain (pointwise, depthwise with ReLU, pools) on odd sizes, rows
-        // shorter and longer than a tile, and a pool of an odd height.
-        let stages = vec![
-            Stage::Pointwise(pointwise(3, 8, false, 1)),
+    /// `first` (8 channels out), then YuNet's shape of chain: depthwise with ReLU, pools,
+    /// pointwise to 13 channels.
+    fn pooled_stages(mut first: Vec<Stage>) -> Vec<Stage> {
+        first.extend([
             Stage::Depthwise(depthwise(8, true, 20)),
             Stage::MaxPool,
             Stage::Pointwise(pointwise(8, 13, true, 40)),
             Stage::Depthwise(depthwise(13, false, 60)),
             Stage::Depthwise(depthwise(13, true, 80)),
             Stage::MaxPool,
-        ];
+        ]);
+        first
+    }
+
+    #[test]
+    fn a_chain_equals_its_layers_run_one_by_one() {
+        // On odd sizes, rows shorter and longer than a tile, and a pool of an odd height.
+        let stages = pooled_stages(vec![Stage::Pointwise(pointwise(3, 8, false, 1))]);
         let chain = Chain::new(stages.clone());
         for (h, w) in [(23, 37), (8, 64), (4, 4), (7, 2), (2, 19)] {
             let dims = Dims { c: 3, h, w };
@@ -662,18 +667,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bands_on_helper_threads_give_the_same_output() {
-        // About 117 M multiply-adds: enough for three bands.
-        let stages = vec![
+    /// A chain of about 117 M multiply-adds on 3 x 601x500: enough for three bands.
+    fn banded_stages() -> Vec<Stage> {
+        vec![
             Stage::Stem(Stem::new(&values(16 * 3 * 9, 1), values(16, 2), 3, true)),
             Stage::Pointwise(pointwise(16, 32, false, 3)),
             Stage::Depthwise(depthwise(32, true, 4)),
             Stage::MaxPool,
             Stage::Pointwise(pointwise(32, 32, false, 5)),
             Stage::Depthwise(depthwise(32, true, 6)),
-        ];
-        let chain = Chain::new(stages);
+        ]
+    }
+
+    #[test]
+    fn bands_on_helper_threads_give_the_same_output() {
+        let chain = Chain::new(banded_stages());
         let dims = Dims {
             c: 3,
             h: 601,
@@ -715,25 +723,11 @@ mod tests {
 
     #[test]
     fn uniform_rows_are_copied_with_the_values_they_would_have() {
-        let small = vec![
+        let small = pooled_stages(vec![
             Stage::Stem(Stem::new(&values(8 * 3 * 9, 1), values(8, 2), 3, true)),
             Stage::Pointwise(pointwise(8, 8, false, 1)),
-            Stage::Depthwise(depthwise(8, true, 20)),
-            Stage::MaxPool,
-            Stage::Pointwise(pointwise(8, 13, true, 40)),
-            Stage::Depthwise(depthwise(13, false, 60)),
-            Stage::Depthwise(depthwise(13, true, 80)),
-            Stage::MaxPool,
-        ];
-        // About 117 M multiply-adds at 601x500: enough for bands on helper threads.
-        let large = vec![
-            Stage::Stem(Stem::new(&values(16 * 3 * 9, 1), values(16, 2), 3, true)),
-            Stage::Pointwise(pointwise(16, 32, false, 3)),
-            Stage::Depthwise(depthwise(32, true, 4)),
-            Stage::MaxPool,
-            Stage::Pointwise(pointwise(32, 32, false, 5)),
-            Stage::Depthwise(depthwise(32, true, 6)),
-        ];
+        ]);
+        let large = banded_stages();
         for (stages, (h, w), from) in [
             (&small, (47, 37), vec![0, 1, 20, 30, 40, 46, 47]),
             (&small, (64, 40), vec![13, 50, 64]),
