@@ -9,7 +9,8 @@
 //! computed when the next layer asks for it, from the rows of the layer before (the same
 //! row for a pointwise convolution, the row above and below too for a depthwise one, two
 //! rows for a max pool). What one output row needs stays in the L1 and L2 caches, and only
-//! the chain's input and output are whole tensors.
+//! the chain's input and output are whole tensors; the input need not be either, when a
+//! [`RowSource`] makes its rows as the first layer asks for them (YuNet's letterbox).
 //!
 //! The rows in the rings are padded to a multiple of the pointwise kernel's tile of pixels,
 //! so that it runs on whole tiles; the padding is computed like pixels and never read as

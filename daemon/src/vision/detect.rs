@@ -2,9 +2,10 @@
 //!
 //! The photo is scaled (never up) so that its long side fits the speed mode's size, placed at
 //! the top-left of the smallest of a few fixed input shapes that holds it (padding right and
-//! bottom), and run through a tract plan built for that shape at start-up. The plan runs
-//! YuNet's depthwise, pointwise and max pool layers with our own kernels (`conv_ops`), the
-//! rest with tract's. Decoding and NMS follow OpenCV's `FaceDetectorYN` (see
+//! bottom), and run through YuNet built for that shape at start-up: its backbone, our chain
+//! of kernels, reads those rows as they are made ([`Letterbox`]); a tract plan runs the rest,
+//! YuNet's depthwise, pointwise and max pool layers again with our own kernels (`conv_ops`),
+//! the others with tract's. Decoding and NMS follow OpenCV's `FaceDetectorYN` (see
 //! shared/models.md).
 
 use std::ops::Range;
