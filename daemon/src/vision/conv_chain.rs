@@ -136,7 +136,7 @@ pub fn with_helpers<T>(helpers: usize, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Where a chain's input rows come from: the planes of a tensor ([`Planes`]), or rows made
+/// Where a chain's input rows come from: the planes of a tensor (`Planes`), or rows made
 /// when the chain asks for them (the detector's letterbox, which so never exists whole).
 pub trait RowSource: Sync {
     /// What one band keeps from row to row (each band has its own).
