@@ -430,11 +430,11 @@ impl Chain {
         }
         rings[0].produced = first;
         // The uniform rows of each activation: those whose inputs all are, none past an edge.
-        let mut uniform = source.uniform_rows();
+        let uniform = source.uniform_rows();
         rings[0].uniform = uniform.start..uniform.end.min(all[0].h);
         for (at, stage) in self.stages.iter().enumerate() {
             let Range { start: p, end: q } = rings[at].uniform.clone();
-            uniform = match stage {
+            let uniform = match stage {
                 Stage::Pointwise(_) => p..q,
                 Stage::Depthwise(_) => p + 1..q.saturating_sub(1),
                 Stage::MaxPool => p.div_ceil(2)..q / 2,

@@ -236,7 +236,6 @@ impl Detector {
             .iter()
             .find(|s| s.width >= sw && s.height >= sh)
             .expect("the largest shape is square at the mode's size and holds any scaled photo");
-        ensure!(sh <= shape.height, "{sh} rows do not fit {}", shape.height);
         let letterbox = Letterbox::new(img, sw, sh, shape.width);
         let backbone = shape.backbone.run(&letterbox)?;
         let outputs = conv_kernels::run_plan(&shape.plan, backbone)?;
