@@ -197,6 +197,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         bin.display(),
         opts.repeat
     );
+    println!("idle cores: {}", idle_state());
     let mut rows = Vec::new();
 
     // The references first, with no daemon running.
@@ -273,20 +274,20 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let register_empty = register_ms(&daemon, &one, opts.repeat)?;
     println!("register over HTTP, empty gallery: {register_empty:.1} ms (median)");
     register_people(&daemon, &pipeline, &group)?;
-    let shipped: Vec<f64> = set
+    let shipped: Vec<Spread> = set
         .iter()
         .map(|p| recognize_ms(&daemon, &p.bytes, opts.repeat, p.faces))
         .collect::<Result<_, _>>()?;
-    let r720 = shipped[group_in_set];
+    let r720 = shipped[group_in_set].median;
     let r12 = recognize_ms(&daemon, &big, opts.repeat, 1)?;
     println!(
         "recognize over HTTP, 1 client, THREADCOUNT={threads} (median of {}):",
         opts.repeat
     );
-    for (p, ms) in set.iter().zip(&shipped) {
-        println!("  {}: {ms:.1} ms", p.label);
+    for (p, spread) in set.iter().zip(&shipped) {
+        println!("  {}: {spread}", p.label);
     }
-    println!("  {BIG_PHOTO} (12 MP): {r12:.1} ms");
+    println!("  {BIG_PHOTO} (12 MP): {r12}");
     if let Some(dlib_ms) = dlib_ms {
         rows.push(Row::new(
             "recognize 720p vs dlib (<= 0.1x)",
@@ -297,7 +298,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }
     rows.push(Row::new(
         "recognize 12 MP vs 720p (<= 2x)",
-        r12,
+        r12.median,
         2.0 * r720,
         "ms",
     ));
@@ -328,7 +329,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         1,
         &work.join("small-1-thread.log"),
     )?;
-    let per_core: Vec<f64> = set
+    let per_core: Vec<Spread> = set
         .iter()
         .map(|p| recognize_ms(&daemon, &p.bytes, opts.repeat, p.faces))
         .collect::<Result<_, _>>()?;
@@ -339,8 +340,8 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         "recognize over HTTP, 1 client, THREADCOUNT=1 (median of {}):",
         opts.repeat
     );
-    for (p, ms) in set.iter().zip(&per_core) {
-        println!("  {}: {ms:.1} ms", p.label);
+    for (p, spread) in set.iter().zip(&per_core) {
+        println!("  {}: {spread}", p.label);
     }
     println!(
         "throughput 720p: THREADCOUNT=1, 1 client {one_core:.2} req/s; THREADCOUNT={threads}, 1 client {one_client:.2} req/s, 2 clients {two_clients:.2} req/s"
@@ -364,7 +365,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                 references: reference_ms[i].clone(),
                 ..Row::new(
                     format!("recognize {}, {how} vs onnxruntime (<= {ratio}x)", p.label),
-                    measured[i],
+                    measured[i].median,
                     ratio * reference_ms[i][0],
                     "ms",
                 )
@@ -504,6 +505,27 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// How an idle core waits here: the cpuidle driver and, under a hypervisor's `haltpoll`, how
+/// long a guest polls before it halts its virtual CPU and hands it back to the host. At 0 a
+/// core left idle a few milliseconds may take milliseconds to run again (BENCHMARKS.md, What
+/// limits), which a lone request that shares its work with another core then waits for.
+fn idle_state() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_owned())
+    };
+    let driver = read("/sys/devices/system/cpu/cpuidle/current_driver");
+    let poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns");
+    match (driver, poll) {
+        (Some(d), Some(ns)) if d == "haltpoll" => {
+            format!("cpuidle haltpoll, guest_halt_poll_ns {ns}")
+        }
+        (Some(d), _) => format!("cpuidle {d}"),
+        (None, _) => "cpuidle not reported".into(),
+    }
+}
+
 /// CPU model and logical cores, from /proc/cpuinfo.
 fn machine() -> (String, usize) {
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -516,9 +538,41 @@ fn machine() -> (String, usize) {
     (model, cores)
 }
 
-/// Median ms of recognize over HTTP, sequential, one client, after one warm-up; checks that
-/// `faces` faces come back.
-fn recognize_ms(d: &Daemon, photo: &[u8], repeat: usize, faces: usize) -> Result<f64, Error> {
+/// Milliseconds of one request repeated: the median, which the targets use, and the tenth
+/// fastest and slowest, printed so that a run shows when its times split in two (a lone
+/// request's second core slow to wake, BENCHMARKS.md "What limits").
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    p10: f64,
+    p90: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        let at = |q: usize| v[(v.len() * q / 10).min(v.len() - 1)];
+        Spread {
+            median: v[v.len() / 2],
+            p10: at(1),
+            p90: at(9),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} ms (p10 {:.1}, p90 {:.1})",
+            self.median, self.p10, self.p90
+        )
+    }
+}
+
+/// Recognize over HTTP, sequential, one client, after one warm-up; checks that `faces` faces
+/// come back.
+fn recognize_ms(d: &Daemon, photo: &[u8], repeat: usize, faces: usize) -> Result<Spread, Error> {
     let request = http::request(d.port, RECOGNIZE, &[], Some(photo));
     let answer = http::send(d.port, &request)?;
     let found = answer["predictions"].as_array().map_or(0, Vec::len);
@@ -531,7 +585,7 @@ fn recognize_ms(d: &Daemon, photo: &[u8], repeat: usize, faces: usize) -> Result
         http::send(d.port, &request)?;
         v.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(median(v))
+    Ok(Spread::of(v))
 }
 
 /// Median recognize ms of the 4-face photo from a daemon that keeps recent faces (the
