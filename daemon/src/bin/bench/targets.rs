@@ -507,8 +507,8 @@ fn load_average() -> String {
 
 /// How an idle core waits here: the cpuidle driver and, under a hypervisor's `haltpoll`, how
 /// long a guest polls before it halts its virtual CPU and hands it back to the host. At 0 a
-/// core left idle a few milliseconds may take milliseconds to run again (BENCHMARKS.md, What
-/// limits), which a lone request that shares its work with another core then waits for.
+/// core left idle may take milliseconds to run again, and a lone request that shares its
+/// work with it waits (BENCHMARKS.md, Last results, 2026-12-05 night).
 fn idle_state() -> String {
     let read = |path: &str| {
         std::fs::read_to_string(path)
@@ -540,7 +540,7 @@ fn machine() -> (String, usize) {
 
 /// Milliseconds of one request repeated: the median, which the targets use, and the tenth
 /// fastest and slowest, printed so that a run shows when its times split in two (a lone
-/// request's second core slow to wake, BENCHMARKS.md "What limits").
+/// request's second core slow to wake: BENCHMARKS.md, Last results, 2026-12-05 night).
 #[derive(Debug, Clone, Copy)]
 struct Spread {
     median: f64,
@@ -553,7 +553,7 @@ impl Spread {
         v.sort_by(f64::total_cmp);
         let at = |q: usize| v[(v.len() * q / 10).min(v.len() - 1)];
         Spread {
-            median: v[v.len() / 2],
+            median: at(5),
             p10: at(1),
             p90: at(9),
         }
