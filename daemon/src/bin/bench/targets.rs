@@ -281,7 +281,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let r720 = shipped[group_in_set].median;
     let r12 = recognize_ms(&daemon, &big, opts.repeat, 1)?;
     println!(
-        "recognize over HTTP, 1 client, THREADCOUNT={threads} (median of {}):",
+        "recognize over HTTP, 1 client, THREADCOUNT={threads} (median, p10, p90 of {}):",
         opts.repeat
     );
     for (p, spread) in set.iter().zip(&shipped) {
@@ -337,7 +337,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     let one_core = throughput(daemon.port, &[request], 1, opts.duration)?;
     drop(daemon);
     println!(
-        "recognize over HTTP, 1 client, THREADCOUNT=1 (median of {}):",
+        "recognize over HTTP, 1 client, THREADCOUNT=1 (median, p10, p90 of {}):",
         opts.repeat
     );
     for (p, spread) in set.iter().zip(&per_core) {
