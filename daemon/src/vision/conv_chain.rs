@@ -10,7 +10,9 @@
 //! row for a pointwise convolution, the row above and below too for a depthwise one, two
 //! rows for a max pool). What one output row needs stays in the L1 and L2 caches, and only
 //! the chain's input and output are whole tensors; the input need not be either, when a
-//! [`RowSource`] makes its rows as the first layer asks for them (YuNet's letterbox).
+//! [`RowSource`] makes its rows as the first layer asks for them (YuNet's letterbox). A
+//! first 1x1 layer or max pool reads the input planes in place, and a last depthwise layer
+//! writes the output planes, rather than through copies in a ring.
 //!
 //! The rows in the rings are padded to a multiple of the pointwise kernel's tile of pixels,
 //! so that it runs on whole tiles; the padding is computed like pixels and never read as
@@ -22,7 +24,9 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
-use super::conv_kernels::{max_pool_2x2_row, Depthwise3x3, Pointwise, POINTWISE_PIXELS};
+use super::conv_kernels::{
+    max_pool_2x2_row, ChannelRows, Depthwise3x3, Pointwise, POINTWISE_PIXELS,
+};
 
 /// One layer of a [`Chain`].
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +157,12 @@ pub trait RowSource: Sync {
     fn uniform_rows(&self) -> Range<usize> {
         0..0
     }
+
+    /// The whole input as `c` planes of `h` x `w`, when it exists as such: a first 1x1
+    /// layer or max pool then reads its rows in place instead of from copies.
+    fn planes(&self) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// A chain's input as `dims.c` planes of `dims.h` x `dims.w` floats.
@@ -169,6 +179,32 @@ impl RowSource for Planes<'_> {
         for ch in 0..c {
             dst[ch * pitch..][..w].copy_from_slice(&self.data[ch * h * w + r * w..][..w]);
         }
+    }
+
+    fn planes(&self) -> Option<&[f32]> {
+        Some(self.data)
+    }
+}
+
+/// What a band reads its input from.
+struct Input<'a, S: RowSource> {
+    source: &'a S,
+    cache: S::Cache,
+    /// The source's planes, when the first layer reads them in place ([`RowSource::planes`]):
+    /// the first activation's ring is then not used.
+    planes: Option<&'a [f32]>,
+}
+
+/// A band's output row `at / w` of every plane (`Chain::run_band`).
+struct BandRow<'a, 'b> {
+    planes: &'a mut [&'b mut [f32]],
+    at: usize,
+    w: usize,
+}
+
+impl ChannelRows for BandRow<'_, '_> {
+    fn row(&mut self, c: usize) -> &mut [f32] {
+        &mut self.planes[c][self.at..][..self.w]
     }
 }
 
@@ -444,21 +480,38 @@ impl Chain {
         }
         let zeros = vec![0f32; all.iter().map(|d| d.c * d.pitch()).max().unwrap_or(0)];
         let mut scratch = Scratch::default();
-        let mut cache = S::Cache::default();
-        let mut input = (source, &mut cache);
+        let first_in_place = match &self.stages[0] {
+            Stage::MaxPool => true,
+            // Its runs of pixels are whole tiles of its rows: in a plane, up to the row's end.
+            Stage::Pointwise(_) => all[0].pitch() == all[0].w,
+            Stage::Depthwise(_) | Stage::Stem(_) => false,
+        };
+        let mut input = Input {
+            source,
+            cache: S::Cache::default(),
+            planes: source.planes().filter(|_| first_in_place),
+        };
+        // A last depthwise layer writes only the pixels of its rows: straight into the
+        // output planes, but for the uniform rows, which are copied from the first.
+        let last_in_place = matches!(self.stages.last(), Some(Stage::Depthwise(_)));
+        let at = all.len() - 1;
         for (i, r) in rows.enumerate() {
-            self.produce(
-                &mut rings,
-                all.len() - 1,
-                r,
-                &mut input,
-                &zeros,
-                &mut scratch,
-            );
-            let row = rings[all.len() - 1].row(r);
+            let mut into = BandRow {
+                planes: &mut output,
+                at: i * last.w,
+                w: last.w,
+            };
+            if last_in_place && !rings[at].uniform.contains(&r) {
+                let rows = Some(&mut into as &mut dyn ChannelRows);
+                self.compute(&mut rings, at, r, &mut input, &zeros, &mut scratch, rows);
+                rings[at].produced += 1;
+                continue;
+            }
+            self.produce(&mut rings, at, r, &mut input, &zeros, &mut scratch);
+            let row = rings[at].row(r);
             let pitch = last.pitch();
-            for (c, plane) in output.iter_mut().enumerate() {
-                plane[i * last.w..][..last.w].copy_from_slice(&row[c * pitch..][..last.w]);
+            for c in 0..last.c {
+                into.row(c).copy_from_slice(&row[c * pitch..][..last.w]);
             }
         }
         // Back in the reverse order, so that the next run gives each ring the same buffer.
@@ -472,7 +525,7 @@ impl Chain {
         rings: &mut [Ring],
         at: usize,
         row: usize,
-        input: &mut (&S, &mut S::Cache),
+        input: &mut Input<S>,
         zeros: &[f32],
         scratch: &mut Scratch,
     ) {
@@ -482,57 +535,92 @@ impl Chain {
                 // Its inputs were not computed: the rows after catch up with copies.
             } else if at == 0 {
                 let pitch = rings[0].pitch;
-                input.0.write_row(r, input.1, rings[0].row_mut(r), pitch);
+                let dst = rings[0].row_mut(r);
+                input.source.write_row(r, &mut input.cache, dst, pitch);
             } else {
-                let source_h = rings[at - 1].dims.h;
-                let needed = match self.stages[at - 1] {
-                    Stage::Pointwise(_) => r,
-                    Stage::Depthwise(_) => (r + 1).min(source_h - 1),
-                    Stage::MaxPool => 2 * r + 1,
-                    Stage::Stem(_) => (2 * r + 1).min(source_h - 1),
-                };
-                self.produce(rings, at - 1, needed, input, zeros, scratch);
-                let (before, after) = rings.split_at_mut(at);
-                let (src, dst) = (&before[at - 1], &mut after[0]);
-                let (pitch, out_pitch, w) = (src.pitch, dst.pitch, dst.dims.w);
-                let len = src.slot_len();
-                // Row `i` of the source, zeros outside it.
-                let source = |i: Option<usize>| match i.filter(|&i| i < source_h) {
-                    Some(i) => src.row(i),
-                    None => &zeros[..len],
-                };
-                let out = dst.row_mut(r);
-                match &self.stages[at - 1] {
-                    Stage::Pointwise(p) => p.run_row(src.row(r), out, pitch, &mut scratch.tile),
-                    Stage::Depthwise(k) => k.run_row(
-                        [source(r.checked_sub(1)), src.row(r), source(Some(r + 1))],
-                        out,
-                        pitch,
-                        w,
-                    ),
-                    Stage::Stem(k) => k.run_row(
-                        [
-                            source((2 * r).checked_sub(1)),
-                            src.row(2 * r),
-                            source(Some(2 * r + 1)),
-                        ],
-                        (pitch, src.dims.w),
-                        out,
-                        (out_pitch, w),
-                        scratch,
-                    ),
-                    Stage::MaxPool => max_pool_2x2_row(
-                        src.row(2 * r),
-                        src.row(2 * r + 1),
-                        out,
-                        pitch,
-                        out_pitch,
-                        w,
-                    ),
-                }
+                self.compute(rings, at, r, input, zeros, scratch, None);
             }
             rings[at].keep_uniform(r);
             rings[at].produced += 1;
+        }
+    }
+
+    /// Computes row `r` of activation `at` (not the input) from the rows it needs, which
+    /// are computed first: into its ring, or into `rows` (a band's output planes) when the
+    /// stage is a depthwise one.
+    #[allow(clippy::too_many_arguments)]
+    fn compute<S: RowSource>(
+        &self,
+        rings: &mut [Ring],
+        at: usize,
+        r: usize,
+        input: &mut Input<S>,
+        zeros: &[f32],
+        scratch: &mut Scratch,
+        rows: Option<&mut dyn ChannelRows>,
+    ) {
+        let source_h = rings[at - 1].dims.h;
+        let (stage, planes) = (&self.stages[at - 1], input.planes.filter(|_| at == 1));
+        if let Some(planes) = planes {
+            // The input read in place (`Input::planes`): a 1x1 layer or a max pool.
+            let Dims { h, w, .. } = rings[0].dims;
+            let dst = &mut rings[1];
+            let (pitch, ow) = (dst.pitch, dst.dims.w);
+            let out = dst.row_mut(r);
+            match stage {
+                Stage::Pointwise(p) => {
+                    p.run_row_from(&planes[r * w..], h * w, out, pitch, &mut scratch.tile)
+                }
+                Stage::MaxPool => {
+                    let (top, bottom) = (&planes[2 * r * w..], &planes[(2 * r + 1) * w..]);
+                    max_pool_2x2_row(top, bottom, out, h * w, pitch, ow)
+                }
+                Stage::Depthwise(_) | Stage::Stem(_) => unreachable!("read from a ring"),
+            }
+            return;
+        }
+        let needed = match stage {
+            Stage::Pointwise(_) => r,
+            Stage::Depthwise(_) => (r + 1).min(source_h - 1),
+            Stage::MaxPool => 2 * r + 1,
+            Stage::Stem(_) => (2 * r + 1).min(source_h - 1),
+        };
+        self.produce(rings, at - 1, needed, input, zeros, scratch);
+        let (before, after) = rings.split_at_mut(at);
+        let (src, dst) = (&before[at - 1], &mut after[0]);
+        let (pitch, out_pitch, w) = (src.pitch, dst.pitch, dst.dims.w);
+        let len = src.slot_len();
+        // Row `i` of the source, zeros outside it.
+        let source = |i: Option<usize>| match i.filter(|&i| i < source_h) {
+            Some(i) => src.row(i),
+            None => &zeros[..len],
+        };
+        if let Stage::Depthwise(k) = stage {
+            let three = [source(r.checked_sub(1)), src.row(r), source(Some(r + 1))];
+            return match rows {
+                Some(rows) => k.run_row_into(three, pitch, w, rows),
+                None => k.run_row(three, dst.row_mut(r), pitch, w),
+            };
+        }
+        assert!(rows.is_none(), "only a depthwise layer writes elsewhere");
+        let out = dst.row_mut(r);
+        match stage {
+            Stage::Pointwise(p) => p.run_row(src.row(r), out, pitch, &mut scratch.tile),
+            Stage::Depthwise(_) => unreachable!("computed above"),
+            Stage::Stem(k) => k.run_row(
+                [
+                    source((2 * r).checked_sub(1)),
+                    src.row(2 * r),
+                    source(Some(2 * r + 1)),
+                ],
+                (pitch, src.dims.w),
+                out,
+                (out_pitch, w),
+                scratch,
+            ),
+            Stage::MaxPool => {
+                max_pool_2x2_row(src.row(2 * r), src.row(2 * r + 1), out, pitch, out_pitch, w)
+            }
         }
     }
 }
@@ -602,22 +690,33 @@ mod tests {
 
     #[test]
     fn a_chain_equals_its_layers_run_one_by_one() {
-        // On odd sizes, rows shorter and longer than a tile, and a pool of an odd height.
-        let stages = pooled_stages(vec![Stage::Pointwise(pointwise(3, 8, false, 1))]);
-        let chain = Chain::new(stages.clone());
-        for (h, w) in [(23, 37), (8, 64), (4, 4), (7, 2), (2, 19)] {
-            let dims = Dims { c: 3, h, w };
-            let input = values(3 * h * w, h as u32 * 100 + w as u32);
-            let last = *chain.dims(dims).unwrap().last().unwrap();
-            let mut out = vec![f32::NAN; last.c * last.h * last.w];
-            chain.run(&input, &mut out, dims);
-            let expected = layer_by_layer(&stages, &input, dims);
-            assert_eq!(out.len(), expected.len());
-            for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                    "{h}x{w} at {i}: {a} vs {b}"
-                );
+        // A first 1x1 layer or max pool reads the input planes in place (a 1x1 layer only
+        // where the rows are whole tiles, 64 and 32 pixels here); a last depthwise layer
+        // writes the output planes in place, the others through their ring.
+        let first_pointwise = || Stage::Pointwise(pointwise(3, 8, false, 1));
+        let last_depthwise = || Stage::Depthwise(depthwise(8, true, 2));
+        for stages in [
+            pooled_stages(vec![first_pointwise()]),
+            vec![first_pointwise(), last_depthwise()],
+            vec![Stage::MaxPool, first_pointwise(), last_depthwise()],
+        ] {
+            let chain = Chain::new(stages.clone());
+            // On odd sizes, rows shorter and longer than a tile, and a pool of an odd height.
+            for (h, w) in [(23, 37), (8, 64), (4, 4), (7, 2), (2, 19), (5, 32)] {
+                let dims = Dims { c: 3, h, w };
+                let input = values(3 * h * w, h as u32 * 100 + w as u32);
+                let last = *chain.dims(dims).unwrap().last().unwrap();
+                let mut out = vec![f32::NAN; last.c * last.h * last.w];
+                chain.run(&input, &mut out, dims);
+                let expected = layer_by_layer(&stages, &input, dims);
+                assert_eq!(out.len(), expected.len());
+                for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{} stages, {h}x{w} at {i}: {a} vs {b}",
+                        stages.len()
+                    );
+                }
             }
         }
     }
@@ -682,20 +781,28 @@ mod tests {
 
     #[test]
     fn bands_on_helper_threads_give_the_same_output() {
-        let chain = Chain::new(banded_stages());
-        let dims = Dims {
-            c: 3,
-            h: 601,
-            w: 500,
-        };
-        let input = values(3 * dims.h * dims.w, 7);
-        let last = *chain.dims(dims).unwrap().last().unwrap();
-        let mut alone = vec![f32::NAN; last.c * last.h * last.w];
-        chain.run(&input, &mut alone, dims);
-        for helpers in [1, 2] {
-            let mut shared = vec![f32::NAN; alone.len()];
-            with_helpers(helpers, || chain.run(&input, &mut shared, dims));
-            assert_eq!(shared, alone, "{helpers} helpers");
+        // Also with the input planes read in place by a first 1x1 layer or max pool (each
+        // about 160 M multiply-adds on 3 x 600x512).
+        let mut in_place = banded_stages();
+        in_place[0] = Stage::Pointwise(pointwise(3, 16, true, 1));
+        let mut pooled = in_place.clone();
+        pooled.insert(0, Stage::MaxPool);
+        for (stages, (h, w)) in [
+            (banded_stages(), (601, 500)),
+            (in_place, (600, 512)),
+            (pooled, (600, 1024)),
+        ] {
+            let chain = Chain::new(stages);
+            let dims = Dims { c: 3, h, w };
+            let input = values(3 * dims.h * dims.w, 7);
+            let last = *chain.dims(dims).unwrap().last().unwrap();
+            let mut alone = vec![f32::NAN; last.c * last.h * last.w];
+            chain.run(&input, &mut alone, dims);
+            for helpers in [1, 2] {
+                let mut shared = vec![f32::NAN; alone.len()];
+                with_helpers(helpers, || chain.run(&input, &mut shared, dims));
+                assert_eq!(shared, alone, "{h}x{w}, {helpers} helpers");
+            }
         }
         assert_eq!(HELPERS.get(), 0, "with_helpers restores the count");
     }

@@ -200,23 +200,60 @@ impl Depthwise3x3 {
     /// One output row of every channel, from the three input rows around it (`above` and
     /// `below` are zeros at the image's edge). Each argument holds `channels` rows of
     /// `pitch` floats, of which the first `w` are pixels; only those are written.
-    pub fn run_row(
+    pub fn run_row(&self, rows: [&[f32]; 3], output: &mut [f32], pitch: usize, w: usize) {
+        assert_eq!(
+            output.len(),
+            self.channels() * pitch,
+            "depthwise row output size"
+        );
+        let mut output = PitchedRows {
+            data: output,
+            pitch,
+            w,
+        };
+        self.run_row_into(rows, pitch, w, &mut output);
+    }
+
+    /// [`Depthwise3x3::run_row`] into rows that need not be one after the other (a chain's
+    /// last layer writes its output planes in place).
+    pub fn run_row_into(
         &self,
         [above, mid, below]: [&[f32]; 3],
-        output: &mut [f32],
         pitch: usize,
         w: usize,
+        output: &mut dyn ChannelRows,
     ) {
         let len = self.channels() * pitch;
         assert!(w <= pitch, "depthwise row: {w} pixels in rows of {pitch}");
         for row in [above, mid, below] {
             assert_eq!(row.len(), len, "depthwise row input size");
         }
-        assert_eq!(output.len(), len, "depthwise row output size");
         if w == 0 {
             return;
         }
         depthwise_row([above, mid, below], output, pitch, w, self);
+    }
+}
+
+/// Where a kernel writes one row of every channel.
+pub trait ChannelRows {
+    /// Channel `c`'s row: as many floats as the row has pixels.
+    fn row(&mut self, c: usize) -> &mut [f32];
+}
+
+/// Rows of `pitch` floats one after the other, of which the first `w` are pixels.
+pub struct PitchedRows<'a> {
+    /// The rows.
+    pub data: &'a mut [f32],
+    /// Floats from one channel's row to the next.
+    pub pitch: usize,
+    /// Pixels a row.
+    pub w: usize,
+}
+
+impl ChannelRows for PitchedRows<'_> {
+    fn row(&mut self, c: usize) -> &mut [f32] {
+        &mut self.data[c * self.pitch..][..self.w]
     }
 }
 
@@ -239,7 +276,7 @@ impl Depthwise3x3 {
 #[target_feature(enable = "avx512f")]
 unsafe fn depthwise_row_avx512(
     rows: [&[f32]; 3],
-    y: &mut [f32],
+    y: &mut dyn ChannelRows,
     pitch: usize,
     w: usize,
     layer: &Depthwise3x3,
@@ -254,7 +291,8 @@ unsafe fn depthwise_row_avx512(
             &rows[1][c * pitch..][..w],
             &rows[2][c * pitch..][..w],
         ];
-        let out = &mut y[c * pitch..][..w];
+        let out = y.row(c);
+        assert_eq!(out.len(), w, "depthwise output row");
         let mut taps = [zero; 9];
         for (t, &v) in taps.iter_mut().zip(k) {
             *t = _mm512_set1_ps(v);
@@ -416,7 +454,7 @@ fn depthwise_edge<M: MulAdd>(
 const ROW_BLOCK: usize = 16;
 
 dispatch! {
-    fn depthwise_row(rows: [&[f32]; 3], y: &mut [f32], pitch: usize, w: usize, layer: &Depthwise3x3) => depthwise_row_body
+    fn depthwise_row(rows: [&[f32]; 3], y: &mut dyn ChannelRows, pitch: usize, w: usize, layer: &Depthwise3x3) => depthwise_row_body
 }
 
 /// [`Depthwise3x3::run_row`]: per channel, the pixels off the left and right edges in one
@@ -424,7 +462,7 @@ dispatch! {
 #[inline(always)]
 fn depthwise_row_body<M: MulAdd>(
     [above, mid, below]: [&[f32]; 3],
-    y: &mut [f32],
+    y: &mut dyn ChannelRows,
     pitch: usize,
     w: usize,
     layer: &Depthwise3x3,
@@ -441,7 +479,8 @@ fn depthwise_row_body<M: MulAdd>(
             &mid[c * pitch..][..w],
             &below[c * pitch..][..w],
         ];
-        let out = &mut y[c * pitch..][..w];
+        let out = y.row(c);
+        assert_eq!(out.len(), w, "depthwise output row");
         if w >= 3 {
             let n = w - 2;
             let [a0, a1, a2] = [&rows[0][..n], &rows[0][1..n + 1], &rows[0][2..n + 2]];
@@ -769,8 +808,27 @@ impl Pointwise {
     /// 45 -> 52 G multiply-adds a second on 16 channels of 320 pixels, 55 -> 56.5 on 64 of
     /// 160).
     pub fn run_row(&self, input: &[f32], output: &mut [f32], pitch: usize, tile: &mut Vec<f32>) {
-        assert_eq!(pitch % POINTWISE_PIXELS, 0, "pointwise row pitch {pitch}");
         assert_eq!(input.len(), self.inputs * pitch, "pointwise row input size");
+        self.run_row_from(input, pitch, output, pitch, tile);
+    }
+
+    /// [`Pointwise::run_row`] on input rows `stride` floats apart instead of `pitch`, each
+    /// of `pitch` floats (a chain reads its input planes in place: the rows of a plane of
+    /// `h` x `pitch` are `h * pitch` apart).
+    pub fn run_row_from(
+        &self,
+        input: &[f32],
+        stride: usize,
+        output: &mut [f32],
+        pitch: usize,
+        tile: &mut Vec<f32>,
+    ) {
+        assert_eq!(pitch % POINTWISE_PIXELS, 0, "pointwise row pitch {pitch}");
+        assert!(stride >= pitch, "pointwise rows {stride} apart, of {pitch}");
+        assert!(
+            self.inputs == 0 || input.len() >= (self.inputs - 1) * stride + pitch,
+            "pointwise row input size"
+        );
         assert_eq!(
             output.len(),
             self.outputs * pitch,
@@ -783,17 +841,18 @@ impl Pointwise {
         if tile.len() < len {
             tile.resize(len, 0.0);
         }
-        pointwise_row(input, output, pitch, self, &mut tile[..len]);
+        pointwise_row(input, stride, output, pitch, self, &mut tile[..len]);
     }
 }
 
 dispatch! {
-    fn pointwise_row(x: &[f32], y: &mut [f32], pitch: usize, layer: &Pointwise, tile: &mut [f32]) => pointwise_row_body
+    fn pointwise_row(x: &[f32], stride: usize, y: &mut [f32], pitch: usize, layer: &Pointwise, tile: &mut [f32]) => pointwise_row_body
 }
 
 #[inline(always)]
 fn pointwise_row_body<M: MulAdd>(
     x: &[f32],
+    stride: usize,
     y: &mut [f32],
     pitch: usize,
     layer: &Pointwise,
@@ -801,6 +860,11 @@ fn pointwise_row_body<M: MulAdd>(
 ) {
     const P: usize = POINTWISE_PIXELS;
     let (packed, bias, apply_relu) = (&layer.packed[..], &layer.bias[..], layer.relu);
+    let x = Runs {
+        data: x,
+        stride,
+        inputs: layer.inputs,
+    };
     let mut p = 0;
     // With AVX-512's 32 registers, two tiles of eight outputs at once: 16 accumulators, and
     // each weight broadcast serves twice the pixels.
@@ -809,12 +873,12 @@ fn pointwise_row_body<M: MulAdd>(
         assert_eq!(layer.block, K, "pointwise weights packed for AVX-512");
         while p + 2 * P <= pitch {
             let tile_of = pointwise_tile_8::<M, { 2 * P }>;
-            pointwise_row_tile(tile_of, x, y, pitch, p, None, packed, bias, apply_relu);
+            pointwise_row_tile(tile_of, &x, y, pitch, p, None, packed, bias, apply_relu);
             p += 2 * P;
         }
         while p < pitch {
             let tile_of = pointwise_tile_8::<M, P>;
-            pointwise_row_tile(tile_of, x, y, pitch, p, None, packed, bias, apply_relu);
+            pointwise_row_tile(tile_of, &x, y, pitch, p, None, packed, bias, apply_relu);
             p += P;
         }
     } else {
@@ -829,7 +893,7 @@ fn pointwise_row_body<M: MulAdd>(
         while p < pitch {
             pointwise_row_tile(
                 tile_of,
-                x,
+                &x,
                 y,
                 pitch,
                 p,
@@ -912,13 +976,20 @@ mod neon {
     }
 }
 
+/// A pointwise layer's input row: `inputs` runs of pixels, `stride` floats apart.
+struct Runs<'a> {
+    data: &'a [f32],
+    stride: usize,
+    inputs: usize,
+}
+
 /// Pixels `p..p + T` of a [`Pointwise::run_row`], every output, `K` at a time by `tile_of`
 /// (a `pointwise_tile_*`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn pointwise_row_tile<const T: usize, const K: usize>(
     tile_of: impl Fn(&[f32], usize, &[f32], &[f32; K]) -> [[f32; T]; K],
-    x: &[f32],
+    x: &Runs,
     y: &mut [f32],
     pitch: usize,
     p: usize,
@@ -927,7 +998,7 @@ fn pointwise_row_tile<const T: usize, const K: usize>(
     bias: &[f32],
     apply_relu: bool,
 ) {
-    let inputs = x.len() / pitch;
+    let inputs = x.inputs;
     let outputs = bias.len();
     // The inputs' runs of pixels: copied next to each other into `tile`, or read in place.
     let (runs, stride): (&[f32], usize) = match tile {
@@ -935,13 +1006,13 @@ fn pointwise_row_tile<const T: usize, const K: usize>(
             let tile = &mut tile[..inputs * T];
             for (i, row) in tile.chunks_exact_mut(T).enumerate() {
                 // Element by element: a copy of T floats would be a call to memmove.
-                for (d, &v) in row.iter_mut().zip(&x[i * pitch + p..][..T]) {
+                for (d, &v) in row.iter_mut().zip(&x.data[i * x.stride + p..][..T]) {
                     *d = v;
                 }
             }
             (tile, T)
         }
-        None => (&x[p..], pitch),
+        None => (&x.data[p..], x.stride),
     };
     for block in 0..outputs.div_ceil(K) {
         let first = block * K;
@@ -1007,9 +1078,10 @@ macro_rules! pointwise_tile {
 pointwise_tile!(pointwise_tile_6, 6: a0 0, a1 1, a2 2, a3 3, a4 4, a5 5);
 pointwise_tile!(pointwise_tile_8, 8: a0 0, a1 1, a2 2, a3 3, a4 4, a5 5, a6 6, a7 7);
 
-/// One output row of a 2x2 max pool (stride 2) of every channel: `top` and `bottom` hold
-/// `channels` input rows of `pitch` floats, `output` as many output rows of `out_pitch`, of
-/// which the first `ow` are written.
+/// One output row of a 2x2 max pool (stride 2) of every channel: `output` holds
+/// `channels` output rows of `out_pitch` floats, of which the first `ow` are written; `top`
+/// and `bottom` as many input rows, `pitch` floats apart (the rows of a ring, or of planes
+/// read in place), of which the first `2 * ow` are read.
 pub fn max_pool_2x2_row(
     top: &[f32],
     bottom: &[f32],
@@ -1019,13 +1091,14 @@ pub fn max_pool_2x2_row(
     ow: usize,
 ) {
     assert!(2 * ow <= pitch && ow <= out_pitch, "max pool row sizes");
-    assert_eq!(top.len(), bottom.len(), "max pool rows");
-    let channels = top.len() / pitch.max(1);
+    let channels = output.len() / out_pitch.max(1);
     assert_eq!(
         output.len(),
         channels * out_pitch,
         "max pool row output size"
     );
+    let need = channels.saturating_sub(1) * pitch + 2 * ow;
+    assert!(top.len() >= need && bottom.len() >= need, "max pool rows");
     for c in 0..channels {
         let (t, b) = (&top[c * pitch..][..2 * ow], &bottom[c * pitch..][..2 * ow]);
         let out = &mut output[c * out_pitch..][..ow];
@@ -1180,7 +1253,12 @@ pub(crate) mod tests {
                 // The portable kernel too, where run_row takes the AVX-512 one.
                 let mut portable = vec![f32::NAN; c * pitch];
                 let input = [above.as_slice(), &rows[r], below];
-                depthwise_row_body::<Separate>(input, &mut portable, pitch, w, &op);
+                let mut into = PitchedRows {
+                    data: &mut portable,
+                    pitch,
+                    w,
+                };
+                depthwise_row_body::<Separate>(input, &mut into, pitch, w, &op);
                 for ch in 0..c {
                     let expected = &expected[ch * h * w + r * w..][..w];
                     close(&out[ch * pitch..][..w], expected);
