@@ -1099,6 +1099,23 @@ pub fn max_pool_2x2_row(
     );
     let need = channels.saturating_sub(1) * pitch + 2 * ow;
     assert!(top.len() >= need && bottom.len() >= need, "max pool rows");
+    max_pool_row(top, bottom, output, (pitch, out_pitch, ow, channels));
+}
+
+dispatch! {
+    fn max_pool_row(top: &[f32], bottom: &[f32], output: &mut [f32], sizes: (usize, usize, usize, usize)) => max_pool_row_body
+}
+
+/// [`max_pool_2x2_row`], compiled for the CPU's widest vectors: for the baseline's SSE, 4
+/// floats a step, it took 3.6% of a detection at 640x480 (`profile --only ours` under
+/// perf).
+#[inline(always)]
+fn max_pool_row_body<M: MulAdd>(
+    top: &[f32],
+    bottom: &[f32],
+    output: &mut [f32],
+    (pitch, out_pitch, ow, channels): (usize, usize, usize, usize),
+) {
     for c in 0..channels {
         let (t, b) = (&top[c * pitch..][..2 * ow], &bottom[c * pitch..][..2 * ow]);
         let out = &mut output[c * out_pitch..][..ow];
