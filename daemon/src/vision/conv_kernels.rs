@@ -755,16 +755,18 @@ pub struct Pointwise {
     /// The weights in blocks of `block` outputs, each block input-major
     /// (`[input][output in block]`), the last block zero-filled.
     packed: Vec<f32>,
+    /// Per output, then zeros up to a whole block: a block's biases are read in place.
     bias: Vec<f32>,
     relu: bool,
 }
 
 impl Pointwise {
     /// `weights` row-major `[outputs][inputs]`.
-    pub fn new(weights: &[f32], bias: Vec<f32>, inputs: usize, relu: bool) -> Pointwise {
+    pub fn new(weights: &[f32], mut bias: Vec<f32>, inputs: usize, relu: bool) -> Pointwise {
         let outputs = bias.len();
         assert_eq!(weights.len(), outputs * inputs, "pointwise weights size");
         let block = Isa::detect().pointwise_block();
+        bias.resize(outputs.div_ceil(block) * block, 0.0);
         let mut packed = vec![0f32; outputs.div_ceil(block) * inputs * block];
         for o in 0..outputs {
             for i in 0..inputs {
@@ -859,12 +861,7 @@ fn pointwise_row_body<M: MulAdd>(
     tile: &mut [f32],
 ) {
     const P: usize = POINTWISE_PIXELS;
-    let (packed, bias, apply_relu) = (&layer.packed[..], &layer.bias[..], layer.relu);
-    let x = Runs {
-        data: x,
-        stride,
-        inputs: layer.inputs,
-    };
+    let x = Runs { data: x, stride };
     let mut p = 0;
     // With AVX-512's 32 registers, two tiles of eight outputs at once: 16 accumulators, and
     // each weight broadcast serves twice the pixels.
@@ -873,12 +870,12 @@ fn pointwise_row_body<M: MulAdd>(
         assert_eq!(layer.block, K, "pointwise weights packed for AVX-512");
         while p + 2 * P <= pitch {
             let tile_of = pointwise_tile_8::<M, { 2 * P }>;
-            pointwise_row_tile(tile_of, &x, y, pitch, p, None, packed, bias, apply_relu);
+            pointwise_row_tile(tile_of, &x, y, pitch, p, None, layer);
             p += 2 * P;
         }
         while p < pitch {
             let tile_of = pointwise_tile_8::<M, P>;
-            pointwise_row_tile(tile_of, &x, y, pitch, p, None, packed, bias, apply_relu);
+            pointwise_row_tile(tile_of, &x, y, pitch, p, None, layer);
             p += P;
         }
     } else {
@@ -891,17 +888,7 @@ fn pointwise_row_body<M: MulAdd>(
         #[cfg(not(target_arch = "aarch64"))]
         let tile_of = pointwise_tile_6::<M, P>;
         while p < pitch {
-            pointwise_row_tile(
-                tile_of,
-                &x,
-                y,
-                pitch,
-                p,
-                Some(tile),
-                packed,
-                bias,
-                apply_relu,
-            );
+            pointwise_row_tile(tile_of, &x, y, pitch, p, Some(tile), layer);
             p += P;
         }
     }
@@ -976,17 +963,15 @@ mod neon {
     }
 }
 
-/// A pointwise layer's input row: `inputs` runs of pixels, `stride` floats apart.
+/// A pointwise layer's input row: a run of pixels of each input, `stride` floats apart.
 struct Runs<'a> {
     data: &'a [f32],
     stride: usize,
-    inputs: usize,
 }
 
 /// Pixels `p..p + T` of a [`Pointwise::run_row`], every output, `K` at a time by `tile_of`
 /// (a `pointwise_tile_*`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn pointwise_row_tile<const T: usize, const K: usize>(
     tile_of: impl Fn(&[f32], usize, &[f32], &[f32; K]) -> [[f32; T]; K],
     x: &Runs,
@@ -994,12 +979,9 @@ fn pointwise_row_tile<const T: usize, const K: usize>(
     pitch: usize,
     p: usize,
     tile: Option<&mut [f32]>,
-    packed: &[f32],
-    bias: &[f32],
-    apply_relu: bool,
+    layer: &Pointwise,
 ) {
-    let inputs = x.inputs;
-    let outputs = bias.len();
+    let (inputs, outputs) = (layer.inputs, layer.outputs);
     // The inputs' runs of pixels: copied next to each other into `tile`, or read in place.
     let (runs, stride): (&[f32], usize) = match tile {
         Some(tile) => {
@@ -1017,15 +999,14 @@ fn pointwise_row_tile<const T: usize, const K: usize>(
     for block in 0..outputs.div_ceil(K) {
         let first = block * K;
         let count = K.min(outputs - first);
-        let weights = &packed[block * inputs * K..][..inputs * K];
-        let mut b = [0f32; K];
-        b[..count].copy_from_slice(&bias[first..first + count]);
-        let acc = tile_of(runs, stride, weights, &b);
+        let weights = &layer.packed[block * inputs * K..][..inputs * K];
+        let bias = layer.bias[first..first + K].try_into().expect("K biases");
+        let acc = tile_of(runs, stride, weights, bias);
         for (k, a) in acc.iter().enumerate().take(count) {
             let out: &mut [f32; T] = (&mut y[(first + k) * pitch + p..][..T])
                 .try_into()
                 .expect("T");
-            store_activated(out, a, apply_relu);
+            store_activated(out, a, layer.relu);
         }
     }
 }
