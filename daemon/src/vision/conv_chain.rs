@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
 use super::conv_kernels::{
-    max_pool_2x2_row, ChannelRows, Depthwise3x3, Pointwise, POINTWISE_PIXELS,
+    add_upsampled_row, max_pool_2x2_row, ChannelRows, Depthwise3x3, Pointwise, POINTWISE_PIXELS,
 };
 
 /// One layer of a [`Chain`].
@@ -183,6 +183,35 @@ impl RowSource for Planes<'_> {
 
     fn planes(&self) -> Option<&[f32]> {
         Some(self.data)
+    }
+}
+
+/// A chain's input as the sum of `dims.c` planes of `dims.h` x `dims.w` and as many planes
+/// of half the height and width upsampled 2x by nearest neighbour (YuNet's neck: an
+/// activation plus the coarser one after it), summed row by row as the chain reads them,
+/// instead of by an upsampled tensor and a sum of two.
+pub struct UpsampledSum<'a> {
+    /// `dims.c` planes of `dims.h` x `dims.w`.
+    pub fine: &'a [f32],
+    /// `dims.c` planes of `dims.h / 2` x `dims.w / 2`.
+    pub coarse: &'a [f32],
+    /// The fine planes'.
+    pub dims: Dims,
+}
+
+impl RowSource for UpsampledSum<'_> {
+    type Cache = ();
+
+    fn write_row(&self, r: usize, _: &mut (), dst: &mut [f32], pitch: usize) {
+        let Dims { c, h, w } = self.dims;
+        let (ch, cw) = (h / 2, w / 2);
+        for k in 0..c {
+            add_upsampled_row(
+                &self.fine[k * h * w + r * w..][..w],
+                &self.coarse[k * ch * cw + (r / 2) * cw..][..cw],
+                &mut dst[k * pitch..][..w],
+            );
+        }
     }
 }
 
@@ -879,6 +908,36 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn an_upsampled_sum_as_input_equals_the_sum_made_first() {
+        let stages = vec![
+            Stage::Pointwise(pointwise(3, 8, false, 1)),
+            Stage::Depthwise(depthwise(8, true, 2)),
+        ];
+        let chain = Chain::new(stages);
+        for (h, w) in [(8, 64), (30, 40), (2, 2)] {
+            let dims = Dims { c: 3, h, w };
+            let fine = values(3 * h * w, 3);
+            let coarse = values(3 * (h / 2) * (w / 2), 4);
+            let mut summed = fine.clone();
+            for (i, v) in summed.iter_mut().enumerate() {
+                let (k, y, x) = (i / (h * w), i / w % h, i % w);
+                *v += coarse[(k * (h / 2) + y / 2) * (w / 2) + x / 2];
+            }
+            let last = *chain.dims(dims).unwrap().last().unwrap();
+            let mut expected = vec![f32::NAN; last.c * last.h * last.w];
+            chain.run(&summed, &mut expected, dims);
+            let mut got = vec![f32::NAN; expected.len()];
+            let source = UpsampledSum {
+                fine: &fine,
+                coarse: &coarse,
+                dims,
+            };
+            chain.run_rows(&source, &mut got, dims);
+            assert_eq!(got, expected, "{h}x{w}");
         }
     }
 

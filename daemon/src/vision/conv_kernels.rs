@@ -1116,6 +1116,37 @@ fn max_pool_row_body<M: MulAdd>(
     }
 }
 
+/// `out[x] = fine[x] + coarse[x / 2]`: a row of a sum of an activation and a coarser one
+/// upsampled 2x by nearest neighbour (YuNet's neck), for `out.len()` pixels.
+pub fn add_upsampled_row(fine: &[f32], coarse: &[f32], out: &mut [f32]) {
+    let w = out.len();
+    assert!(
+        fine.len() >= w && 2 * coarse.len() >= w,
+        "upsampled sum row sizes"
+    );
+    add_upsampled(&fine[..w], &coarse[..w.div_ceil(2)], out);
+}
+
+dispatch! {
+    fn add_upsampled(fine: &[f32], coarse: &[f32], out: &mut [f32]) => add_upsampled_body
+}
+
+#[inline(always)]
+fn add_upsampled_body<M: MulAdd>(fine: &[f32], coarse: &[f32], out: &mut [f32]) {
+    let pairs = out.len() / 2;
+    for ((o, f), &c) in out
+        .chunks_exact_mut(2)
+        .zip(fine.chunks_exact(2))
+        .zip(&coarse[..pairs])
+    {
+        o[0] = f[0] + c;
+        o[1] = f[1] + c;
+    }
+    if out.len() % 2 == 1 {
+        out[2 * pairs] = fine[2 * pairs] + coarse[pairs];
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1394,6 +1425,17 @@ pub(crate) mod tests {
                 assert_eq!(y[row.clone()], got[row], "depthwise, head at {first}");
             }
             first += n;
+        }
+    }
+
+    #[test]
+    fn an_upsampled_sum_adds_each_coarse_pixel_to_two_fine_ones() {
+        for w in [1, 2, 7, 16, 33, 80] {
+            let (fine, coarse) = (values(w, 1), values(w.div_ceil(2), 2));
+            let mut out = vec![f32::NAN; w];
+            add_upsampled_row(&fine, &coarse, &mut out);
+            let expected: Vec<f32> = (0..w).map(|x| fine[x] + coarse[x / 2]).collect();
+            assert_eq!(out, expected, "{w} pixels");
         }
     }
 

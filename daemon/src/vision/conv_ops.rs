@@ -20,10 +20,15 @@
 //!     them row by row (`conv_chain`), its inputs the run's input and every layer's weights
 //!     in order. A node left out of every run goes back to what it was, for tract: on a
 //!     whole plane tract's matrix products beat our pointwise kernel (2.4x on SFace's
-//!     layers of 64 to 1024 channels).
+//!     layers of 64 to 1024 channels);
+//!   - a chain whose input is an `Add` of an activation and a coarser one upsampled 2x by
+//!     nearest neighbour (`Resize`), each its only reader -> the chain with the attribute
+//!     `upsampled_sum=1` and the coarse activation as its last input: it sums the rows as
+//!     it reads them ([`UpsampledSum`]; see [`fuse_upsampled_sums`]).
 //!
 //! [`register`] teaches tract's ONNX parser the names of the ops that remain; at typing,
-//! each becomes one [`KernelOp`] holding its weights, with the activation as its only input.
+//! each becomes one [`KernelOp`] holding its weights, with the activation as its only input
+//! (an upsampled-sum chain: the two activations).
 //! Any other node (SFace's stem and pointwise layers, for instance) is left to tract.
 
 use std::collections::{HashMap, HashSet};
@@ -36,7 +41,7 @@ use tract_onnx::pb::{
 };
 use tract_onnx::tract_hir::internal::*;
 
-use super::conv_chain::{Chain, Dims, RowSource, Stage, Stem};
+use super::conv_chain::{Chain, Dims, RowSource, Stage, Stem, UpsampledSum};
 use super::conv_kernels::{prelu_planes, Depthwise3x3, DepthwisePRelu, Pointwise};
 use super::linear_head::floats;
 
@@ -70,6 +75,7 @@ pub fn register(ops: &mut OnnxOpRegister) {
         let relus: Vec<i64> = node.get_attr_vec("relus")?;
         let arity: Vec<i64> = node.get_attr_vec("arity")?;
         let channels: i64 = node.get_attr("channels")?;
+        let upsampled_sum = node.get_attr_opt::<i64>("upsampled_sum")?.unwrap_or(0) != 0;
         ensure!(
             kinds.len() == relus.len() && kinds.len() == arity.len() && channels > 0,
             "{CHAIN}: malformed attributes"
@@ -93,6 +99,7 @@ pub fn register(ops: &mut OnnxOpRegister) {
         let chain = KernelNode::Chain {
             stages,
             channels: channels as usize,
+            upsampled_sum,
         };
         Ok((expand(chain), vec![]))
     });
@@ -160,7 +167,104 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
             _ => graph.node.push(n),
         }
     }
+    fuse_upsampled_sums(graph);
     fused + renamed
+}
+
+/// YuNet's neck: `Add(x, Resize(y))`, the `Resize` a nearest-neighbour upsampling by 2 of
+/// the height and width (`asymmetric`, `floor`: output pixel (r, c) is input pixel (r / 2,
+/// c / 2)), read only by a chain. The chain then reads `x` and `y` themselves and sums
+/// them row by row (its attribute `upsampled_sum`, `y` its last input): the upsampled
+/// tensor and the sum (1.2 MB each at 640x480) are never made. Same additions, so the same
+/// values.
+fn fuse_upsampled_sums(graph: &mut GraphProto) {
+    let readers = readers(graph);
+    let producer = |name: &str| {
+        graph
+            .node
+            .iter()
+            .position(|n| n.output.first().map(String::as_str) == Some(name))
+    };
+    let only_read_once = |name: &str| readers.get(name) == Some(&1);
+    let mut fused = Vec::new();
+    for (at, chain) in graph.node.iter().enumerate() {
+        if chain.op_type != CHAIN || !only_read_once(&chain.input[0]) {
+            continue;
+        }
+        let Some(add) = producer(&chain.input[0]) else {
+            continue;
+        };
+        let add_node = &graph.node[add];
+        if add_node.op_type != "Add" || add_node.input.len() != 2 || !add_node.attribute.is_empty()
+        {
+            continue;
+        }
+        let upsampled = (0..2).find_map(|side| {
+            let resize = producer(&add_node.input[side])?;
+            (is_nearest_2x(&graph.node[resize], graph) && only_read_once(&add_node.input[side]))
+                .then_some((side, resize))
+        });
+        let Some((side, resize)) = upsampled else {
+            continue;
+        };
+        fused.push((at, add, resize, add_node.input[1 - side].clone()));
+    }
+    let mut drop = HashSet::new();
+    for (at, add, resize, fine) in fused {
+        let coarse = graph.node[resize].input[0].clone();
+        let chain = &mut graph.node[at];
+        chain.input[0] = fine;
+        chain.input.push(coarse);
+        chain.attribute.push(int_attribute("upsampled_sum", 1));
+        drop.extend([add, resize]);
+    }
+    let mut i = 0;
+    graph.node.retain(|_| {
+        i += 1;
+        !drop.contains(&(i - 1))
+    });
+}
+
+/// A `Resize` by exactly 2 in height and width, nearest neighbour, where output pixel
+/// (r, c) is input pixel (r / 2, c / 2).
+fn is_nearest_2x(n: &NodeProto, graph: &GraphProto) -> bool {
+    let string = |name: &str| {
+        n.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.s.as_slice())
+    };
+    let scales = n.input.get(2).and_then(|name| {
+        graph
+            .initializer
+            .iter()
+            .find(|t| &t.name == name)
+            .and_then(floats)
+    });
+    let roi_empty = n.input.get(1).is_none_or(|name| {
+        name.is_empty()
+            || graph
+                .initializer
+                .iter()
+                .any(|t| &t.name == name && floats(t).is_some_and(|v| v.is_empty()))
+    });
+    n.op_type == "Resize"
+        && n.output.len() == 1
+        && (n.input.len() == 3 || (n.input.len() == 4 && n.input[3].is_empty()))
+        && roi_empty
+        && scales.as_deref() == Some(&[1.0, 1.0, 2.0, 2.0][..])
+        && only_attributes(
+            n,
+            &[
+                "mode",
+                "coordinate_transformation_mode",
+                "nearest_mode",
+                "cubic_coeff_a",
+            ],
+        )
+        && string("mode") == Some(b"nearest")
+        && string("coordinate_transformation_mode") == Some(b"asymmetric")
+        && string("nearest_mode") == Some(b"floor")
 }
 
 /// YuNet's heads: at each of its three scales, four 1x1 convolutions read one activation,
@@ -637,10 +741,12 @@ enum KernelNode {
         output_prelu: bool,
     },
     /// Layers of those kinds in a row, each with its ReLU and its number of weight inputs;
-    /// `channels` out.
+    /// `channels` out. With `upsampled_sum`, the chain's input is its first input plus its
+    /// last upsampled 2x ([`fuse_upsampled_sums`]).
     Chain {
         stages: Vec<(StageKind, bool, usize)>,
         channels: usize,
+        upsampled_sum: bool,
     },
 }
 
@@ -678,8 +784,12 @@ impl Expansion for KernelNode {
                 let n = 3 + *input_prelu as usize + *output_prelu as usize;
                 n..=n
             }
-            KernelNode::Chain { stages, .. } => {
-                let n = 1 + stages.iter().map(|s| s.2).sum::<usize>();
+            KernelNode::Chain {
+                stages,
+                upsampled_sum,
+                ..
+            } => {
+                let n = 1 + stages.iter().map(|s| s.2).sum::<usize>() + *upsampled_sum as usize;
                 n..=n
             }
         };
@@ -705,7 +815,17 @@ impl Expansion for KernelNode {
                     s.equals(&outputs[0].shape, ShapeFactoid::from(out))
                 })
             }
-            KernelNode::Chain { stages, channels } => {
+            KernelNode::Chain {
+                stages,
+                channels,
+                upsampled_sum,
+            } => {
+                if *upsampled_sum {
+                    let coarse = &inputs[inputs.len() - 1];
+                    s.equals(&coarse.datum_type, f32::datum_type())?;
+                    s.equals(&coarse.rank, 4)?;
+                    s.equals(&coarse.shape[1], &inputs[0].shape[1])?;
+                }
                 let halvings = halvings(stages.iter().map(|s| s.0));
                 let channels = *channels;
                 s.given(&inputs[0].shape, move |s, shape| {
@@ -815,7 +935,9 @@ impl Expansion for KernelNode {
                     output_slopes,
                 })
             }
-            KernelNode::Chain { stages, channels } => {
+            KernelNode::Chain {
+                stages, channels, ..
+            } => {
                 let (mut at, mut c) = (1, channels_in);
                 let mut built = Vec::with_capacity(stages.len());
                 for &(kind, relu, arity) in stages {
@@ -847,10 +969,20 @@ impl Expansion for KernelNode {
                     c == *channels,
                     "{prefix}: the layers give {c} channels, the node says {channels}"
                 );
-                Layer::Chain(Chain::new(built))
+                match self {
+                    KernelNode::Chain {
+                        upsampled_sum: true,
+                        ..
+                    } => Layer::SumChain(Chain::new(built)),
+                    _ => Layer::Chain(Chain::new(built)),
+                }
             }
         };
-        model.wire_node(prefix, KernelOp(Arc::new(layer)), &inputs[..1])
+        let data = match layer {
+            Layer::SumChain(_) => vec![inputs[0], inputs[inputs.len() - 1]],
+            _ => vec![inputs[0]],
+        };
+        model.wire_node(prefix, KernelOp(Arc::new(layer)), &data)
     }
 }
 
@@ -861,6 +993,8 @@ enum Layer {
     PRelu(Vec<f32>),
     DepthwisePRelu(DepthwisePRelu),
     Chain(Chain),
+    /// A chain on its first input plus its second upsampled 2x ([`UpsampledSum`]).
+    SumChain(Chain),
 }
 
 /// Each time a chain's layers halve the height and width: rounding down (max pool, false)
@@ -886,7 +1020,7 @@ impl Layer {
                     out[side] = (shape[side].clone() + D::from(d.stride - 1)) / d.stride;
                 }
             }
-            Layer::Chain(chain) => {
+            Layer::Chain(chain) | Layer::SumChain(chain) => {
                 // As `Chain::dims`, for symbolic sizes too.
                 let halve = |out: &mut TVec<D>, round_up: usize| {
                     for side in [2, 3] {
@@ -984,7 +1118,7 @@ impl Op for KernelOp {
         match &*self.0 {
             Layer::PRelu(_) => PRELU.into(),
             Layer::DepthwisePRelu(_) => DEPTHWISE_PRELU.into(),
-            Layer::Chain(_) => CHAIN.into(),
+            Layer::Chain(_) | Layer::SumChain(_) => CHAIN.into(),
         }
     }
 
@@ -995,7 +1129,13 @@ impl EvalOp for KernelOp {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
+        let (input, coarse) = match &*self.0 {
+            Layer::SumChain(_) => {
+                let (fine, coarse) = args_2!(inputs);
+                (fine, Some(coarse))
+            }
+            _ => (args_1!(inputs), None),
+        };
         let shape = input.shape();
         ensure!(
             shape.len() == 4,
@@ -1012,6 +1152,18 @@ impl EvalOp for KernelOp {
         let mut view = output.try_as_plain_ram_mut()?;
         let y = view.as_slice_mut::<f32>()?;
         let (in_len, out_len) = (c * h * w, out_shape[1..].iter().product::<usize>());
+        let coarse = match &coarse {
+            Some(t) => {
+                ensure!(
+                    t.shape() == [n, c, h / 2, w / 2] && h % 2 == 0 && w % 2 == 0,
+                    "chain: {:?} upsampled 2x does not give {:?}",
+                    t.shape(),
+                    shape
+                );
+                t.try_as_plain_ram()?.as_slice::<f32>()?
+            }
+            None => &[],
+        };
         for b in 0..n {
             let (x, y) = (
                 &x[b * in_len..(b + 1) * in_len],
@@ -1030,6 +1182,17 @@ impl EvalOp for KernelOp {
                     let dims = Dims { c, h, w };
                     ensure!(chain.dims(dims).is_some(), "chain: {c} channels in");
                     chain.run(x, y, dims)
+                }
+                Layer::SumChain(chain) => {
+                    let dims = Dims { c, h, w };
+                    ensure!(chain.dims(dims).is_some(), "chain: {c} channels in");
+                    let coarse_len = in_len / 4;
+                    let source = UpsampledSum {
+                        fine: x,
+                        coarse: &coarse[b * coarse_len..(b + 1) * coarse_len],
+                        dims,
+                    };
+                    chain.run_rows(&source, y, dims)
                 }
             }
         }
