@@ -11,8 +11,8 @@
 //! rows for a max pool). What one output row needs stays in the L1 and L2 caches, and only
 //! the chain's input and output are whole tensors; the input need not be either, when a
 //! [`RowSource`] makes its rows as the first layer asks for them (YuNet's letterbox). A
-//! first 1x1 layer or max pool reads the input planes in place, and a last depthwise layer
-//! writes the output planes, rather than through copies in a ring.
+//! first 1x1 layer or max pool reads the input planes in place rather than copies of their
+//! rows in a ring.
 //!
 //! The rows in the rings are padded to a multiple of the pointwise kernel's tile of pixels,
 //! so that it runs on whole tiles; the padding is computed like pixels and never read as
@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
 use super::conv_kernels::{
-    add_upsampled_row, max_pool_2x2_row, ChannelRows, Depthwise3x3, Pointwise, POINTWISE_PIXELS,
+    add_upsampled_row, max_pool_2x2_row, Depthwise3x3, Pointwise, POINTWISE_PIXELS,
 };
 
 /// One layer of a [`Chain`].
@@ -222,19 +222,6 @@ struct Input<'a, S: RowSource> {
     /// The source's planes, when the first layer reads them in place ([`RowSource::planes`]):
     /// the first activation's ring is then not used.
     planes: Option<&'a [f32]>,
-}
-
-/// A band's output row `at / w` of every plane (`Chain::run_band`).
-struct BandRow<'a, 'b> {
-    planes: &'a mut [&'b mut [f32]],
-    at: usize,
-    w: usize,
-}
-
-impl ChannelRows for BandRow<'_, '_> {
-    fn row(&mut self, c: usize) -> &mut [f32] {
-        &mut self.planes[c][self.at..][..self.w]
-    }
 }
 
 /// Rows a ring keeps: a depthwise row needs three, and its producer runs one ahead.
@@ -520,27 +507,15 @@ impl Chain {
             cache: S::Cache::default(),
             planes: source.planes().filter(|_| first_in_place),
         };
-        // A last depthwise layer writes only the pixels of its rows: straight into the
-        // output planes, but for the uniform rows, which are copied from the first.
-        let last_in_place = matches!(self.stages.last(), Some(Stage::Depthwise(_)));
         let at = all.len() - 1;
         for (i, r) in rows.enumerate() {
-            let mut into = BandRow {
-                planes: &mut output,
-                at: i * last.w,
-                w: last.w,
-            };
-            if last_in_place && !rings[at].uniform.contains(&r) {
-                let rows = Some(&mut into as &mut dyn ChannelRows);
-                self.compute(&mut rings, at, r, &mut input, &zeros, &mut scratch, rows);
-                rings[at].produced += 1;
-                continue;
-            }
             self.produce(&mut rings, at, r, &mut input, &zeros, &mut scratch);
+            // Into the output planes. (The last depthwise layer writing them itself measured
+            // no faster: its stores to 64 planes cost what the copy did.)
             let row = rings[at].row(r);
             let pitch = last.pitch();
-            for c in 0..last.c {
-                into.row(c).copy_from_slice(&row[c * pitch..][..last.w]);
+            for (c, plane) in output.iter_mut().enumerate() {
+                plane[i * last.w..][..last.w].copy_from_slice(&row[c * pitch..][..last.w]);
             }
         }
         // Back in the reverse order, so that the next run gives each ring the same buffer.
@@ -567,17 +542,15 @@ impl Chain {
                 let dst = rings[0].row_mut(r);
                 input.source.write_row(r, &mut input.cache, dst, pitch);
             } else {
-                self.compute(rings, at, r, input, zeros, scratch, None);
+                self.compute(rings, at, r, input, zeros, scratch);
             }
             rings[at].keep_uniform(r);
             rings[at].produced += 1;
         }
     }
 
-    /// Computes row `r` of activation `at` (not the input) from the rows it needs, which
-    /// are computed first: into its ring, or into `rows` (a band's output planes) when the
-    /// stage is a depthwise one.
-    #[allow(clippy::too_many_arguments)]
+    /// Computes row `r` of activation `at` (not the input) into its ring, from the rows it
+    /// needs, which are computed first.
     fn compute<S: RowSource>(
         &self,
         rings: &mut [Ring],
@@ -586,7 +559,6 @@ impl Chain {
         input: &mut Input<S>,
         zeros: &[f32],
         scratch: &mut Scratch,
-        rows: Option<&mut dyn ChannelRows>,
     ) {
         let source_h = rings[at - 1].dims.h;
         let (stage, planes) = (&self.stages[at - 1], input.planes.filter(|_| at == 1));
@@ -624,18 +596,15 @@ impl Chain {
             Some(i) => src.row(i),
             None => &zeros[..len],
         };
-        if let Stage::Depthwise(k) = stage {
-            let three = [source(r.checked_sub(1)), src.row(r), source(Some(r + 1))];
-            return match rows {
-                Some(rows) => k.run_row_into(three, pitch, w, rows),
-                None => k.run_row(three, dst.row_mut(r), pitch, w),
-            };
-        }
-        assert!(rows.is_none(), "only a depthwise layer writes elsewhere");
         let out = dst.row_mut(r);
         match stage {
             Stage::Pointwise(p) => p.run_row(src.row(r), out, pitch, &mut scratch.tile),
-            Stage::Depthwise(_) => unreachable!("computed above"),
+            Stage::Depthwise(k) => k.run_row(
+                [source(r.checked_sub(1)), src.row(r), source(Some(r + 1))],
+                out,
+                pitch,
+                w,
+            ),
             Stage::Stem(k) => k.run_row(
                 [
                     source((2 * r).checked_sub(1)),
@@ -720,8 +689,7 @@ mod tests {
     #[test]
     fn a_chain_equals_its_layers_run_one_by_one() {
         // A first 1x1 layer or max pool reads the input planes in place (a 1x1 layer only
-        // where the rows are whole tiles, 64 and 32 pixels here); a last depthwise layer
-        // writes the output planes in place, the others through their ring.
+        // where the rows are whole tiles, 64 and 32 pixels here).
         let first_pointwise = || Stage::Pointwise(pointwise(3, 8, false, 1));
         let last_depthwise = || Stage::Depthwise(depthwise(8, true, 2));
         for stages in [

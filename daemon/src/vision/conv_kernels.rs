@@ -200,60 +200,23 @@ impl Depthwise3x3 {
     /// One output row of every channel, from the three input rows around it (`above` and
     /// `below` are zeros at the image's edge). Each argument holds `channels` rows of
     /// `pitch` floats, of which the first `w` are pixels; only those are written.
-    pub fn run_row(&self, rows: [&[f32]; 3], output: &mut [f32], pitch: usize, w: usize) {
-        assert_eq!(
-            output.len(),
-            self.channels() * pitch,
-            "depthwise row output size"
-        );
-        let mut output = PitchedRows {
-            data: output,
-            pitch,
-            w,
-        };
-        self.run_row_into(rows, pitch, w, &mut output);
-    }
-
-    /// [`Depthwise3x3::run_row`] into rows that need not be one after the other (a chain's
-    /// last layer writes its output planes in place).
-    pub fn run_row_into(
+    pub fn run_row(
         &self,
         [above, mid, below]: [&[f32]; 3],
+        output: &mut [f32],
         pitch: usize,
         w: usize,
-        output: &mut dyn ChannelRows,
     ) {
         let len = self.channels() * pitch;
         assert!(w <= pitch, "depthwise row: {w} pixels in rows of {pitch}");
         for row in [above, mid, below] {
             assert_eq!(row.len(), len, "depthwise row input size");
         }
+        assert_eq!(output.len(), len, "depthwise row output size");
         if w == 0 {
             return;
         }
         depthwise_row([above, mid, below], output, pitch, w, self);
-    }
-}
-
-/// Where a kernel writes one row of every channel.
-pub trait ChannelRows {
-    /// Channel `c`'s row: as many floats as the row has pixels.
-    fn row(&mut self, c: usize) -> &mut [f32];
-}
-
-/// Rows of `pitch` floats one after the other, of which the first `w` are pixels.
-pub struct PitchedRows<'a> {
-    /// The rows.
-    pub data: &'a mut [f32],
-    /// Floats from one channel's row to the next.
-    pub pitch: usize,
-    /// Pixels a row.
-    pub w: usize,
-}
-
-impl ChannelRows for PitchedRows<'_> {
-    fn row(&mut self, c: usize) -> &mut [f32] {
-        &mut self.data[c * self.pitch..][..self.w]
     }
 }
 
@@ -276,7 +239,7 @@ impl ChannelRows for PitchedRows<'_> {
 #[target_feature(enable = "avx512f")]
 unsafe fn depthwise_row_avx512(
     rows: [&[f32]; 3],
-    y: &mut dyn ChannelRows,
+    y: &mut [f32],
     pitch: usize,
     w: usize,
     layer: &Depthwise3x3,
@@ -291,8 +254,7 @@ unsafe fn depthwise_row_avx512(
             &rows[1][c * pitch..][..w],
             &rows[2][c * pitch..][..w],
         ];
-        let out = y.row(c);
-        assert_eq!(out.len(), w, "depthwise output row");
+        let out = &mut y[c * pitch..][..w];
         let mut taps = [zero; 9];
         for (t, &v) in taps.iter_mut().zip(k) {
             *t = _mm512_set1_ps(v);
@@ -454,7 +416,7 @@ fn depthwise_edge<M: MulAdd>(
 const ROW_BLOCK: usize = 16;
 
 dispatch! {
-    fn depthwise_row(rows: [&[f32]; 3], y: &mut dyn ChannelRows, pitch: usize, w: usize, layer: &Depthwise3x3) => depthwise_row_body
+    fn depthwise_row(rows: [&[f32]; 3], y: &mut [f32], pitch: usize, w: usize, layer: &Depthwise3x3) => depthwise_row_body
 }
 
 /// [`Depthwise3x3::run_row`]: per channel, the pixels off the left and right edges in one
@@ -462,7 +424,7 @@ dispatch! {
 #[inline(always)]
 fn depthwise_row_body<M: MulAdd>(
     [above, mid, below]: [&[f32]; 3],
-    y: &mut dyn ChannelRows,
+    y: &mut [f32],
     pitch: usize,
     w: usize,
     layer: &Depthwise3x3,
@@ -479,8 +441,7 @@ fn depthwise_row_body<M: MulAdd>(
             &mid[c * pitch..][..w],
             &below[c * pitch..][..w],
         ];
-        let out = y.row(c);
-        assert_eq!(out.len(), w, "depthwise output row");
+        let out = &mut y[c * pitch..][..w];
         if w >= 3 {
             let n = w - 2;
             let [a0, a1, a2] = [&rows[0][..n], &rows[0][1..n + 1], &rows[0][2..n + 2]];
@@ -1282,12 +1243,7 @@ pub(crate) mod tests {
                 // The portable kernel too, where run_row takes the AVX-512 one.
                 let mut portable = vec![f32::NAN; c * pitch];
                 let input = [above.as_slice(), &rows[r], below];
-                let mut into = PitchedRows {
-                    data: &mut portable,
-                    pitch,
-                    w,
-                };
-                depthwise_row_body::<Separate>(input, &mut into, pitch, w, &op);
+                depthwise_row_body::<Separate>(input, &mut portable, pitch, w, &op);
                 for ch in 0..c {
                     let expected = &expected[ch * h * w + r * w..][..w];
                     close(&out[ch * pitch..][..w], expected);
