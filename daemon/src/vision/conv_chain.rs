@@ -195,7 +195,7 @@ pub struct UpsampledSum<'a> {
     pub fine: &'a [f32],
     /// `dims.c` planes of `dims.h / 2` x `dims.w / 2`.
     pub coarse: &'a [f32],
-    /// The fine planes'.
+    /// The fine planes', their height and width even.
     pub dims: Dims,
 }
 

@@ -1,8 +1,9 @@
 //! Our own kernels for the three layer kinds that make up YuNet, a row of every channel at a
 //! time (`conv_chain` runs them): the 3x3 depthwise convolution (stride 1, padding 1) with an
-//! optional ReLU, the 1x1 (pointwise) convolution and the 2x2 max pool (stride 2); and, on
-//! NCHW planes, SFace's depthwise convolution (stride 1 or 2) with its PReLUs. `conv_ops`
-//! runs them as tract ops.
+//! optional ReLU, the 1x1 (pointwise) convolution and the 2x2 max pool (stride 2), and the
+//! rows of its neck's sums (an activation plus a coarser one upsampled 2x); and, on NCHW
+//! planes, SFace's depthwise convolution (stride 1 or 2) with its PReLUs. `conv_ops` runs
+//! them as tract ops.
 //!
 //! Why: tract 0.23.9 runs these layers at a quarter of onnxruntime's pace on the same fp32
 //! weights (shared/models.md: its depthwise kernel falls back to scalar code, every 1x1
