@@ -151,11 +151,7 @@ pub fn rewrite(proto: &mut ModelProto) -> usize {
         }
         renamed += 1;
     }
-    let mut at = 0;
-    graph.node.retain(|_| {
-        at += 1;
-        !fused_relus.contains(&(at - 1))
-    });
+    remove_nodes(graph, &fused_relus.into_iter().collect());
     merge_chains(graph);
     let nodes = std::mem::take(&mut graph.node);
     for n in nodes {
@@ -218,10 +214,15 @@ fn fuse_upsampled_sums(graph: &mut GraphProto) {
         chain.attribute.push(int_attribute("upsampled_sum", 1));
         drop.extend([add, resize]);
     }
-    let mut i = 0;
+    remove_nodes(graph, &drop);
+}
+
+/// Removes the nodes at the indices `drop`, keeping the others in order.
+fn remove_nodes(graph: &mut GraphProto, drop: &HashSet<usize>) {
+    let mut at = 0;
     graph.node.retain(|_| {
-        i += 1;
-        !drop.contains(&(i - 1))
+        at += 1;
+        !drop.contains(&(at - 1))
     });
 }
 
@@ -936,7 +937,9 @@ impl Expansion for KernelNode {
                 })
             }
             KernelNode::Chain {
-                stages, channels, ..
+                stages,
+                channels,
+                upsampled_sum,
             } => {
                 let (mut at, mut c) = (1, channels_in);
                 let mut built = Vec::with_capacity(stages.len());
@@ -969,12 +972,10 @@ impl Expansion for KernelNode {
                     c == *channels,
                     "{prefix}: the layers give {c} channels, the node says {channels}"
                 );
-                match self {
-                    KernelNode::Chain {
-                        upsampled_sum: true,
-                        ..
-                    } => Layer::SumChain(Chain::new(built)),
-                    _ => Layer::Chain(Chain::new(built)),
+                if *upsampled_sum {
+                    Layer::SumChain(Chain::new(built))
+                } else {
+                    Layer::Chain(Chain::new(built))
                 }
             }
         };
