@@ -459,7 +459,9 @@ fn sample_axis(i: u32, r: f32, len: u32) -> (usize, usize, f32) {
     (i0 as usize, i1 as usize, s - i0 as f32)
 }
 
-/// Turn the twelve output heads into faces in letterboxed-input pixels.
+/// Turn the twelve output heads into faces in letterboxed-input pixels. Each head is its
+/// activation's planes, `[1, C, rows, cols]` (`onnx_rewrite::planar_outputs`): a pixel's
+/// box offsets, say, are 4 values a plane apart.
 fn decode_heads(
     outputs: &[TValue],
     width: u32,
@@ -487,19 +489,20 @@ fn decode_heads(
             "YuNet head {stride} has an unexpected size"
         );
         let s = stride as f32;
-        for i in 0..rows * cols {
+        let plane = rows * cols;
+        for i in 0..plane {
             let score = (cls[i].clamp(0.0, 1.0) * obj[i].clamp(0.0, 1.0)).sqrt();
             if score < min_score {
                 continue;
             }
             let (r, c) = ((i / cols) as f32, (i % cols) as f32);
-            let b = &bbox[4 * i..4 * i + 4];
-            let (cx, cy) = ((c + b[0]) * s, (r + b[1]) * s);
-            let (bw, bh) = (b[2].exp() * s, b[3].exp() * s);
-            let k = &kps[10 * i..10 * i + 10];
+            let b = |j: usize| bbox[j * plane + i];
+            let (cx, cy) = ((c + b(0)) * s, (r + b(1)) * s);
+            let (bw, bh) = (b(2).exp() * s, b(3).exp() * s);
+            let k = |j: usize| kps[j * plane + i];
             let mut landmarks = [[0f32; 2]; 5];
             for (j, p) in landmarks.iter_mut().enumerate() {
-                *p = [(k[2 * j] + c) * s, (k[2 * j + 1] + r) * s];
+                *p = [(k(2 * j) + c) * s, (k(2 * j + 1) + r) * s];
             }
             faces.push(Face {
                 bbox: BBox {

@@ -22,12 +22,19 @@
 //!    YuNet's layers in chains, SFace's depthwise layers with the PReLUs around them (before
 //!    rewrite 2, which then only meets the PReLUs left to tract).
 //!
+//! 5. YuNet's twelve outputs as planes ([`planar_outputs`]): each head's activation
+//!    `[1, C, H, W]` is its output as it is, not moved channels-last and flattened to
+//!    `[1, H*W, C]` first by a `Transpose` and a `Reshape` (`detect::decode_heads` reads the
+//!    planes). Those copies and their twelve nodes (6300 pixels of 16 channels at
+//!    640x480) cost 0.1-0.2 ms of a one-thread request (BENCHMARKS.md).
+//!
 //! Anything else is left for tract to handle as usual.
 
 use std::collections::HashMap;
 use std::io::Cursor;
 
-use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::type_proto::Value;
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 
 use super::conv_ops;
@@ -74,7 +81,95 @@ fn load_parts(
         conv_ops::register(&mut framework.op_register);
     }
     expand_prelu(&mut proto);
+    planar_outputs(&mut proto);
     Ok((framework.model_for_proto_model(&proto)?, head))
+}
+
+/// Every graph output made as `Reshape(Transpose(x, perm [0, 2, 3, 1]))`, or `Sigmoid` of
+/// that, becomes `x` (or `Sigmoid(x)`): the activation's planes instead of its pixels'
+/// channels in a row. Only where the `Transpose` and the `Reshape` have no other reader.
+/// Returns how many outputs changed.
+pub fn planar_outputs(proto: &mut ModelProto) -> usize {
+    let Some(graph) = proto.graph.as_mut() else {
+        return 0;
+    };
+    let producer = |graph: &GraphProto, name: &str| {
+        graph
+            .node
+            .iter()
+            .position(|n| n.output.iter().any(|o| o == name))
+    };
+    let readers = |graph: &GraphProto, name: &str| {
+        graph
+            .node
+            .iter()
+            .flat_map(|n| &n.input)
+            .filter(|i| *i == name)
+            .count()
+            + graph.output.iter().filter(|o| o.name == name).count()
+    };
+    let mut changed = 0;
+    for k in 0..graph.output.len() {
+        let name = graph.output[k].name.clone();
+        let Some(last) = producer(graph, &name) else {
+            continue;
+        };
+        let sigmoid = (graph.node[last].op_type == "Sigmoid").then_some(last);
+        let reshape = match sigmoid {
+            Some(s) => match producer(graph, &graph.node[s].input[0]) {
+                Some(r) => r,
+                None => continue,
+            },
+            None => last,
+        };
+        let (r, t) = (
+            &graph.node[reshape],
+            producer(graph, &graph.node[reshape].input[0]),
+        );
+        let Some(transpose) = t else { continue };
+        let tr = &graph.node[transpose];
+        let channels_last = tr.op_type == "Transpose"
+            && tr
+                .attribute
+                .iter()
+                .any(|a| a.name == "perm" && a.ints == [0, 2, 3, 1]);
+        if r.op_type != "Reshape"
+            || !channels_last
+            || readers(graph, &tr.output[0]) != 1
+            || readers(graph, &r.output[0]) != 1
+        {
+            continue;
+        }
+        let planes = tr.input[0].clone();
+        match sigmoid {
+            Some(s) => graph.node[s].input[0] = planes,
+            // The output keeps its name: the node making the planes now writes it, as its
+            // only reader was the Transpose.
+            None if readers(graph, &planes) == 1 => {
+                let Some(p) = producer(graph, &planes) else {
+                    continue;
+                };
+                for o in &mut graph.node[p].output {
+                    if *o == planes {
+                        o.clone_from(&name);
+                    }
+                }
+            }
+            None => continue,
+        }
+        let (first, second) = (reshape.max(transpose), reshape.min(transpose));
+        graph.node.remove(first);
+        graph.node.remove(second);
+        if let Some(Value::TensorType(t)) = graph.output[k]
+            .r#type
+            .as_mut()
+            .and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+        changed += 1;
+    }
+    changed
 }
 
 /// Replace every `PRelu(x, s) -> y` by `Max(x, s * x)` when the slopes `s` are constants of
@@ -300,6 +395,32 @@ mod tests {
             .initializer
             .iter()
             .any(|t| t.name == "deepstackd.prelu.zero"));
+    }
+
+    #[test]
+    fn yunet_outputs_its_heads_as_planes() {
+        let bytes = super::super::ModelFiles::embedded().detector.bytes;
+        let mut proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut Cursor::new(&bytes[..]))
+            .unwrap();
+        let count = |proto: &ModelProto, op: &str| ops(proto).iter().filter(|&&o| o == op).count();
+        let (transposes, reshapes) = (count(&proto, "Transpose"), count(&proto, "Reshape"));
+        assert_eq!(planar_outputs(&mut proto), 12);
+        assert_eq!(count(&proto, "Transpose"), transposes - 12);
+        assert_eq!(count(&proto, "Reshape"), reshapes - 12);
+        let graph = proto.graph.as_ref().unwrap();
+        // Each output is made by a node (a Conv, or the Sigmoid of one for the scores and
+        // objectness), under its own name.
+        for output in &graph.output {
+            let maker = graph.node.iter().find(|n| n.output.contains(&output.name));
+            let kind = maker.map(|n| n.op_type.as_str());
+            assert!(
+                matches!(kind, Some("Conv" | "Sigmoid")),
+                "{}: {kind:?}",
+                output.name
+            );
+        }
+        assert_eq!(planar_outputs(&mut proto), 0, "nothing left to change");
     }
 
     #[test]
