@@ -22,7 +22,9 @@
 
 use std::cell::Cell;
 use std::ops::Range;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::conv_kernels::{
     add_upsampled_row, max_pool_2x2_row, Depthwise3x3, Pointwise, POINTWISE_PIXELS,
@@ -118,17 +120,24 @@ thread_local! {
     static HELPERS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Multiply-adds a band has at the least. Only YuNet's backbone (about 160 M at 640x480)
-/// is shared, its bands run on rayon's pool of parked threads (`Pipeline::allow_threads`).
-/// Sharing the smaller chains too did not pay on the 2-core VM of BENCHMARKS.md: 6.0-6.5
-/// ms a detection at 640x480 with 8 or 16 M a band, 5.8-6.0 with 32 M (`profile`).
-const MIN_BAND_WORK: usize = 32 << 20;
+/// Multiply-adds a band has at the least: every chain of YuNet at 640x480 but the two of
+/// 20x15 (under 3 M each) is shared. With the helper woken for each chain, sharing any but
+/// the backbone (about 160 M) did not pay on the 2-core VM of BENCHMARKS.md (6.0-6.5 ms a
+/// detection at 640x480 with 8 or 16 M a band, 5.8-6.0 with 32 M, `profile`); kept awake
+/// through the detection ([`KeepWarm`]), it takes a share of the tail chains too: 4.1-4.2
+/// -> 3.6 ms (`profile`, two threads).
+const MIN_BAND_WORK: usize = 4 << 20;
+/// How long the thread that shared a chain polls for the other bands before it parks.
+const SPIN_FOR_BANDS: Duration = Duration::from_millis(2);
 /// Output rows a band has at the least.
 const MIN_BAND_ROWS: usize = 8;
 
 /// Runs `f` with `helpers` more threads allowed to share each chain it runs (the cores of
 /// idle inference threads, lent to one request so that a lone detection uses every core;
 /// the shares run on rayon's global pool).
+///
+/// For as long as `f` runs, `helpers` jobs on that pool wait for shares by polling rather
+/// than parked (see [`KeepWarm`]).
 pub fn with_helpers<T>(helpers: usize, f: impl FnOnce() -> T) -> T {
     struct Restore(usize);
     impl Drop for Restore {
@@ -137,7 +146,62 @@ pub fn with_helpers<T>(helpers: usize, f: impl FnOnce() -> T) -> T {
         }
     }
     let _restore = Restore(HELPERS.replace(helpers));
+    let _warm = KeepWarm::start(helpers);
     f()
+}
+
+/// Jobs that keep `n` of rayon's threads awake, running whatever shares arrive, until
+/// dropped (or [`KEEP_WARM_LIMIT`] has passed).
+///
+/// Why: a parked thread woken for a share starts it tens of microseconds to milliseconds
+/// later on a virtual machine whose idle cores halt. Woken once per detection, the helper
+/// stays awake through the chains between the shared ones.
+struct KeepWarm(Arc<AtomicBool>);
+
+/// The longest a [`KeepWarm`] job polls, should its owner never drop it.
+const KEEP_WARM_LIMIT: Duration = Duration::from_millis(100);
+
+impl KeepWarm {
+    fn start(n: usize) -> Option<KeepWarm> {
+        if n == 0 {
+            return None;
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        for _ in 0..n {
+            let done = Arc::clone(&done);
+            rayon::spawn(move || {
+                let until = Instant::now() + KEEP_WARM_LIMIT;
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        if Instant::now() > until {
+                            break;
+                        }
+                        // Not a busy spin: any other thread that wants this core gets it.
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        }
+        Some(KeepWarm(done))
+    }
+}
+
+impl Drop for KeepWarm {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Polls until `done` or for `limit`: the thread that shared a chain waits for the other
+/// bands this way rather than parked (rayon's scope then ends at once).
+fn spin_until(done: impl Fn() -> bool, limit: Duration) {
+    let until = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > until {
+            return;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// Where a chain's input rows come from: the planes of a tensor (`Planes`), or rows made
@@ -442,12 +506,17 @@ impl Chain {
         if bands == 1 {
             return self.run_band(source, &all, band_rows(0), first);
         }
+        let pending = AtomicUsize::new(bands - 1);
         rayon::in_place_scope(|scope| {
             for (i, out) in bands_out.enumerate() {
-                let all = &all;
-                scope.spawn(move |_| self.run_band(source, all, band_rows(i + 1), out));
+                let (all, pending) = (&all, &pending);
+                scope.spawn(move |_| {
+                    self.run_band(source, all, band_rows(i + 1), out);
+                    pending.fetch_sub(1, Ordering::Release);
+                });
             }
             self.run_band(source, &all, band_rows(0), first);
+            spin_until(|| pending.load(Ordering::Acquire) == 0, SPIN_FOR_BANDS);
         });
     }
 
