@@ -374,6 +374,16 @@ mod tests {
         graph.node.iter().map(|n| n.op_type.as_str()).collect()
     }
 
+    fn count(proto: &ModelProto, op: &str) -> usize {
+        ops(proto).iter().filter(|&&o| o == op).count()
+    }
+
+    fn parsed(onnx: &[u8]) -> ModelProto {
+        tract_onnx::onnx()
+            .proto_model_for_read(&mut Cursor::new(onnx))
+            .unwrap()
+    }
+
     #[test]
     fn prelu_takes_two_ops_when_every_slope_is_at_most_one() {
         let mut proto = ModelProto {
@@ -399,11 +409,7 @@ mod tests {
 
     #[test]
     fn yunet_outputs_its_heads_as_planes() {
-        let bytes = super::super::ModelFiles::embedded().detector.bytes;
-        let mut proto = tract_onnx::onnx()
-            .proto_model_for_read(&mut Cursor::new(&bytes[..]))
-            .unwrap();
-        let count = |proto: &ModelProto, op: &str| ops(proto).iter().filter(|&&o| o == op).count();
+        let mut proto = parsed(&super::super::ModelFiles::embedded().detector.bytes);
         let (transposes, reshapes) = (count(&proto, "Transpose"), count(&proto, "Reshape"));
         assert_eq!(planar_outputs(&mut proto), 12);
         assert_eq!(count(&proto, "Transpose"), transposes - 12);
@@ -425,12 +431,8 @@ mod tests {
 
     #[test]
     fn sface_prelus_take_the_two_op_form_where_the_slopes_allow() {
-        let bytes = super::super::ModelFiles::embedded().recognizer.bytes;
-        let mut proto = tract_onnx::onnx()
-            .proto_model_for_read(&mut Cursor::new(&bytes[..]))
-            .unwrap();
+        let mut proto = parsed(&super::super::ModelFiles::embedded().recognizer.bytes);
         dequantize_constants(&mut proto);
-        let count = |proto: &ModelProto, op: &str| ops(proto).iter().filter(|&&o| o == op).count();
         let prelus = count(&proto, "PRelu");
         assert!(prelus > 10, "{prelus} PRelu in SFace");
         let maxes = count(&proto, "Max");
