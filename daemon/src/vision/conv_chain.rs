@@ -169,17 +169,13 @@ impl KeepWarm {
         let done = Arc::new(AtomicBool::new(false));
         for _ in 0..n {
             let done = Arc::clone(&done);
+            // Runs the shares as they come; between them, yields the core.
             rayon::spawn(move || {
-                let until = Instant::now() + KEEP_WARM_LIMIT;
-                while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        if Instant::now() > until {
-                            break;
-                        }
-                        // Not a busy spin: any other thread that wants this core gets it.
-                        std::thread::yield_now();
-                    }
-                }
+                let run_shares = || {
+                    while rayon::yield_now() == Some(rayon::Yield::Executed) {}
+                    done.load(Ordering::Acquire)
+                };
+                spin_until(run_shares, KEEP_WARM_LIMIT);
             });
         }
         Some(KeepWarm(done))
@@ -192,8 +188,10 @@ impl Drop for KeepWarm {
     }
 }
 
-/// Polls until `done` or for `limit`: the thread that shared a chain waits for the other
-/// bands this way rather than parked (rayon's scope then ends at once).
+/// Polls until `done` or for `limit`, yielding the core between polls (not a busy spin: any
+/// other thread that wants the core gets it). The thread that shared a chain waits for the
+/// other bands this way rather than parked (rayon's scope then ends at once), and the
+/// [`KeepWarm`] jobs for shares.
 fn spin_until(done: impl Fn() -> bool, limit: Duration) {
     let until = Instant::now() + limit;
     while !done() {

@@ -218,7 +218,7 @@ fn fuse_upsampled_sums(graph: &mut GraphProto) {
 }
 
 /// Removes the nodes at the indices `drop`, keeping the others in order.
-fn remove_nodes(graph: &mut GraphProto, drop: &HashSet<usize>) {
+pub(super) fn remove_nodes(graph: &mut GraphProto, drop: &HashSet<usize>) {
     let mut at = 0;
     graph.node.retain(|_| {
         at += 1;
@@ -518,7 +518,7 @@ fn own_prelus(graph: &mut GraphProto) -> usize {
 }
 
 /// How many nodes read each value, a graph output counting as one.
-fn readers(graph: &GraphProto) -> HashMap<String, usize> {
+pub(super) fn readers(graph: &GraphProto) -> HashMap<String, usize> {
     let mut readers: HashMap<String, usize> = HashMap::new();
     let names = graph.node.iter().flat_map(|n| &n.input);
     for name in names.chain(graph.output.iter().map(|o| &o.name)) {

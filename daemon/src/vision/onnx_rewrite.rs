@@ -30,11 +30,11 @@
 //!
 //! Anything else is left for tract to handle as usual.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 
 use tract_onnx::pb::type_proto::Value;
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 
 use super::conv_ops;
@@ -93,73 +93,56 @@ pub fn planar_outputs(proto: &mut ModelProto) -> usize {
     let Some(graph) = proto.graph.as_mut() else {
         return 0;
     };
-    let producer = |graph: &GraphProto, name: &str| {
-        graph
-            .node
-            .iter()
-            .position(|n| n.output.iter().any(|o| o == name))
+    let readers = conv_ops::readers(graph);
+    // Each value's node and its kind; nodes are only dropped at the end, so the indices hold.
+    let producer: HashMap<String, (usize, String)> = graph
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| {
+            n.output
+                .iter()
+                .map(move |o| (o.clone(), (i, n.op_type.clone())))
+        })
+        .collect();
+    let made_by = |name: &str, op: &str| match producer.get(name) {
+        Some((i, kind)) if kind == op => Some(*i),
+        _ => None,
     };
-    let readers = |graph: &GraphProto, name: &str| {
-        graph
-            .node
-            .iter()
-            .flat_map(|n| &n.input)
-            .filter(|i| *i == name)
-            .count()
-            + graph.output.iter().filter(|o| o.name == name).count()
-    };
-    let mut changed = 0;
+    let mut drop = HashSet::new();
     for k in 0..graph.output.len() {
         let name = graph.output[k].name.clone();
-        let Some(last) = producer(graph, &name) else {
+        let sigmoid = made_by(&name, "Sigmoid");
+        let flattened = sigmoid.map_or(name.clone(), |s| graph.node[s].input[0].clone());
+        let Some(reshape) = made_by(&flattened, "Reshape") else {
             continue;
         };
-        let sigmoid = (graph.node[last].op_type == "Sigmoid").then_some(last);
-        let reshape = match sigmoid {
-            Some(s) => match producer(graph, &graph.node[s].input[0]) {
-                Some(r) => r,
-                None => continue,
-            },
-            None => last,
+        let Some(transpose) = made_by(&graph.node[reshape].input[0], "Transpose") else {
+            continue;
         };
-        let (r, t) = (
-            &graph.node[reshape],
-            producer(graph, &graph.node[reshape].input[0]),
-        );
-        let Some(transpose) = t else { continue };
         let tr = &graph.node[transpose];
-        let channels_last = tr.op_type == "Transpose"
-            && tr
-                .attribute
-                .iter()
-                .any(|a| a.name == "perm" && a.ints == [0, 2, 3, 1]);
-        if r.op_type != "Reshape"
-            || !channels_last
-            || readers(graph, &tr.output[0]) != 1
-            || readers(graph, &r.output[0]) != 1
-        {
+        let channels_last = tr
+            .attribute
+            .iter()
+            .any(|a| a.name == "perm" && a.ints == [0, 2, 3, 1]);
+        let planes = tr.input[0].clone();
+        if !channels_last || readers[&tr.output[0]] != 1 || readers[&flattened] != 1 {
             continue;
         }
-        let planes = tr.input[0].clone();
-        match sigmoid {
-            Some(s) => graph.node[s].input[0] = planes,
+        match (sigmoid, producer.get(&planes)) {
+            (Some(s), _) => graph.node[s].input[0] = planes,
             // The output keeps its name: the node making the planes now writes it, as its
             // only reader was the Transpose.
-            None if readers(graph, &planes) == 1 => {
-                let Some(p) = producer(graph, &planes) else {
-                    continue;
-                };
+            (None, Some(&(p, _))) if readers[&planes] == 1 => {
                 for o in &mut graph.node[p].output {
                     if *o == planes {
                         o.clone_from(&name);
                     }
                 }
             }
-            None => continue,
+            _ => continue,
         }
-        let (first, second) = (reshape.max(transpose), reshape.min(transpose));
-        graph.node.remove(first);
-        graph.node.remove(second);
+        drop.extend([reshape, transpose]);
         if let Some(Value::TensorType(t)) = graph.output[k]
             .r#type
             .as_mut()
@@ -167,9 +150,9 @@ pub fn planar_outputs(proto: &mut ModelProto) -> usize {
         {
             t.shape = None;
         }
-        changed += 1;
     }
-    changed
+    conv_ops::remove_nodes(graph, &drop);
+    drop.len() / 2
 }
 
 /// Replace every `PRelu(x, s) -> y` by `Max(x, s * x)` when the slopes `s` are constants of
