@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::stage_times::{self, StageTimes};
 use crate::vision::Pipeline;
 
 type Job = Box<dyn FnOnce(&Pipeline) + Send>;
@@ -169,13 +170,26 @@ impl InferencePool {
         F: FnOnce(&Pipeline) -> R + Send + 'static,
         R: Send + 'static,
     {
+        Ok(self.run_timed(job).await?.0)
+    }
+
+    /// [`InferencePool::run`], with the time the job waited for a worker and spent in each
+    /// stage of the pipeline.
+    pub async fn run_timed<R, F>(&self, job: F) -> Result<(R, StageTimes), InferenceError>
+    where
+        F: FnOnce(&Pipeline) -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
+        let handed_over = Instant::now();
         let job: Job = Box::new(move |pipeline| {
             // The caller dropped its receiver: nobody would read the answer.
             if tx.is_closed() {
                 return;
             }
-            let _ = tx.send(job(pipeline));
+            let _ = tx.send(stage_times::collect(handed_over.elapsed(), || {
+                job(pipeline)
+            }));
         });
         self.sender.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => InferenceError::Busy { queued: self.queue },

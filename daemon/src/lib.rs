@@ -12,4 +12,5 @@ pub mod inference;
 pub mod memory;
 pub mod recent_recorder;
 pub mod service;
+pub mod stage_times;
 pub mod vision;

@@ -844,3 +844,67 @@ fn deepstack_python_drives_the_daemon() {
         "{stdout}"
     );
 }
+
+/// The stage times of a request's log line (`queue=0.04ms decode=...`), by name.
+fn stage_times(line: &str) -> Vec<(String, f64)> {
+    line.split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .filter(|(name, _)| ["queue", "decode", "detect", "embed"].contains(name))
+        .map(|(name, ms)| {
+            let ms = ms.strip_suffix("ms").and_then(|v| v.parse().ok());
+            (name.to_owned(), ms.unwrap_or_else(|| panic!("{line}")))
+        })
+        .collect()
+}
+
+#[test]
+fn the_request_log_says_where_the_time_went() {
+    let d = Server::start(&[FACES_ON]);
+    register(&d, "Barack Obama", &["obama.jpg"]);
+    assert_eq!(recognize(&d, "obama2.jpg", &[]).len(), 1);
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("POST /v1/vision/face/recognize 200 faces=1"))
+        .unwrap_or_else(|| panic!("no recognize line in\n{log}"));
+    let times = stage_times(line);
+    let names: Vec<&str> = times.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["queue", "decode", "detect", "embed"], "{line}");
+    // A real photo is decoded, searched and its face embedded: none of it takes no time.
+    for (name, ms) in &times[1..] {
+        assert!(*ms > 0.0, "{name} in {line}");
+    }
+    // The stages are parts of the request, whose total is the line's whole milliseconds.
+    let total: u64 = line
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_suffix("ms")
+                .filter(|v| !v.contains('='))?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{line}"));
+    let stages: f64 = times.iter().map(|(_, ms)| ms).sum();
+    assert!(
+        stages < total as f64 + 1.0,
+        "{stages} ms of stages in {line}"
+    );
+    // A route that runs no job has no stage times; an answer without faces has them all.
+    d.post(LIST, &urlencoded(&[]));
+    assert_eq!(recognize(&d, "rocket.jpg", &[]).len(), 0);
+    let log = d.log_text();
+    let list = log
+        .lines()
+        .find(|l| l.contains("POST /v1/vision/face/list 200"));
+    assert_eq!(stage_times(list.expect("a list line")), []);
+    let empty = log
+        .lines()
+        .find(|l| l.contains("POST /v1/vision/face/recognize 200 faces=0"))
+        .expect("the empty frame's line");
+    assert_eq!(stage_times(empty).len(), 4, "{empty}");
+    assert_eq!(
+        stage_times(empty)[3].1,
+        0.0,
+        "no face, no embedding: {empty}"
+    );
+}

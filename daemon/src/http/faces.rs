@@ -11,6 +11,7 @@ use super::logging::FaceCount;
 use super::AppState;
 use crate::gallery::{now_ms, FaceBox, RegisterOutcome, Sighting};
 use crate::recent_recorder::NewRecentFace;
+use crate::stage_times::StageTimes;
 use crate::vision::calibration::{DEFAULT_DETECTION_CONFIDENCE, DEFAULT_RECOGNITION_CONFIDENCE};
 
 /// `{"success": true, ..., "duration": 0}` around a route's own fields.
@@ -143,6 +144,12 @@ pub(super) fn check_new_userid(userid: String, max_bytes: usize) -> Result<Strin
     Ok(userid)
 }
 
+/// `res` with the stages' times of the job behind it, for the request log.
+fn with_times(mut res: HttpResponse, times: StageTimes) -> HttpResponse {
+    res.extensions_mut().insert(times);
+    res
+}
+
 /// The file named `image`, which detection and recognition read.
 fn image(form: &Form) -> Result<FilePart, ApiError> {
     form.file("image").cloned().ok_or(ApiError::NoImage)
@@ -155,10 +162,11 @@ pub async fn detect(state: web::Data<AppState>, form: Form) -> Result<HttpRespon
     let min_confidence = min_confidence(&form, DEFAULT_DETECTION_CONFIDENCE)?;
     form.check_file_count()?;
     let limits = state.limits.clone();
-    let faces = state
+    let (faces, times) = state
         .pool
-        .run(move |p| jobs::detect(p, &file, &limits, min_confidence))
-        .await??;
+        .run_timed(move |p| jobs::detect(p, &file, &limits, min_confidence))
+        .await?;
+    let faces = faces?;
     let predictions: Vec<Detection> = faces
         .into_iter()
         .map(|f| Detection {
@@ -167,7 +175,7 @@ pub async fn detect(state: web::Data<AppState>, form: Form) -> Result<HttpRespon
         })
         .collect();
     let n = predictions.len();
-    Ok(success(Predictions { predictions }, n))
+    Ok(with_times(success(Predictions { predictions }, n), times))
 }
 
 /// POST /v1/vision/face/recognize.
@@ -177,10 +185,11 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
     let threshold = min_confidence(&form, DEFAULT_RECOGNITION_CONFIDENCE)?;
     form.check_file_count()?;
     let (limits, gallery) = (state.limits.clone(), state.gallery.clone());
-    let faces = state
+    let (faces, times) = state
         .pool
-        .run(move |p| jobs::recognize(p, &*gallery, &file, &limits, threshold))
-        .await??;
+        .run_timed(move |p| jobs::recognize(p, &*gallery, &file, &limits, threshold))
+        .await?;
+    let faces = faces?;
     let predictions: Vec<Recognition> = faces
         .iter()
         .map(|f| Recognition {
@@ -212,7 +221,7 @@ pub async fn recognize(state: web::Data<AppState>, form: Form) -> Result<HttpRes
         }));
     }
     let n = predictions.len();
-    Ok(success(Predictions { predictions }, n))
+    Ok(with_times(success(Predictions { predictions }, n), times))
 }
 
 /// The optional `camera` field of recognize (ours; DeepStack clients do not send it): kept
@@ -243,10 +252,11 @@ pub async fn register(state: web::Data<AppState>, form: Form) -> Result<HttpResp
     }
     let files = form.files().to_vec();
     let (limits, gallery) = (state.limits.clone(), state.gallery.clone());
-    let done = state
+    let (done, times) = state
         .pool
-        .run(move |p| jobs::register(p, &*gallery, &userid, &files, &limits))
-        .await??;
+        .run_timed(move |p| jobs::register(p, &*gallery, &userid, &files, &limits))
+        .await?;
+    let done = done?;
     let message = match done.outcome {
         RegisterOutcome::Added => "face added",
         RegisterOutcome::Updated => "face updated",
@@ -255,7 +265,7 @@ pub async fn register(state: web::Data<AppState>, form: Form) -> Result<HttpResp
         message,
         skipped: done.skipped,
     };
-    Ok(success(body, done.samples))
+    Ok(with_times(success(body, done.samples), times))
 }
 
 /// POST /v1/vision/face/match: the similarity of the largest faces of two photos.
@@ -277,11 +287,19 @@ pub async fn match_faces(state: web::Data<AppState>, form: Form) -> Result<HttpR
     let (a, b) = a.zip(b).ok_or(ApiError::NoImage)?;
     form.check_file_count()?;
     let limits = state.limits.clone();
-    let similarity = state
+    let (similarity, times) = state
         .pool
-        .run(move |p| jobs::match_faces(p, &a, &b, &limits))
-        .await??;
-    Ok(success(Similarity { similarity }, 2))
+        .run_timed(move |p| jobs::match_faces(p, &a, &b, &limits))
+        .await?;
+    Ok(with_times(
+        success(
+            Similarity {
+                similarity: similarity?,
+            },
+            2,
+        ),
+        times,
+    ))
 }
 
 /// POST /v1/vision/face/list: every userid, sorted bytewise.

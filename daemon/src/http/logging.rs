@@ -1,6 +1,7 @@
-//! One log line per request: method, path, status, faces, milliseconds, in the text and as
+//! One log line per request: method, path, status, faces, milliseconds, and for the routes
+//! that run the pipeline where its time went (`crate::stage_times`), in the text and as
 //! key-values (journal fields under systemd: ROUTE, METHOD, PATH, HTTP_STATUS, FACES,
-//! DURATION_MS; see `service`). Never a key: keys
+//! DURATION_MS, QUEUE_MS, DECODE_MS, DETECT_MS, EMBED_MS; see `service`). Never a key: keys
 //! travel in the body or a header, and only the path (no query string) is logged. Never a
 //! userid: routes with parameters are logged by their pattern
 //! (`/v1/gallery/users/{userid}/samples`), not with the name in them.
@@ -10,6 +11,8 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
+
+use crate::stage_times::{millis, StageTimes};
 
 /// How many faces a response reports; handlers attach it to the response's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -33,18 +36,32 @@ pub async fn log_request(
         "unmatched"
     };
     let faces = res.response().extensions().get::<FaceCount>().map(|f| f.0);
+    let times = res.response().extensions().get::<StageTimes>().copied();
     let status = res.status().as_u16();
     let ms = start.elapsed().as_millis() as u64;
-    let line = format!(
+    let mut line = format!(
         "{method} {path} {status} faces={} {ms}ms",
         faces.map_or_else(|| "-".to_owned(), |n| n.to_string())
     );
     let (method, path) = (method.as_str(), path.as_str());
-    match faces {
-        Some(faces) => log::info!(
+    match (faces, times) {
+        (Some(faces), Some(t)) => {
+            let [queue_ms, decode_ms, detect_ms, embed_ms] =
+                [t.queue, t.decode, t.detect, t.embed].map(millis);
+            line += &format!(
+                " queue={queue_ms}ms decode={decode_ms}ms detect={detect_ms}ms embed={embed_ms}ms"
+            );
+            log::info!(
+                route, method, path, http_status = status, faces, duration_ms = ms, queue_ms,
+                decode_ms, detect_ms, embed_ms; "{line}"
+            )
+        }
+        (Some(faces), None) => log::info!(
             route, method, path, http_status = status, faces, duration_ms = ms; "{line}"
         ),
-        None => log::info!(route, method, path, http_status = status, duration_ms = ms; "{line}"),
+        (None, _) => {
+            log::info!(route, method, path, http_status = status, duration_ms = ms; "{line}")
+        }
     }
     Ok(res)
 }

@@ -24,6 +24,8 @@ use std::sync::{Arc, OnceLock};
 
 use image::RgbImage;
 
+use crate::stage_times::{self, Stage};
+
 pub use decode::{DecodeError, DecodeLimits, Photo};
 pub use detect::{BBox, Face, Mode};
 pub use embed::Embedding;
@@ -211,6 +213,7 @@ impl Pipeline {
     /// least twice the detector's input size on its longer side: a face the detector can find
     /// keeps about as many pixels as the 112x112 crop needs.
     pub fn decode(&self, bytes: &[u8], limits: DecodeLimits) -> Result<Photo, VisionError> {
+        let _timer = stage_times::start(Stage::Decode);
         Ok(decode::decode_photo(bytes, limits, self.keep_long_side())?)
     }
 
@@ -229,6 +232,7 @@ impl Pipeline {
     /// pixels (stage 2). The detector's large layers are shared with the idle threads (see
     /// [`Pipeline::allow_threads`]), so that a lone request uses every core.
     pub fn detect(&self, photo: &Photo, min_score: f32) -> Result<Vec<Face>, VisionError> {
+        let _timer = stage_times::start(Stage::Detect);
         let scale = photo.scale();
         let borrowed = self.threads.borrow(usize::MAX);
         let faces = conv_chain::with_helpers(borrowed.0, || {
@@ -246,6 +250,7 @@ impl Pipeline {
     /// idle threads (see [`Pipeline::allow_threads`]), the faces are shared among them; a
     /// lone request's one face has its matrix products shared.
     pub fn embed(&self, photo: &Photo, faces: &[Face]) -> Result<Vec<EmbeddedFace>, VisionError> {
+        let _timer = stage_times::start(Stage::Embed);
         let to_pixels = 1.0 / photo.scale();
         let crops: Vec<RgbImage> = faces
             .iter()
