@@ -34,6 +34,8 @@ pub struct Daemon {
     pub port: u16,
     /// From spawn to the `READY=1` notification.
     pub ready_after: Duration,
+    /// Where its stderr (its log) goes.
+    pub log: PathBuf,
 }
 
 impl Daemon {
@@ -77,6 +79,7 @@ impl Daemon {
             child,
             port,
             ready_after: Duration::ZERO,
+            log: log.to_path_buf(),
         };
         let mut buf = [0u8; 4096];
         loop {
@@ -103,6 +106,26 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The medians of the stage times (ms: queue, decode, detect, embed) the daemon logged
+    /// for its last `n` requests to `route` (`deepstackd::stage_times`); `None` without them.
+    pub fn logged_stages(&self, route: &str, n: usize) -> Option<[f64; 4]> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let prefix = format!("POST {route} 200 ");
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&prefix)).collect();
+        let last = &lines[lines.len().checked_sub(n.max(1))?..];
+        let mut stages: [Vec<f64>; 4] = Default::default();
+        for line in last {
+            for (i, name) in ["queue=", "decode=", "detect=", "embed="]
+                .iter()
+                .enumerate()
+            {
+                let word = line.split_whitespace().find_map(|w| w.strip_prefix(name))?;
+                stages[i].push(word.strip_suffix("ms")?.parse().ok()?);
+            }
+        }
+        Some(stages.map(crate::median))
     }
 
     /// POST a multipart form; an error unless the answer is 200 with `"success": true`.

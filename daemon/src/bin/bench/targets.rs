@@ -546,6 +546,9 @@ struct Spread {
     median: f64,
     p10: f64,
     p90: f64,
+    /// The medians of the daemon's own stage times for those requests (queue, decode,
+    /// detect, embed, ms), from its log.
+    in_daemon: Option<[f64; 4]>,
 }
 
 impl Spread {
@@ -556,6 +559,7 @@ impl Spread {
             median: at(5),
             p10: at(1),
             p90: at(9),
+            in_daemon: None,
         }
     }
 }
@@ -566,7 +570,17 @@ impl std::fmt::Display for Spread {
             f,
             "{:.1} ms (p10 {:.1}, p90 {:.1})",
             self.median, self.p10, self.p90
-        )
+        )?;
+        if let Some([queue, decode, detect, embed]) = self.in_daemon {
+            // Medians do not add up exactly: the rest is an estimate of the HTTP layer's part
+            // (upload, form, hand-offs, matching, answer).
+            let rest = self.median - (queue + decode + detect + embed);
+            write!(
+                f,
+                "; daemon's log: queue {queue:.2}, decode {decode:.2}, detect {detect:.2}, embed {embed:.2}, the rest ~{rest:.2} ms"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -585,7 +599,10 @@ fn recognize_ms(d: &Daemon, photo: &[u8], repeat: usize, faces: usize) -> Result
         http::send(d.port, &request)?;
         v.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(Spread::of(v))
+    Ok(Spread {
+        in_daemon: d.logged_stages(RECOGNIZE, repeat),
+        ..Spread::of(v)
+    })
 }
 
 /// Median recognize ms of the 4-face photo from a daemon that keeps recent faces (the
