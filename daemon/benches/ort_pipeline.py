@@ -18,6 +18,14 @@ Prints one JSON object per reference and photo: "reference" (onnxruntime or open
 (name and version), the photo, its size, the faces found and the median milliseconds of
 "decode", "detect" (resize included), "align", "embed" (all faces), "embed_per_face" and
 "total" (decode + detect + align + embed). Pinned packages: daemon/benches/requirements.txt.
+
+    python3 ort_pipeline.py --serve --size 640 [--references onnxruntime,opencv]
+
+Measures on request, so that `deepstack-bench targets` can alternate the reference with the
+daemon and both see the same state of the machine: reads one JSON object a line on stdin,
+{"reference": NAME, "path": PHOTO, "repeat": N}, runs that reference once unmeasured and N
+times measured on the photo, and answers with the object above plus "totals", the N runs'
+totals in ms. Ends at the end of its input.
 """
 import argparse
 import json
@@ -164,7 +172,27 @@ def run(ref, data, repeat):
     med = {k: statistics.median(v) for k, v in times.items()}
     med["total"] = sum(med[k] for k in STAGES)
     med["embed_per_face"] = med["embed"] / max(1, len(faces))
-    return img, len(faces), med
+    totals = [sum(run) for run in zip(*(times[k] for k in STAGES))]
+    return img, len(faces), med, totals
+
+
+def report(ref, path, size, img, faces, med, **extra):
+    print(json.dumps({"reference": ref.name, "engine": ref.engine, "path": path,
+                      "photo": os.path.basename(path), "size": size,
+                      "faces": faces, "width": int(img.shape[1]),
+                      "height": int(img.shape[0]), "ms": med, **extra}), flush=True)
+
+
+def serve(refs, size):
+    """Measure what each line of stdin asks for (see the module's doc)."""
+    photos = {}
+    for line in sys.stdin:
+        ask = json.loads(line)
+        ref, path = refs[ask["reference"]], ask["path"]
+        data = photos.setdefault(path, np.fromfile(path, np.uint8))
+        run(ref, data, 1)  # warm-up
+        img, faces, med, totals = run(ref, data, int(ask["repeat"]))
+        report(ref, path, size, img, faces, med, totals=totals)
 
 
 def main():
@@ -176,23 +204,30 @@ def main():
                     help="comma-separated, in order: onnxruntime, opencv")
     ap.add_argument("--models", default=fp32_models.DEFAULT_OUT,
                     help="where the fp32 files are built (default: %(default)s)")
-    ap.add_argument("photos", nargs="+")
+    ap.add_argument("--serve", action="store_true",
+                    help="measure what stdin asks for, a JSON line at a time (see above)")
+    ap.add_argument("photos", nargs="*")
     args = ap.parse_args()
+    if not args.serve and not args.photos:
+        ap.error("photos are needed, unless --serve")
     cv2.setNumThreads(1)
     models = fp32_models.ensure(args.models)
     kinds = {c.name: c for c in (OnnxRuntime, OpenCv)}
+    refs = {}
     for name in args.references.split(","):
         if name not in kinds:
             ap.error(f"unknown reference {name}; known: {', '.join(kinds)}")
-        ref = kinds[name](models, args.size, args.min_score)
+        refs[name] = kinds[name](models, args.size, args.min_score)
+    if args.serve:
+        print(json.dumps({"ready": list(refs)}), flush=True)
+        serve(refs, args.size)
+        return
+    for ref in refs.values():
         for path in args.photos:
             data = np.fromfile(path, np.uint8)
             run(ref, data, 2)  # warm-up
-            img, faces, med = run(ref, data, args.repeat)
-            print(json.dumps({"reference": ref.name, "engine": ref.engine, "path": path,
-                              "photo": os.path.basename(path), "size": args.size,
-                              "faces": faces, "width": int(img.shape[1]),
-                              "height": int(img.shape[0]), "ms": med}), flush=True)
+            img, faces, med, _ = run(ref, data, args.repeat)
+            report(ref, path, args.size, img, faces, med)
 
 
 if __name__ == "__main__":

@@ -108,24 +108,26 @@ impl Daemon {
         self.child.id()
     }
 
-    /// The medians of the stage times (ms: queue, decode, detect, embed) the daemon logged
-    /// for its last `n` requests to `route` (`deepstackd::stage_times`); `None` without them.
-    pub fn logged_stages(&self, route: &str, n: usize) -> Option<[f64; 4]> {
+    /// The stage times the daemon logged for its last `n` requests to `route`, a request
+    /// each; `None` without them.
+    pub fn logged_stages(&self, route: &str, n: usize) -> Option<Vec<LoggedStages>> {
         let log = std::fs::read_to_string(&self.log).ok()?;
         let prefix = format!("POST {route} 200 ");
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(&prefix)).collect();
         let last = &lines[lines.len().checked_sub(n.max(1))?..];
-        let mut stages: [Vec<f64>; 4] = Default::default();
-        for line in last {
-            for (i, name) in ["queue=", "decode=", "detect=", "embed="]
-                .iter()
-                .enumerate()
-            {
-                let word = line.split_whitespace().find_map(|w| w.strip_prefix(name))?;
-                stages[i].push(word.strip_suffix("ms")?.parse().ok()?);
-            }
-        }
-        Some(stages.map(crate::median))
+        last.iter()
+            .map(|line| {
+                let mut stages = [0.0; 4];
+                for (stage, name) in stages
+                    .iter_mut()
+                    .zip(["queue=", "decode=", "detect=", "embed="])
+                {
+                    let word = line.split_whitespace().find_map(|w| w.strip_prefix(name))?;
+                    *stage = word.strip_suffix("ms")?.parse().ok()?;
+                }
+                Some(stages)
+            })
+            .collect()
     }
 
     /// POST a multipart form; an error unless the answer is 200 with `"success": true`.
@@ -157,6 +159,10 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The stage times the daemon logs for a request (`deepstackd::stage_times`), ms: queue,
+/// decode, detect, embed.
+pub type LoggedStages = [f64; 4];
 
 /// A whole POST request with a multipart/form-data body (text fields, then an `image` file part).
 pub fn request(port: u16, path: &str, fields: &[(&str, &str)], image: Option<&[u8]>) -> Vec<u8> {

@@ -1,7 +1,8 @@
 //! The Python references' packages, installed once with pip under target/.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::{dev_support, workspace, Error};
 
@@ -27,13 +28,7 @@ pub fn run_script(
     pylib: &Path,
     args: &[String],
 ) -> Result<Vec<serde_json::Value>, Error> {
-    let out = Command::new("python3")
-        .arg(workspace().join("daemon/benches").join(script))
-        .args(args)
-        .env("PYTHONPATH", pylib)
-        .env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .output()?;
+    let out = python(script, pylib).args(args).output()?;
     if !out.status.success() {
         return Err(format!("{script} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
@@ -41,6 +36,17 @@ pub fn run_script(
         .lines()
         .map(|l| serde_json::from_str(l).map_err(|e| format!("{script}: {e} in {l}").into()))
         .collect()
+}
+
+/// `python3 daemon/benches/SCRIPT` with `pylib` on PYTHONPATH and one thread for the libraries
+/// that would start more.
+fn python(script: &str, pylib: &Path) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(workspace().join("daemon/benches").join(script))
+        .env("PYTHONPATH", pylib)
+        .env("OMP_NUM_THREADS", "1")
+        .env("OPENBLAS_NUM_THREADS", "1");
+    c
 }
 
 /// One reference's timings of one photo: a line of `ort_pipeline.py`.
@@ -93,6 +99,85 @@ pub fn references(size: u32, repeat: usize, photos: &[&Path]) -> Result<Vec<RefT
     args.extend(photos.iter().map(|p| p.display().to_string()));
     let lines = run_script("ort_pipeline.py", &pylib, &args)?;
     lines.iter().map(parse_ref).collect()
+}
+
+/// `ort_pipeline.py --serve`: the references loaded once and measured when asked, so that a
+/// reference's runs can alternate with the daemon's requests and both see the machine in the
+/// same state (a VM's speed drifts by 10-30% over minutes: BENCHMARKS.md).
+pub struct ReferenceServer {
+    child: Child,
+    asks: ChildStdin,
+    answers: BufReader<ChildStdout>,
+    log: PathBuf,
+}
+
+impl ReferenceServer {
+    /// Starts the script with every reference of [`REFERENCES`], detector long side `size`,
+    /// its stderr to `log`, and waits until they are loaded.
+    pub fn start(size: u32, log: &Path) -> Result<ReferenceServer, Error> {
+        let pylib = install(ORT_REQS, ORT_DIR, &[])?;
+        let mut child = python("ort_pipeline.py", &pylib)
+            .args(["--serve", "--size", &size.to_string(), "--references"])
+            .arg(REFERENCES.join(","))
+            .arg("--models")
+            .arg(workspace().join(FP32_DIR))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?;
+        let (Some(asks), Some(answers)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("ort_pipeline.py --serve: no pipes".into());
+        };
+        let mut server = ReferenceServer {
+            child,
+            asks,
+            answers: BufReader::new(answers),
+            log: log.to_owned(),
+        };
+        server.answer()?;
+        Ok(server)
+    }
+
+    /// `reference` on `photo`: one unmeasured run, then `repeat` measured; their stage
+    /// medians and each run's total, ms.
+    pub fn measure(
+        &mut self,
+        reference: &str,
+        photo: &Path,
+        repeat: usize,
+    ) -> Result<(RefTimes, Vec<f64>), Error> {
+        let ask = serde_json::json!({
+            "reference": reference,
+            "path": photo.display().to_string(),
+            "repeat": repeat,
+        });
+        writeln!(self.asks, "{ask}")?;
+        let line = self.answer()?;
+        let totals = line["totals"]
+            .as_array()
+            .and_then(|v| v.iter().map(serde_json::Value::as_f64).collect())
+            .ok_or_else(|| format!("no totals in {line}"))?;
+        Ok((parse_ref(&line)?, totals))
+    }
+
+    fn answer(&mut self) -> Result<serde_json::Value, Error> {
+        let mut line = String::new();
+        if self.answers.read_line(&mut line)? == 0 {
+            return Err(format!(
+                "ort_pipeline.py --serve ended before answering; see {}",
+                self.log.display()
+            )
+            .into());
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl Drop for ReferenceServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn parse_ref(line: &serde_json::Value) -> Result<RefTimes, Error> {
