@@ -71,8 +71,9 @@ usage:
       --repeat N     timed runs per stage, median reported (default 10)
   deepstack-bench targets [--repeat N] [--duration S] [--load S]
       every performance target, through the release deepstackd over HTTP, with the
-      references run in the same invocation; prints measured / target / ratio / result.
-      --repeat N     requests per latency median (default 20)
+      references run in the same invocation (onnxruntime, for the per-photo rows, in
+      turns with the daemon's requests); prints measured / target / ratio / result.
+      --repeat N     requests per latency median, and onnxruntime runs (default 20)
       --duration S   seconds of each throughput run (default 10)
       --load S       seconds of the mixed load for peak memory (default 20)
   deepstack-bench recent-faces [--repeat N]
