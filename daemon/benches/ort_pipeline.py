@@ -189,7 +189,9 @@ def serve(refs, size):
     for line in sys.stdin:
         ask = json.loads(line)
         ref, path = refs[ask["reference"]], ask["path"]
-        data = photos.setdefault(path, np.fromfile(path, np.uint8))
+        if path not in photos:
+            photos[path] = np.fromfile(path, np.uint8)
+        data = photos[path]
         run(ref, data, 1)  # warm-up
         img, faces, med, totals = run(ref, data, int(ask["repeat"]))
         report(ref, path, size, img, faces, med, totals=totals)
